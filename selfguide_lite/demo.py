@@ -1,0 +1,188 @@
+"""The built-in offline demo: a small headline-topic task and a tiny student that knows its format.
+
+The demo student is a ~1M-parameter Llama pretrained for a few minutes on a procedurally generated
+corpus written in the task's own prompt formats (input-generation prompts followed by a headline of
+the asked topic, and task prompts followed by a label that is right only ~75% of the time). That
+gives every stage of the loop real material to work on; it is not a good model, and it is not meant
+to be. For real use pass `--model Qwen/Qwen2.5-0.5B-Instruct` or a local checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from .prompts import PromptFormat, input_generation_prompt, task_prompt
+from .tasks import Task, load_task
+from .tiny import SHAPES, build_tiny_model, save_checkpoint
+
+DEMO_LABELS = ("sports", "weather", "food")
+_PLACES = ["Leeds", "Porto", "Oslo", "Lyon", "Austin", "Kyoto", "Cork", "Perth", "Nantes", "Dayton"]
+_WHEN = ["", " on Sunday", " this week", " tonight", " after a long wait", " again", " at last"]
+_TOPICS: dict[str, tuple[list[str], list[str], list[str]]] = {
+    "sports": (
+        ["The Tigers", "The Rovers", "City", "United", "The Falcons", "The home team", "The champions",
+         "A young striker", "The captain", "The old club"],
+        ["win", "lose", "score twice in", "draw in", "celebrate after", "are knocked out of", "reach"],
+        ["the final", "the derby", "the league match", "the cup tie", "overtime", "the season opener",
+         "the semifinal"],
+    ),
+    "weather": (
+        ["Heavy rain", "A storm", "Thick fog", "Strong wind", "Snow", "A heat wave", "Sunny skies", "Hail",
+         "A cold front"],
+        ["expected in", "hits", "moves toward", "clears from", "returns to", "sweeps across", "floods"],
+        _PLACES,
+    ),
+    "food": (
+        ["A new bakery", "The chef", "A family restaurant", "The street market", "A noodle bar", "The cafe",
+         "A pizza oven"],
+        ["opens in", "serves fresh pasta in", "wins praise in", "adds a spicy menu in", "bakes bread for",
+         "brings tacos to"],
+        _PLACES,
+    ),
+}
+LABEL_NOISE = 0.25  # share of corpus task examples whose label is wrong
+
+
+def headline(label: str, rng: random.Random) -> str:
+    subjects, verbs, objects = _TOPICS[label]
+    return f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}{rng.choice(_WHEN)}"
+
+
+def demo_task_path() -> Path:
+    return Path(str(resources.files("selfguide_lite") / "data" / "demo_task.yaml"))
+
+
+def demo_task() -> Task:
+    return load_task(demo_task_path())
+
+
+def corpus(task: Task, n_docs: int, seed: int) -> list[str]:
+    """Documents in the demo task's own prompt formats, never containing an evaluation input."""
+    rng = random.Random(seed)
+    held_out = {i.input for i in task.instances}
+    fmt = PromptFormat()
+
+    def fresh(label: str) -> str:
+        while (h := headline(label, rng)) in held_out:
+            pass
+        return h
+
+    docs = []
+    for _ in range(n_docs):
+        label = rng.choice(DEMO_LABELS)
+        if rng.random() < 0.4:
+            context = [fresh(rng.choice(DEMO_LABELS)) for _ in range(rng.randint(0, 10))]
+            target = label if rng.random() < 0.8 else None
+            prompt = fmt.render(input_generation_prompt(task, context, target))
+            docs.append(prompt + fmt.answer(fresh(label)))
+        else:
+            shown = label if rng.random() >= LABEL_NOISE else rng.choice([x for x in DEMO_LABELS if x != label])
+            docs.append(fmt.render(task_prompt(task, fresh(label))) + fmt.answer(shown))
+    return docs
+
+
+def pretrain(model, tok, docs: list[str], seconds: float, log: Callable[[str], None], seed: int = 0) -> dict:
+    """Causal-LM pretraining on `docs` for a fixed wall-clock budget (AdamW, time-based decay)."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    eos = tok.eos_token_id
+    encoded = [tok(d, add_special_tokens=True)["input_ids"] + [eos] for d in docs]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.95))
+    model.train()
+    start, step, losses = time.monotonic(), 0, []
+    batch_size, warmup = 16, 30
+    while (elapsed := time.monotonic() - start) < seconds:
+        batch = rng.sample(encoded, batch_size)
+        width = max(map(len, batch))
+        ids = torch.full((batch_size, width), eos, dtype=torch.long)
+        labels = torch.full((batch_size, width), -100, dtype=torch.long)
+        mask = torch.zeros((batch_size, width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        lr_scale = min(1.0, (step + 1) / warmup) * max(0.05, 0.5 * (1 + math.cos(math.pi * elapsed / seconds)))
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * lr_scale
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        step += 1
+        if step % 50 == 0:
+            log(f"  pretrain step {step}  loss {sum(losses[-50:]) / 50:.3f}  {elapsed:.0f}s")
+    model.eval()
+    return {"steps": step, "seconds": round(time.monotonic() - start, 1), "final_loss": round(losses[-1], 4)}
+
+
+def build_demo_model(out: Path, size: str = "tiny", seconds: float = 150.0, seed: int = 0,
+                     log: Callable[[str], None] = print) -> Path:
+    """Build (or reuse, when already built with the same settings) the demo student at `out`."""
+    out = Path(out)
+    recipe = {"size": size, "seconds": seconds, "seed": seed, "task": _task_digest(), "version": 1}
+    marker = out / "demo_recipe.json"
+    if marker.is_file() and json.loads(marker.read_text()) == recipe and (out / "model.safetensors").is_file():
+        log(f"demo student already built at {out}")
+        return out
+    task = demo_task()
+    docs = corpus(task, n_docs=6000, seed=seed + 1)
+    log(f"building the demo student ({size}) at {out}: tokenizer, random init, {seconds:.0f}s of pretraining")
+    tmp = out.with_name(out.name + ".partial")
+    model, tok = build_tiny_model(tmp, docs, arch="llama", shape=SHAPES[size], seed=seed)
+    stats = pretrain(model, tok, docs, seconds, log, seed=seed)
+    save_checkpoint(model, tok, tmp)
+    (tmp / "demo_recipe.json").write_text(json.dumps(recipe))
+    (tmp / "pretrain_stats.json").write_text(json.dumps(stats))
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log(f"demo student ready: {stats['steps']} steps, final loss {stats['final_loss']}")
+    return out
+
+
+def _task_digest() -> str:
+    return hashlib.sha256(demo_task_path().read_bytes()).hexdigest()[:16]
+
+
+def write_demo_task_yaml(path: Path, n_eval: int = 60, seed: int = 12345) -> None:
+    """Maintenance helper that produced data/demo_task.yaml (kept so the file can be regenerated)."""
+    import yaml
+
+    rng = random.Random(seed)
+    seen: set[str] = set()
+
+    def unique(label: str) -> str:
+        while (h := headline(label, rng)) in seen:
+            pass
+        seen.add(h)
+        return h
+
+    examples = [{"input": unique(lab), "output": lab} for lab in DEMO_LABELS] + [
+        {"input": unique("sports"), "output": "sports"}
+    ]
+    evals = []
+    for n in range(n_eval):
+        lab = DEMO_LABELS[n % 3] if n % 4 else rng.choice(DEMO_LABELS)
+        evals.append({"id": f"demo-{n:03d}", "input": unique(lab), "output": lab})
+    doc = {
+        "name": "demo_headline_topic",
+        "instruction": "Read the news headline and say what it is about. Answer with one word: sports, weather or food.",
+        "type": "classification",
+        "labels": list(DEMO_LABELS),
+        "examples": examples,
+        "eval": evals,
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, width=120))

@@ -1,0 +1,25 @@
+"""Sampling backends behind one interface (`Sampler`); `open_sampler` picks one from the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import EngineConfig
+from .base import Completion, ModelInfo, Request, Sampler, SamplingParams
+
+__all__ = ["Completion", "ModelInfo", "Request", "Sampler", "SamplingParams", "open_sampler"]
+
+
+def open_sampler(model_path: str | Path, cfg: EngineConfig | None = None) -> Sampler:
+    """The configured backend on a GGUF file: the batched engine by default, else sequential."""
+    cfg = cfg or EngineConfig()
+    if cfg.backend == "batched":
+        try:
+            from .batched import BatchedSampler
+        except ImportError:  # batched engine not available in this build: fall back, same results
+            pass
+        else:
+            return BatchedSampler(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_parallel=cfg.n_parallel)
+    from .llamacpp import LlamaCppSampler
+
+    return LlamaCppSampler(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads)

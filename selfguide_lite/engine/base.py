@@ -1,0 +1,96 @@
+"""The sampler interface every synthesis and evaluation stage talks to.
+
+Stages hand a whole list of requests to `Sampler.generate` at once, so a backend is free to decode
+them one by one (`LlamaCppSampler`) or many per forward pass (the batched engine). Synthesis code
+never imports llama.cpp; unit tests drive it with a scripted sampler.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to draw completions for one request. temperature 0 means greedy.
+
+    `seed` makes a request reproducible on its own: sample i of a request is drawn with seed
+    `seed + i`, whatever else is decoded beside it. `choices`, when set, constrains the completion
+    to exactly one of these strings (leading whitespace allowed), e.g. a classification label set.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 1.0
+    min_p: float = 0.0
+    max_tokens: int = 64
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    seed: int = 0
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    choices: tuple[str, ...] | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop" (stop string or end-of-generation token) or "length"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What prompt rendering needs to know about the student (from its GGUF or HF tokenizer)."""
+
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+
+
+class Sampler(ABC):
+    """A student that can complete prompts. Backends: llama.cpp (sequential or batched)."""
+
+    info: ModelInfo
+
+    @abstractmethod
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        """Return `request.params.n` completions for each request, in request order."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` for this student (used to size max_tokens); backends override."""
+        return max(1, len(text) // 4)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model; the default holds nothing."""
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` at the earliest stop string; True when one was found."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def choices_grammar(choices: Sequence[str]) -> str:
+    """A GBNF grammar whose language is optional leading whitespace then exactly one choice."""
+
+    def lit(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+    return "root ::= [ \\t\\n]? (" + " | ".join(lit(c) for c in choices) + ")\n"

@@ -1,0 +1,115 @@
+"""llama.cpp through llama-cpp-python's high-level `Llama.create_completion`: one sequence at a time.
+
+Simple and a correctness reference for the batched engine (greedy outputs must match token for
+token). It reuses the KV cache of the longest common prefix with the previous call, which is all
+the prefix sharing a serial decoder can do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import UserError
+from .base import Completion, ModelInfo, Request, Sampler, choices_grammar
+
+
+def quiet_llama() -> None:
+    """Route llama.cpp's own logging (model loading, quantization) to errors only."""
+    import llama_cpp._logger
+
+    llama_cpp._logger.set_verbose(False)
+
+
+def load_llama(model_path: str | Path, n_ctx: int, n_threads: int | None, **kwargs):
+    """Open a GGUF file with llama.cpp, turning a missing or unreadable file into a user error."""
+    from llama_cpp import Llama
+
+    quiet_llama()
+    path = Path(model_path)
+    if not path.is_file():
+        raise UserError(f"GGUF model not found: {path}")
+    try:
+        return Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads or os.cpu_count(),
+            n_threads_batch=n_threads or os.cpu_count(),
+            verbose=False,
+            **kwargs,
+        )
+    except ValueError as exc:
+        raise UserError(f"llama.cpp could not load {path}: {exc}") from None
+
+
+def model_info(llama) -> ModelInfo:
+    """Chat template and special-token texts, read from the GGUF metadata and vocabulary."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llama.model)
+
+    def text(token: int) -> str:
+        if token < 0:
+            return ""
+        raw = llama_cpp.llama_vocab_get_text(vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    return ModelInfo(
+        chat_template=llama.metadata.get("tokenizer.chat_template") or None,
+        bos_token=text(llama_cpp.llama_vocab_bos(vocab)),
+        eos_token=text(llama_cpp.llama_vocab_eos(vocab)),
+    )
+
+
+class LlamaCppSampler(Sampler):
+    """Sequential sampling with `Llama.create_completion`."""
+
+    def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+        self.llama = load_llama(model_path, n_ctx, n_threads)
+        self.info = model_info(self.llama)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def _complete(self, prompt: str, params, seed: int) -> Completion:
+        from llama_cpp import LlamaGrammar
+
+        grammar = LlamaGrammar.from_string(choices_grammar(params.choices), verbose=False) if params.choices else None
+        logit_bias = {self.llama.token_eos(): float("-inf")} if params.ignore_eos else None
+        out = self.llama.create_completion(
+            prompt,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            stop=list(params.stop) or None,
+            seed=seed,
+            repeat_penalty=params.repeat_penalty,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            grammar=grammar,
+            logit_bias=logit_bias,
+        )
+        choice = out["choices"][0]
+        return Completion(
+            text=choice["text"],
+            n_tokens=out["usage"]["completion_tokens"],
+            finish_reason="length" if choice["finish_reason"] == "length" else "stop",
+        )
+
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        results = []
+        for req in requests:
+            n_prompt = self.count_tokens(req.prompt) + 1
+            if n_prompt + req.params.max_tokens > self.llama.n_ctx():
+                raise UserError(
+                    f"prompt of {n_prompt} tokens + {req.params.max_tokens} new tokens exceeds the context "
+                    f"({self.llama.n_ctx()}); raise engine.n_ctx"
+                )
+            results.append([self._complete(req.prompt, req.params, req.params.seed + i) for i in range(req.params.n)])
+        return results
+
+    def close(self) -> None:
+        self.llama.close()

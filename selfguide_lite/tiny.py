@@ -1,0 +1,150 @@
+"""Tiny Llama / Qwen2 models with a sentencepiece tokenizer, built locally with no download.
+
+Used by the demo student and by the tests. transformers 5.x needs the HF tokenizer built
+explicitly from the sentencepiece model (see NOTES): we extract vocab and merges and check that
+the HF ids equal sentencepiece's ids before saving. `add_dummy_prefix` is off so that sentencepiece,
+the HF tokenizer and llama.cpp agree on leading spaces too.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+
+from .errors import UserError
+
+PROBE_STRINGS = ("Input: the team wins\nOutput: sports", " two  spaces", "digits 12345 é ü", "a\n\nb")
+
+
+@dataclass(frozen=True)
+class TinyShape:
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 512
+    max_positions: int = 2048
+
+
+SHAPES = {
+    "tiny": TinyShape(),
+    "small": TinyShape(hidden=256, layers=6, heads=4, kv_heads=2, intermediate=768),
+}
+
+
+def train_sentencepiece(texts: Iterable[str], out_dir: Path, vocab_size: int = 512, dummy_prefix: bool = False) -> Path:
+    """Train a byte-fallback BPE sentencepiece model on `texts`; returns the .model path.
+
+    `dummy_prefix` is sentencepiece's add_dummy_prefix: llama.cpp's converter records it for Llama
+    but not for Qwen2 (which then assumes it on), so Qwen2 test models need it on.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as fh:
+        for t in texts:  # sentencepiece trains on lines; newlines themselves become byte pieces
+            fh.writelines(line + "\n" for line in t.split("\n") if line.strip())
+        corpus = fh.name
+    prefix = out_dir / "tokenizer"
+    spm.SentencePieceTrainer.train(
+        input=corpus,
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        add_dummy_prefix=dummy_prefix,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        num_threads=2,
+        minloglevel=2,
+    )
+    Path(corpus).unlink(missing_ok=True)
+    Path(f"{prefix}.vocab").unlink(missing_ok=True)
+    return Path(f"{prefix}.model")
+
+
+def hf_tokenizer_from_sentencepiece(model_file: Path, dummy_prefix: bool = False):
+    """A transformers LlamaTokenizer equal, id for id, to the sentencepiece model."""
+    from transformers import LlamaTokenizer
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    extracted = SentencePieceExtractor(str(model_file)).extract(None)
+    tok = LlamaTokenizer(
+        vocab=extracted["vocab"],
+        merges=extracted["merges"],
+        legacy=False,
+        add_prefix_space=dummy_prefix,
+        add_bos_token=True,
+        add_eos_token=False,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    for probe in PROBE_STRINGS if not dummy_prefix else PROBE_STRINGS[:1]:  # HF differs on leading spaces
+        if tok(probe, add_special_tokens=False)["input_ids"] != sp.encode(probe):
+            raise RuntimeError(f"HF tokenizer disagrees with sentencepiece on {probe!r}")
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_tiny_model(
+    out_dir: Path,
+    texts: Iterable[str],
+    *,
+    arch: str = "llama",
+    shape: TinyShape | None = None,
+    vocab_size: int = 512,
+    seed: int = 0,
+    chat_template: str | None = None,
+):
+    """Random-init model + tokenizer saved as a HF checkpoint (safetensors, float32).
+
+    Returns (model, tokenizer) so a caller can pretrain before saving again.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = shape or TinyShape()
+    out_dir = Path(out_dir)
+    dummy_prefix = arch == "qwen2"
+    sp_model = train_sentencepiece(texts, out_dir, vocab_size, dummy_prefix=dummy_prefix)
+    tok = hf_tokenizer_from_sentencepiece(sp_model, dummy_prefix=dummy_prefix)
+    if chat_template:
+        tok.chat_template = chat_template
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        intermediate_size=shape.intermediate,
+        max_position_embeddings=shape.max_positions,
+        rms_norm_eps=1e-6,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
+    else:
+        raise UserError(f"unknown tiny architecture {arch!r} (llama or qwen2)")
+    model = model.to(torch.float32)
+    save_checkpoint(model, tok, out_dir)
+    return model, tok
+
+
+def save_checkpoint(model, tok, out_dir: Path) -> None:
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    model.generation_config.save_pretrained(out_dir)
