@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -101,6 +102,21 @@ def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f1
     return out_path
 
 
+@contextmanager
+def _captured_stderr():
+    """Send the process's fd 2 to a temp file for the block; yields the file's path."""
+    sys.stderr.flush()
+    fd, name = tempfile.mkstemp(prefix="selfguide-quantize-", suffix=".log")
+    saved = os.dup(2)
+    os.dup2(fd, 2)
+    try:
+        yield Path(name)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+
+
 def quantize_gguf(src: str | Path, dst: str | Path, quant: str = "q4_k_m", n_threads: int | None = None) -> Path:
     """Quantize with llama.cpp in-process (`llama_model_quantize`), atomically."""
     import ctypes
@@ -120,10 +136,13 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str = "q4_k_m", n_thr
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftypes[quant]
     params.nthread = n_threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), ctypes.byref(params))
+    with _captured_stderr() as captured:  # llama.cpp prints per-tensor fallbacks straight to fd 2
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), ctypes.byref(params))
     if rc != 0:
         Path(tmp).unlink(missing_ok=True)
-        raise RuntimeError(f"llama_model_quantize({src} -> {quant}) failed with code {rc}")
+        last = captured.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"llama_model_quantize({src} -> {quant}) failed with code {rc}: {last[0]}")
+    captured.unlink(missing_ok=True)
     os.replace(tmp, dst)
     return dst
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -104,3 +105,101 @@ class InputFilters:
 
     def accept(self, text: str) -> None:
         self.duplicates.add(text)
+
+
+# --- Self-Instruct instruction and instance filters (SPEC 3.2, 3.5) ------------------------------
+
+# The original Self-Instruct blacklist: tasks a text-only model cannot do or verify.
+INSTRUCTION_BLACKLIST: tuple[str, ...] = (
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+)
+
+
+def word_count_check(text: str, min_words: int = 4, max_words: int = 150) -> str | None:
+    """Very short items are usually list debris, very long ones run-on generations."""
+    n = len(text.split())
+    if n < min_words:
+        return f"too few words ({n} < {min_words})"
+    if n > max_words:
+        return f"too many words ({n} > {max_words})"
+    return None
+
+
+@dataclass
+class BlacklistFilter:
+    """Whole words or phrases only, any case, any whitespace inside a phrase: "maps" drops, "mapping" does not."""
+
+    words: Sequence[str] = INSTRUCTION_BLACKLIST
+    _rx: re.Pattern[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        alternatives = sorted((r"\s+".join(map(re.escape, w.split())) for w in self.words), key=len, reverse=True)
+        self._rx = re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.IGNORECASE)
+
+    def check(self, text: str) -> str | None:
+        if m := self._rx.search(text):
+            return f"blacklisted: {m.group(0).lower()!r}"
+        return None
+
+
+def program_check(text: str) -> str | None:
+    """Programs can't be checked by reading the output, so Self-Instruct refuses to ask for them."""
+    if text.lstrip().lower().startswith("write a program"):
+        return "starts with 'Write a program'"
+    return None
+
+
+def start_check(text: str) -> str | None:
+    """A leading punctuation mark or non-ASCII character is almost always list or encoding debris."""
+    stripped = text.lstrip()
+    if not stripped:
+        return "empty"
+    first = stripped[0]
+    if not first.isascii():
+        return f"starts with non-ASCII {first!r}"
+    if first in string.punctuation:
+        return f"starts with punctuation {first!r}"
+    return None
+
+
+@dataclass
+class InstructionFilters:
+    """Self-Instruct's cheap instruction filters in order; ROUGE-L against the pool runs after them."""
+
+    min_words: int = 4
+    max_words: int = 150
+    blacklist: BlacklistFilter = field(default_factory=BlacklistFilter)
+
+    def check(self, text: str) -> tuple[str, str] | None:
+        if why := word_count_check(text, self.min_words, self.max_words):
+            return ("length", why)
+        if why := self.blacklist.check(text):
+            return ("blacklist", why)
+        if why := program_check(text):
+            return ("program", why)
+        if why := start_check(text):
+            return ("start", why)
+        return None
+
+
+def instance_check(input_text: str, output_text: str) -> tuple[str, str] | None:
+    """Per-instance checks (SPEC 3.5): returns (stage, reason) for the first that drops."""
+    inp, out = input_text.strip(), output_text.strip()
+    if not out:
+        return ("empty_output", "empty output")
+    if inp == out:
+        return ("same_as_input", "output equals input")
+    if inp.endswith(":") or out.endswith(":"):
+        return ("cut_off", f"{'input' if inp.endswith(':') else 'output'} ends with ':'")
+    return None
+
+
+def conflicting_inputs(pairs: Iterable[tuple[str, str]]) -> list[str]:
+    """Non-empty inputs given more than one different output: the model contradicts itself, so SPEC 3.5
+    distrusts every instance of that instruction. Inputs left empty may have many valid outputs."""
+    outputs: dict[str, set[str]] = {}
+    for inp, out in pairs:
+        if inp.strip():
+            outputs.setdefault(inp.strip(), set()).add(out.strip())
+    return [inp for inp, outs in outputs.items() if len(outs) > 1]

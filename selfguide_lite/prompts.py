@@ -149,3 +149,17 @@ def input_first_prompt(instruction: str) -> str:
         "Task: Converting 85 F to Celsius.\nOutput: 85°F = 29.44°C\n\n"
         f"Task: {instruction.strip()}\n"
     )
+
+
+def instruct_training_prompt(instruction: str, input_text: str = "") -> str:
+    """The one fixed instruction/input/response template Self-Instruct data is trained with (SPEC 3).
+
+    The input section is left out when the task needs none, so the model never learns to expect an
+    empty field; the answer follows "### Response:" (after a space in plain text, as a separate
+    assistant turn when the template goes through a chat template).
+    """
+    parts = [f"### Instruction:\n{instruction.strip()}\n\n"]
+    if input_text.strip():
+        parts.append(f"### Input:\n{input_text.strip()}\n\n")
+    parts.append("### Response:")
+    return "".join(parts)

@@ -1,0 +1,279 @@
+"""Command line: thin typer commands, each parsing arguments and calling one function (SPEC 6).
+
+User errors (`UserError`, bad options) print one `error: ...` line and exit 2; nothing else is
+caught, so a bug keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from .config import Config, load_config
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Make a small language model better at a task using only data it writes itself.",
+)
+
+DEMO_MODEL_DIR = Path("models/demo-model")
+# The offline demo's counts: sized so two full rounds finish in a few minutes on 2 CPU cores.
+DEMO_OVERRIDES = {
+    "selfguide": {"num_inputs": 120, "wave_size": 40},
+    "train": {"quantization": "none", "batch_size": 8, "learning_rate": 1e-3, "epochs": 3},
+    "eval": {"limit": 60},
+    "engine": {"n_ctx": 2048},
+}
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _config(config: Path | None, **overrides) -> Config:
+    return load_config(config, overrides)
+
+
+@app.command()
+def loop(
+    task: Annotated[str | None, typer.Option(help="task file (Natural Instructions JSON or own YAML/JSON)")] = None,
+    model: Annotated[str | None, typer.Option(help="student: hub id or local HF checkpoint directory")] = None,
+    rounds: Annotated[int | None, typer.Option(help="rounds after round 0 [default: 2]")] = None,
+    run_dir: Annotated[str | None, typer.Option(help="run directory [default: runs/<task name>]")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
+    seed: Annotated[int | None, typer.Option(help="run seed")] = None,
+    method: Annotated[str | None, typer.Option(help="self-guide or self-instruct")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Self-Instruct seed pool (JSON Lines)")] = None,
+    eval_tasks: Annotated[list[str] | None, typer.Option(help="Self-Instruct: task files to evaluate on")] = None,
+    task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
+    labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
+    num_inputs: Annotated[int | None, typer.Option(help="Self-Guide input candidates per round")] = None,
+    num_instructions: Annotated[int | None, typer.Option(help="Self-Instruct instructions per round")] = None,
+    train_from: Annotated[str | None, typer.Option(help="base or previous")] = None,
+    data: Annotated[str | None, typer.Option(help="latest or accumulate")] = None,
+    quant: Annotated[str | None, typer.Option(help="q4_k_m, q8_0, f16 or f32")] = None,
+) -> None:
+    """Run the whole loop. With no --task and no --model: the offline demo on a built-in task."""
+    t0 = time.monotonic()
+    demo = task is None and model is None and method in (None, "self-guide")
+    overrides = {
+        "task": task, "model": model, "run_dir": run_dir, "seed": seed, "seeds": seeds,
+        "eval_tasks": eval_tasks, "task_type": task_type,
+        "labels": [x.strip() for x in labels.split(",")] if labels else None,
+        "selfguide": {"num_inputs": num_inputs},
+        "selfinstruct": {"num_instructions": num_instructions},
+        "export": {"quant": quant},
+        "loop": {"rounds": rounds, "method": method, "train_from": train_from, "data": data},
+    }
+    if demo:
+        from .config import _deep_merge
+        from .demo import build_demo_model, demo_task_path
+
+        _log("offline demo: a tiny (~1M parameter) Llama student built here, on a built-in headline-topic task.\n"
+             "It shows every stage running for real; it is not a useful model. For real use:\n"
+             "  python -m selfguide_lite loop --task TASK.json --model Qwen/Qwen2.5-0.5B-Instruct")
+        base = load_config(config, {})
+        overrides = _deep_merge(DEMO_OVERRIDES, {k: v for k, v in overrides.items() if v is not None})
+        overrides["model"] = str(build_demo_model(DEMO_MODEL_DIR, log=_log))
+        overrides["task"] = str(demo_task_path())
+        overrides["run_dir"] = run_dir or "runs/demo"
+        cfg = load_config(config, overrides) if config else Config.model_validate(
+            _deep_merge(base.model_dump(), _strip_none(overrides)))
+    else:
+        cfg = _config(config, **overrides)
+    from .loop import run_loop
+
+    summary = run_loop(cfg, _log)
+    _log("")
+    _log(f"done in {time.monotonic() - t0:.0f}s")
+    for k, rec in sorted(summary["rounds"].items(), key=lambda kv: int(kv[0])):
+        m = rec.get("metrics")
+        score = f"exact match {m['exact_match']:.1f}, ROUGE-L {m['rougeL']:.1f}" if m else rec.get("status")
+        _log(f"  round {k}: train rows {rec.get('train_size', '-')}, {score}{'' if rec.get('promoted') else ' (not promoted)'}")
+    _log(f"results: {summary['run_dir']}  (report: {summary['report']})")
+    _log(f"final student GGUF (round {summary['final_round']}): {summary['final_gguf']}")
+
+
+def _strip_none(d: dict) -> dict:
+    from .config import _drop_none
+
+    return _drop_none(d)
+
+
+@app.command()
+def synth(
+    task: Annotated[str, typer.Option(help="task file")],
+    model: Annotated[str, typer.Option(help="student GGUF file")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    num_inputs: Annotated[int | None, typer.Option(help="input candidates [default: 400]")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
+    task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
+    labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
+) -> None:
+    """One Self-Guide synthesis: OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
+    from .loop import run_synthesis
+    from .tasks import load_task
+
+    cfg = _config(config, selfguide={"num_inputs": num_inputs})
+    t = load_task(task, task_type, [x.strip() for x in labels.split(",")] if labels else None)
+    stats = run_synthesis(cfg, t, Path(model), out, seed)
+    _log(json.dumps(stats, indent=2))
+
+
+@app.command()
+def instruct(
+    seeds: Annotated[str, typer.Option(help="seed pool (JSON Lines)")],
+    model: Annotated[str, typer.Option(help="student GGUF file")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+    num_instructions: Annotated[int | None, typer.Option(help="new instructions to accept [default: 200]")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
+    seed: Annotated[int, typer.Option(help="seed")] = 0,
+) -> None:
+    """Self-Instruct bootstrap: OUT/instances.jsonl, OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
+    from .loop import run_self_instruct
+
+    cfg = _config(config, selfinstruct={"num_instructions": num_instructions})
+    stats = run_self_instruct(cfg, seeds, Path(model), out, seed)
+    _log(json.dumps(stats, indent=2))
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="training rows (JSON Lines with prompt, completion)")],
+    model: Annotated[str, typer.Option(help="base: hub id or local HF checkpoint")],
+    out: Annotated[Path, typer.Option(help="adapter output directory")],
+    config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
+    quantization: Annotated[str | None, typer.Option(help="nf4 (QLoRA) or none (16-bit LoRA)")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto, unsloth or hf")] = None,
+    epochs: Annotated[float | None, typer.Option(help="epochs [default: 3]")] = None,
+) -> None:
+    """QLoRA (or 16-bit LoRA) with completion-only loss."""
+    from .train import train_adapter
+
+    cfg = _config(config, train={"quantization": quantization, "backend": backend, "epochs": epochs})
+    info = train_adapter(data, model, out, cfg.train, _log)
+    _log(json.dumps(info, indent=2))
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Option(help="base: hub id or local HF checkpoint")],
+    adapter: Annotated[Path, typer.Option(help="LoRA adapter directory")],
+    out: Annotated[Path, typer.Option(help="output GGUF file")],
+    quant: Annotated[str, typer.Option(help="q4_k_m, q8_0, f16 or f32")] = "q4_k_m",
+) -> None:
+    """Merge the adapter into the 16-bit base, convert to GGUF, quantize."""
+    from .export import QUANT_TYPES
+    from .export import export as do_export
+    from .train import resolve_model_source
+
+    if quant not in QUANT_TYPES:
+        raise UserError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"not a LoRA adapter directory (no adapter_config.json): {adapter}")
+    path = do_export(resolve_model_source(model), adapter, out, quant)
+    _log(f"wrote {path}")
+
+
+@app.command(name="eval")
+def eval_cmd(
+    task: Annotated[str, typer.Option(help="task file")],
+    model: Annotated[str, typer.Option(help="student GGUF file")],
+    limit: Annotated[int | None, typer.Option(help="instances [default: 100]")] = None,
+    out: Annotated[Path | None, typer.Option(help="write predictions + metrics here")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
+) -> None:
+    """Greedy predictions on the task's held-out instances, and their metrics."""
+    from .engine import open_sampler
+    from .evaluate import evaluate
+    from .store import write_json
+    from .tasks import load_task
+
+    cfg = _config(config, eval={"limit": limit})
+    t = load_task(task, cfg.task_type, cfg.labels)
+    with open_sampler(model, cfg.engine) as sampler:
+        result = evaluate(t, sampler, cfg.eval)
+    if out:
+        write_json(out, result)
+    _log(json.dumps({k: v for k, v in result.items() if k != "predictions"}))
+
+
+@app.command()
+def score(
+    task: Annotated[str, typer.Option(help="task file")],
+    predictions: Annotated[Path, typer.Option(help='JSON Lines rows {"id", "prediction"}')],
+) -> None:
+    """Metrics over the instances named in the predictions file; prints one JSON object."""
+    from .evaluate import score_rows
+    from .tasks import load_task
+
+    t = load_task(task)
+    if not predictions.is_file():
+        raise UserError(f"predictions file not found: {predictions}")
+    rows = []
+    for n, line in enumerate(predictions.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{predictions}:{n}: not valid JSON") from None
+        if not isinstance(row, dict) or "id" not in row:
+            raise UserError(f'{predictions}:{n}: each row needs an "id"')
+        rows.append(row)
+    s = score_rows(t, rows)
+    print(json.dumps({"task": s["task"], "n": s["n"], "exact_match": s["exact_match"], "rougeL": s["rougeL"]}))
+
+
+@app.command(name="demo-model")
+def demo_model(
+    out: Annotated[Path, typer.Option(help="output directory")] = DEMO_MODEL_DIR,
+    size: Annotated[str, typer.Option(help="tiny or small")] = "tiny",
+    seconds: Annotated[float, typer.Option(help="pretraining wall-clock budget")] = 150.0,
+) -> None:
+    """Build the local demo student (a tiny Llama pretrained on the demo task's formats)."""
+    from .demo import build_demo_model
+    from .tiny import SHAPES
+
+    if size not in SHAPES:
+        raise UserError(f"--size must be one of {', '.join(SHAPES)}")
+    if not 0 < seconds <= 3600:
+        raise UserError("--seconds must be in (0, 3600]")
+    _log(f"demo student at {build_demo_model(out, size=size, seconds=seconds, log=_log)}")
+
+
+@app.command()
+def doctor() -> None:
+    """What is installed, which backends work, GPU or not."""
+    from .doctor import report
+
+    ok = report(_log)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

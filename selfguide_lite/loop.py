@@ -1,0 +1,246 @@
+"""The rounds (SPEC 4, 7): the only place that knows the order of stages.
+
+round 0: convert + quantize the base, evaluate it.
+round k: synthesise with the current student's GGUF -> train a LoRA (from the base or the previous
+student's merged weights) -> merge, convert, quantize -> evaluate -> promote or not.
+
+Every stage goes through `Manifest.run_stage`, so a re-run skips finished stages whose inputs are
+unchanged and an interrupted run resumes at the stage that was cut off. A round whose synthesis
+leaves no training data is recorded as such and the loop goes on with the same student.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .engine import open_sampler
+from .errors import UserError
+from .evaluate import evaluate
+from .export import export, gguf_from_hf
+from .prompts import PromptFormat
+from .report import write_report
+from .selfguide import synthesize
+from .store import (
+    Manifest,
+    atomic_write_text,
+    file_hash,
+    read_json,
+    read_jsonl,
+    value_hash,
+    write_json,
+    write_jsonl,
+)
+from .tasks import Task, load_seed_pool, load_task
+from .train import resolve_model_source, train_adapter
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Student:
+    round: int
+    gguf: Path
+    hf_dir: str  # the 16-bit weights this student was exported from
+    score: float
+
+
+def _gguf_name(cfg: Config) -> str:
+    return f"model-{cfg.export.quant}.gguf"
+
+
+def run_synthesis(cfg: Config, task: Task, student_gguf: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+    """One Self-Guide synthesis with the given student: writes train/dropped/stats under out_dir."""
+    with open_sampler(student_gguf, cfg.engine) as sampler:
+        result = synthesize(task, sampler, cfg.selfguide, PromptFormat.from_info(sampler.info), seed=seed)
+    write_jsonl(out_dir / "dropped.jsonl", result.dropped)
+    write_json(out_dir / "stats.json", result.stats)
+    write_jsonl(out_dir / "train.jsonl", result.train)  # written last: its presence marks the stage done
+    return result.stats
+
+
+def run_self_instruct(cfg: Config, seeds_path: str, student_gguf: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+    """One Self-Instruct bootstrap: instructions + instances, as prompt/completion training rows."""
+    from .selfinstruct import bootstrap, selfinstruct_training_rows
+
+    seeds = load_seed_pool(seeds_path)
+    with open_sampler(student_gguf, cfg.engine) as sampler:
+        result = bootstrap(seeds, sampler, cfg.selfinstruct, PromptFormat.from_info(sampler.info), seed=seed)
+    write_jsonl(out_dir / "dropped.jsonl", result.dropped)
+    write_json(out_dir / "stats.json", result.stats)
+    write_jsonl(out_dir / "instances.jsonl", result.train)
+    write_jsonl(out_dir / "train.jsonl", selfinstruct_training_rows(result.train))
+    return result.stats
+
+
+def evaluate_student(cfg: Config, tasks: list[Task], gguf: Path, out_path: Path) -> dict[str, Any]:
+    """Evaluate on one task (Self-Guide) or several zero-shot (Self-Instruct); writes eval.json."""
+    prompt_fn = None
+    if cfg.loop.method == "self-instruct":
+        from .selfinstruct import zero_shot_prompt
+
+        prompt_fn = zero_shot_prompt
+    per_task = []
+    with open_sampler(gguf, cfg.engine) as sampler:
+        for task in tasks:
+            per_task.append(evaluate(task, sampler, cfg.eval, **({"prompt_fn": prompt_fn} if prompt_fn else {})))
+    n = len(per_task)
+    summary = {
+        "model": str(gguf),
+        "exact_match": sum(r["exact_match"] for r in per_task) / n,
+        "rougeL": sum(r["rougeL"] for r in per_task) / n,
+        "primary_metric": per_task[0]["primary_metric"] if n == 1 else "rougeL",
+    }
+    summary["primary"] = summary[summary["primary_metric"]]
+    summary["tasks"] = per_task
+    write_json(out_path, summary)
+    return {k: v for k, v in summary.items() if k != "tasks"}
+
+
+def _training_data(cfg: Config, run_dir: Path, k: int, latest: Path) -> Path:
+    """This round's set, or (data: accumulate) every round's set so far, deduplicated."""
+    if cfg.loop.data == "latest":
+        return latest
+    seen, rows = set(), []
+    for j in range(1, k + 1):
+        path = run_dir / f"round-{j}" / "synth" / "train.jsonl"
+        for row in read_jsonl(path) if path.is_file() else []:
+            key = (row["prompt"], row["completion"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    out = run_dir / f"round-{k}" / "train_accumulated.jsonl"
+    write_jsonl(out, rows)
+    return out
+
+
+def run_loop(cfg: Config, log: Log = print) -> dict[str, Any]:
+    """Round 0 then rounds 1..N. Returns a summary with the run directory and the final GGUF."""
+    method = cfg.loop.method
+    if cfg.model is None:
+        raise UserError("no --model given")
+    if method == "self-guide" and not cfg.task:
+        raise UserError("self-guide needs --task")
+    if method == "self-instruct" and not cfg.seeds:
+        raise UserError("self-instruct needs --seeds")
+    if method == "self-guide":
+        tasks = [load_task(cfg.task, cfg.task_type, cfg.labels)]
+        task_files = [cfg.task]
+    else:
+        task_files = cfg.eval_tasks or ([cfg.task] if cfg.task else [])
+        if not task_files:
+            raise UserError("self-instruct needs --eval-tasks (Natural Instructions task files to evaluate on)")
+        tasks = [load_task(p) for p in task_files]
+        load_seed_pool(cfg.seeds)  # fail early on a bad seed file
+
+    run_dir = Path(cfg.run_dir or Path("runs") / f"{tasks[0].name if method == 'self-guide' else 'self-instruct'}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean_partial(run_dir)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    manifest = Manifest(run_dir / "manifest.json")
+    manifest.data.update(method=method, model=cfg.model, task=cfg.task, seeds=cfg.seeds)
+    base = resolve_model_source(cfg.model)
+    base_hash = file_hash(base)
+    tasks_hash = value_hash([file_hash(p) for p in task_files] + [cfg.task_type, cfg.labels])
+    eval_hash = value_hash(cfg.eval.model_dump())
+    gguf_name = _gguf_name(cfg)
+
+    log(f"run directory: {run_dir}")
+    # Round 0: the base as it is.
+    r0 = run_dir / "round-0"
+    base_gguf = r0 / gguf_name
+    manifest.run_stage("round-0/export", {"model": base_hash, "quant": cfg.export.quant}, [base_gguf],
+                       partial(_base_export_stage, base, base_gguf, cfg), log)
+    rec = manifest.run_stage("round-0/eval", {"gguf": file_hash(base_gguf), "tasks": tasks_hash, "eval": eval_hash},
+                             [r0 / "eval.json"], partial(evaluate_student, cfg, tasks, base_gguf, r0 / "eval.json"), log)
+    score0 = read_json(r0 / "eval.json")
+    log(f"round 0 (base): exact match {score0['exact_match']:.1f}  ROUGE-L {score0['rougeL']:.1f}")
+    manifest.data["rounds"]["0"] = {"status": "done", "gguf": str(base_gguf.relative_to(run_dir)),
+                                    "metrics": _metrics(score0), "promoted": True, "seconds": rec.get("seconds")}
+    manifest.save()
+    student = best = Student(0, base_gguf, base, score0["primary"])
+
+    for k in range(1, cfg.loop.rounds + 1):
+        rk = run_dir / f"round-{k}"
+        synth_dir = rk / "synth"
+        seed = cfg.seed + k
+        log(f"round {k}: synthesising with the round-{student.round} student")
+        if method == "self-guide":
+            synth_fn = partial(run_synthesis, cfg, tasks[0], student.gguf, synth_dir, seed)
+            synth_cfg = cfg.selfguide.model_dump()
+        else:
+            synth_fn = partial(run_self_instruct, cfg, cfg.seeds, student.gguf, synth_dir, seed)
+            synth_cfg = cfg.selfinstruct.model_dump()
+        manifest.run_stage(
+            f"round-{k}/synth",
+            {"student": file_hash(student.gguf), "tasks": tasks_hash, "seeds": file_hash(cfg.seeds) if cfg.seeds else "",
+             "cfg": value_hash([synth_cfg, cfg.engine.model_dump()]), "seed": str(seed)},
+            [synth_dir / "train.jsonl", synth_dir / "stats.json"], synth_fn, log)
+        stats = read_json(synth_dir / "stats.json")
+        data = _training_data(cfg, run_dir, k, synth_dir / "train.jsonl")
+        n_rows = len(read_jsonl(data))
+        round_rec: dict[str, Any] = {"train_size": n_rows, "synth_stats": stats, "student_round": student.round}
+        if n_rows == 0:
+            log(f"round {k}: no training data survived the filters; keeping the round-{student.round} student")
+            manifest.data["rounds"][str(k)] = {**round_rec, "status": "no_data", "promoted": False}
+            manifest.save()
+            continue
+        log(f"round {k}: {n_rows} training rows")
+
+        train_base = base if cfg.loop.train_from == "base" else student.hf_dir
+        adapter = rk / "adapter"
+        manifest.run_stage(
+            f"round-{k}/train",
+            {"data": file_hash(data), "base": file_hash(train_base), "cfg": value_hash(cfg.train.model_dump())},
+            [adapter], partial(train_adapter, data, train_base, adapter, cfg.train, log), log)
+        gguf, merged = rk / gguf_name, rk / "merged"
+        manifest.run_stage(
+            f"round-{k}/export",
+            {"adapter": file_hash(adapter), "base": file_hash(train_base), "quant": cfg.export.quant},
+            [gguf, merged],
+            partial(_export_stage, train_base, adapter, gguf, merged, cfg),
+            log)
+        manifest.run_stage(
+            f"round-{k}/eval", {"gguf": file_hash(gguf), "tasks": tasks_hash, "eval": eval_hash},
+            [rk / "eval.json"], partial(evaluate_student, cfg, tasks, gguf, rk / "eval.json"), log)
+        scores = read_json(rk / "eval.json")
+        promoted = scores["primary"] >= best.score - cfg.loop.promote_tolerance
+        log(f"round {k}: exact match {scores['exact_match']:.1f}  ROUGE-L {scores['rougeL']:.1f}  "
+            f"({'promoted' if promoted else f'not promoted: below best {best.score:.1f} by more than {cfg.loop.promote_tolerance}'})")
+        manifest.data["rounds"][str(k)] = {**round_rec, "status": "done", "gguf": str(gguf.relative_to(run_dir)),
+                                           "metrics": _metrics(scores), "promoted": promoted}
+        if promoted:
+            student = Student(k, gguf, str(merged), scores["primary"])
+            if student.score > best.score:
+                best = student
+        manifest.save()
+
+    manifest.data["final"] = {"round": student.round, "gguf": str(student.gguf),
+                              "best_round": best.round, "best_score": best.score}
+    manifest.save()
+    report = write_report(run_dir)
+    return {"run_dir": str(run_dir), "final_gguf": str(student.gguf), "final_round": student.round,
+            "report": str(report), "rounds": manifest.data["rounds"]}
+
+
+def _base_export_stage(base: str, out: Path, cfg: Config) -> dict[str, Any]:
+    return {"gguf": str(gguf_from_hf(base, out, cfg.export.quant))}
+
+
+def _export_stage(base: str, adapter: Path, gguf: Path, merged: Path, cfg: Config) -> dict[str, Any]:
+    return {"gguf": str(export(base, adapter, gguf, cfg.export.quant, merged, cfg.export.keep_f16_gguf))}
+
+
+def _metrics(scores: dict[str, Any]) -> dict[str, Any]:
+    return {k: scores[k] for k in ("exact_match", "rougeL", "primary_metric", "primary")}
+
+
+def clean_partial(run_dir: Path) -> None:
+    """Remove temporary artifacts a killed process may have left (never finished outputs)."""
+    for tmp in run_dir.rglob(".*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)

@@ -1,0 +1,238 @@
+"""LoRA / QLoRA finetuning with completion-only loss (SPEC 4).
+
+Two backends behind one function:
+- **unsloth** (chosen by `backend: auto` when Unsloth imports and a CUDA GPU is present): its
+  FastLanguageModel patches give 2-5x faster QLoRA on NVIDIA GPUs. Optional extra.
+- **hf**: transformers + peft + trl. Works everywhere, CPU included. `quantization: nf4` loads the
+  base in 4-bit through bitsandbytes (QLoRA; slow on CPU but real); `none` trains LoRA on the
+  unquantized 16/32-bit weights, the sensible CPU setting.
+
+Rows are plain `{"prompt", "completion"}` records (TRL's format). The prompt is rendered here
+through the same `PromptFormat.render` that sampling and evaluation use, from the HF tokenizer's
+chat template, so all three see identical text. The trainer saves a checkpoint each epoch; an
+interrupted run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .errors import UserError
+from .prompts import PromptFormat
+from .store import atomic_dir, read_jsonl
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class EmptyTrainingSet(UserError):
+    """No row survived synthesis: there is nothing to train on this round."""
+
+
+def resolve_model_source(model: str | Path) -> str:
+    """A local checkpoint directory, or a hub id fetched (safetensors + tokenizer only) to the HF cache."""
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a Hugging Face checkpoint (no config.json)")
+        if not any(path.glob("*.safetensors")):
+            raise UserError(f"{path} has no .safetensors weights (only safetensors are loaded)")
+        return str(path)
+    if str(model).endswith(".gguf"):
+        raise UserError(f"{model}: training needs the 16-bit HF checkpoint, not a GGUF file")
+    if path.exists() or str(model).startswith((".", "/")) or str(model).count("/") != 1:
+        raise UserError(f"model not found: {model} (give a local checkpoint directory or a hub id like org/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(
+            str(model),
+            allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"],
+        )
+    except Exception as exc:  # network, auth, missing repo: all user-facing
+        raise UserError(f"could not fetch {model} from the Hugging Face hub: {exc.__class__.__name__}") from None
+
+
+def choose_backend(cfg: TrainConfig) -> str:
+    if cfg.backend != "auto":
+        return cfg.backend
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None:
+        return "unsloth"
+    return "hf"
+
+
+def load_rows(data_path: str | Path) -> list[dict[str, str]]:
+    path = Path(data_path)
+    if not path.is_file():
+        raise UserError(f"training data not found: {path}")
+    rows = read_jsonl(path)
+    bad = [n for n, r in enumerate(rows, 1) if not isinstance(r.get("prompt"), str) or not isinstance(r.get("completion"), str)]
+    if bad:
+        raise UserError(f"{path}:{bad[0]}: each row needs string 'prompt' and 'completion' fields")
+    if not rows:
+        raise EmptyTrainingSet(f"{path} holds no training rows")
+    return rows
+
+
+def render_rows(rows: list[dict[str, str]], fmt: PromptFormat) -> list[dict[str, str]]:
+    return [{"prompt": fmt.render(r["prompt"]), "completion": fmt.answer(r["completion"])} for r in rows]
+
+
+def _sft_config(cfg: TrainConfig, out: Path, n_rows: int, on_gpu: bool, bf16: bool):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(out),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        weight_decay=0.0,
+        logging_steps=max(1, n_rows // (cfg.batch_size * 4) or 1),
+        save_strategy="epoch",
+        save_total_limit=1,
+        report_to=[],
+        seed=cfg.seed,
+        max_length=cfg.max_seq_length,
+        completion_only_loss=True,
+        use_cpu=not on_gpu,
+        bf16=bf16,
+        fp16=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        dataset_num_proc=None,
+    )
+
+
+def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, work_dir: Path):
+    """transformers + peft + trl trainer (QLoRA when cfg.quantization == 'nf4')."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    on_gpu = torch.cuda.is_available()
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    fmt = PromptFormat(tok.chat_template or None, tok.bos_token or "", tok.eos_token or "")
+    load_kwargs: dict[str, Any] = {"use_safetensors": True}
+    if cfg.quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if bf16 else torch.float32
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        )
+        load_kwargs["dtype"] = compute
+        if on_gpu:
+            load_kwargs["device_map"] = {"": 0}
+    else:
+        load_kwargs["dtype"] = "auto"
+    model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
+    if cfg.quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    peft_config = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    dataset = Dataset.from_list(render_rows(rows, fmt))
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(cfg, work_dir, len(rows), on_gpu, bf16),
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=peft_config,
+    )
+    return trainer, tok
+
+
+def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, work_dir: Path):
+    """Unsloth's FastLanguageModel (GPU): same data, same LoRA settings, same completion-only loss."""
+    import unsloth  # noqa: F401  (must come before transformers/trl to patch them)
+    from datasets import Dataset
+    from trl import SFTTrainer
+    from unsloth import FastLanguageModel
+
+    model, tok = FastLanguageModel.from_pretrained(
+        model_name=source, max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.quantization == "nf4", dtype=None
+    )
+    targets = LORA_TARGETS if cfg.target_modules == "all-linear" else cfg.target_modules
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        use_gradient_checkpointing="unsloth",
+        random_state=cfg.seed,
+    )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    fmt = PromptFormat(tok.chat_template or None, tok.bos_token or "", tok.eos_token or "")
+    import torch
+
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(cfg, work_dir, len(rows), True, torch.cuda.is_bf16_supported()),
+        train_dataset=Dataset.from_list(render_rows(rows, fmt)),
+        processing_class=tok,
+    )
+    return trainer, tok
+
+
+def train_adapter(
+    data_path: str | Path,
+    model: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Finetune a LoRA adapter on `data_path` and save it (with the tokenizer) to `out_dir`."""
+    cfg = cfg or TrainConfig()
+    rows = load_rows(data_path)
+    source = resolve_model_source(model)
+    backend = choose_backend(cfg)
+    out_dir = Path(out_dir)
+    work_dir = out_dir.with_name(out_dir.name + ".checkpoints")
+    log(f"training: {len(rows)} rows, backend {backend}, {cfg.quantization if cfg.quantization == 'nf4' else '16-bit'} LoRA r={cfg.lora_r}")
+    t0 = time.monotonic()
+    build = build_unsloth_trainer if backend == "unsloth" else build_hf_trainer
+    trainer, tok = build(rows, source, cfg, work_dir)
+    resume = work_dir.is_dir() and any(work_dir.glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    with atomic_dir(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        info = {
+            "backend": backend,
+            "quantization": cfg.quantization,
+            "rows": len(rows),
+            "steps": int(result.global_step),
+            "train_loss": round(float(result.training_loss), 4),
+            "seconds": round(time.monotonic() - t0, 1),
+            "base_model": str(model),
+            "resumed": resume,
+        }
+        (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+    import shutil
+
+    shutil.rmtree(work_dir, ignore_errors=True)
+    log(f"training done: {info['steps']} steps, loss {info['train_loss']}, {info['seconds']}s")
+    return info
