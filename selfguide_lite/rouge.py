@@ -58,18 +58,28 @@ def fmeasure_from_lcs(lcs: int, target_len: int, prediction_len: int) -> float:
     return 0.0
 
 
-def _fmeasure_matrix(lcs: np.ndarray, pred_lens: np.ndarray, target_lens: np.ndarray) -> np.ndarray:
-    """`fmeasure_from_lcs` over a whole (predictions x targets) matrix; IEEE float64 ops, same order."""
-    lcs = lcs.astype(np.float64)
+def _fmeasure_array(lcs: np.ndarray, pred_lens: np.ndarray, target_lens: np.ndarray) -> np.ndarray:
+    """`fmeasure_from_lcs` over arrays (broadcast): IEEE float64 operations in rouge_score's order."""
+    lcs = np.asarray(lcs, dtype=np.float64)
+    pred = np.asarray(pred_lens, dtype=np.float64)
+    target = np.asarray(target_lens, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        precision = lcs / pred_lens.astype(np.float64)[:, None]
-        recall = lcs / target_lens.astype(np.float64)[None, :]
+        precision = lcs / pred
+        recall = lcs / target
         total = precision + recall
         f = 2 * precision * recall / total
-    f[~(total > 0)] = 0.0
-    f[pred_lens == 0, :] = 0.0
-    f[:, target_lens == 0] = 0.0
-    return f
+    empty = (pred == 0) | (target == 0) | ~(total > 0)
+    return np.where(empty, 0.0, f)
+
+
+def _fmeasure_matrix(lcs: np.ndarray, pred_lens: np.ndarray, target_lens: np.ndarray) -> np.ndarray:
+    """(predictions x targets) LCS matrix -> F-measures."""
+    return _fmeasure_array(lcs, np.asarray(pred_lens)[:, None], np.asarray(target_lens)[None, :])
+
+
+def _fmeasure_pairs(lcs: np.ndarray, pred_lens: np.ndarray, target_lens: np.ndarray) -> np.ndarray:
+    """Aligned pairs -> F-measures."""
+    return _fmeasure_array(lcs, pred_lens, target_lens)
 
 
 def rouge_l(target: str, prediction: str) -> float:
@@ -178,6 +188,32 @@ class RougePool:
             queries, choices, scorer=Indel.normalized_similarity, score_cutoff=cutoff, dtype=np.uint8,
             workers=self.workers,
         )
+
+    def exceeds(self, texts: Sequence[str]) -> np.ndarray:
+        """Boolean matrix (texts x pool): True where the F-measure exceeds the threshold.
+
+        The screen discards the clear misses in C++; the survivors' LCS lengths come from one
+        element-wise rapidfuzz call and are scored with rouge_score's arithmetic.
+        """
+        encoded = [self.encode(t) for t in texts]
+        out = np.zeros((len(encoded), len(self)), dtype=bool)
+        if not encoded or not len(self):
+            return out
+        pool_lens = self._pool_lens()
+        for start in range(0, len(encoded), _ROW_CHUNK):
+            rows = encoded[start : start + _ROW_CHUNK]
+            r, c = np.nonzero(self._screen(rows, self._encoded))
+            if not len(r):
+                continue
+            lcs = process.cpdist(
+                [rows[i] for i in r], [self._encoded[j] for j in c], scorer=LCSseq.similarity, dtype=np.int32,
+                workers=self.workers,
+            )
+            row_lens = np.array([len(x) for x in rows], dtype=np.int64)
+            f = _fmeasure_pairs(lcs, row_lens[r], pool_lens[c])
+            hit = f > self.threshold
+            out[start + r[hit], c[hit]] = True
+        return out
 
     def _best_exact(self, enc: str, candidates: Iterable[int], encoded: Sequence[str], texts: Sequence[str]) -> Nearest:
         best = Nearest(-1.0, -1, None)

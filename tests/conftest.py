@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny real models built on the fly (no downloads) and a scripted sampler."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from selfguide_lite.engine.base import Completion, ModelInfo, Request, Sampler
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CORPUS = [
+    f"Input: {w} number {i} is here\nOutput: {lab}"
+    for i, (w, lab) in enumerate(
+        [("the team wins the final", "sports"), ("heavy rain hits Leeds", "weather"), ("a bakery opens", "food")] * 60
+    )
+]
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"shared data not present: {path}")
+    return path
+
+
+class ScriptedSampler(Sampler):
+    """A fake student for unit tests of prompt/filter/vote logic: `respond(prompt, sample_index, request)`."""
+
+    def __init__(self, respond: Callable[[str, int, Request], str], chat_template: str | None = None) -> None:
+        self.respond = respond
+        self.info = ModelInfo(chat_template, "<s>", "</s>")
+        self.requests: list[Request] = []
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(re.findall(r"\w+|[^\w\s]", text)))
+
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        self.requests.extend(requests)
+        return [
+            [Completion(self.respond(r.prompt, i, r), 1, "stop") for i in range(r.params.n)] for r in requests
+        ]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A random-init tiny Llama HF checkpoint with a sentencepiece tokenizer."""
+    from selfguide_lite.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model(out, CORPUS, arch="llama", vocab_size=320, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    from selfguide_lite.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-qwen2")
+    build_tiny_model(out, CORPUS, arch="qwen2", vocab_size=320, seed=2)
+    return out

@@ -1,0 +1,117 @@
+import re
+from collections import Counter
+
+import pytest
+
+from selfguide_lite.config import SelfGuideConfig
+from selfguide_lite.filters import LengthWindow, NoiseFilter
+from selfguide_lite.prompts import PromptFormat
+from selfguide_lite.selfguide import balance_classes, self_consistency_vote, synthesize
+from selfguide_lite.tasks import Demo, Task
+from tests.conftest import ScriptedSampler
+
+TASK = Task(
+    name="topics",
+    instruction="Say the topic.",
+    demos=[Demo("The Tigers win the final", "sports"), Demo("Heavy rain hits Leeds", "weather"),
+           Demo("A bakery opens in Oslo", "food")],
+    type="classification",
+    labels=["sports", "weather", "food"],
+)
+WORDS = {"sports": "team", "weather": "storm", "food": "bakery"}
+
+
+def scripted(prompt: str, i: int, request) -> str:
+    """Writes an input for the asked label; labels by keyword, with one dissenting sample in ten."""
+    if "Write one new input" in prompt:
+        label = re.search(r'correct output is "(\w+)"', prompt).group(1)
+        return f" The {WORDS[label]} story number {request.params.seed % 1000}"
+    new_input = prompt.rsplit("Input:", 1)[1]
+    truth = next(lab for lab, w in WORDS.items() if w in new_input)
+    return " " + (truth if i != 3 else "food")
+
+
+def test_vote_majority_threshold_and_shortest_tie():
+    noise = NoiseFilter()
+    v = self_consistency_vote(["yes", "Yes.", "no"], labels=None, noise=noise, length=None, threshold=0.3)
+    assert v.answer == "yes" and v.share == pytest.approx(2 / 3)
+    tie = self_consistency_vote(["a longer answer", "short"], labels=None, noise=noise, length=None, threshold=0.3)
+    assert tie.answer == "short"
+    spread = self_consistency_vote(list("abcd"), labels=None, noise=noise, length=None, threshold=0.3)
+    assert spread.answer is None and "consensus" in spread.reason
+
+
+def test_vote_classification_counts_only_labels_and_returns_label_exactly():
+    v = self_consistency_vote(["Sports.", "SPORTS", "banana", "weather"], labels=["sports", "weather"],
+                              noise=NoiseFilter(), length=None, threshold=0.3)
+    assert v.answer == "sports" and v.share == pytest.approx(2 / 3)
+    assert v.rejected == {"off-label": 1}
+    none = self_consistency_vote(["banana"], labels=["sports"], noise=NoiseFilter(), length=None, threshold=0.3)
+    assert none.answer is None and none.reason == "no valid samples"
+
+
+def test_vote_generation_drops_noise_and_out_of_window_samples():
+    v = self_consistency_vote(["Sure, here is x", "ok", "a fine answer", "a fine answer!"], labels=None,
+                              noise=NoiseFilter(), length=LengthWindow(5, 20), threshold=0.3)
+    assert v.answer == "a fine answer" and v.rejected == {"noise": 1, "length": 1}
+
+
+def test_balance_downsamples_to_smallest_class():
+    recs = [{"id": str(i), "output": lab} for i, lab in enumerate(["a"] * 5 + ["b"] * 2 + ["c"] * 3)]
+    kept, dropped = balance_classes(recs, seed=0)
+    assert Counter(r["output"] for r in kept) == {"a": 2, "b": 2, "c": 2}
+    assert len(dropped) == 4
+
+
+def test_synthesize_cycles_labels_votes_balances_and_accounts_for_every_candidate():
+    sampler = ScriptedSampler(scripted)
+    cfg = SelfGuideConfig(num_inputs=12, wave_size=4, num_samples=10)
+    res = synthesize(TASK, sampler, cfg, PromptFormat(), seed=7)
+    gen = [r for r in sampler.requests if "Write one new input" in r.prompt]
+    asked = [re.search(r'correct output is "(\w+)"', r.prompt).group(1) for r in gen]
+    assert asked == ["sports", "weather", "food"] * 4
+    assert all(r.params.temperature == 0.7 and r.params.top_k == 40 for r in gen)
+    ann = [r for r in sampler.requests if "Write one new input" not in r.prompt]
+    assert all(r.params.n == 10 and r.params.temperature == 0.2 and r.params.top_k == 10 for r in ann)
+    assert all(r.params.choices == ("sports", "weather", "food") for r in ann)
+    # Every candidate ends in train or dropped, and the funnel adds up.
+    assert len(res.train) + len(res.dropped) == 12
+    s = res.stats
+    assert s["inputs_accepted"] + sum(s["input_dropped"].values()) == 12
+    assert s["annotated"] + sum(s["annotation_dropped"].values()) == s["inputs_accepted"]
+    assert s["train"] + s["balance_dropped"] == s["annotated"]
+    # Labels come from the vote (keyword truth), are label-exact, and classes are balanced.
+    for row in res.train:
+        assert row["output"] == next(lab for lab, w in WORDS.items() if w in row["input"])
+        assert row["completion"] == row["output"] and row["prompt"].endswith(f"Input: {row['input']}\nOutput:")
+    assert len(set(Counter(r["output"] for r in res.train).values())) == 1
+    assert all(d["stage"] and d["reason"] for d in res.dropped)
+
+
+def test_synthesize_shows_accepted_inputs_back_and_drops_duplicates():
+    outputs = iter(["The team story A", "The team story A", "The storm story B"] + ["The bakery C"] * 20)
+
+    def respond(prompt, i, req):
+        if "Write one new input" in prompt:
+            return next(outputs)
+        return "sports"
+
+    sampler = ScriptedSampler(respond)
+    cfg = SelfGuideConfig(num_inputs=6, wave_size=2, num_samples=2, length_filter=False)
+    res = synthesize(TASK, sampler, cfg, PromptFormat(), seed=0)
+    assert res.stats["input_dropped"]["duplicate"] == 3  # A again, then C twice more
+    later = [r.prompt for r in sampler.requests if "Write one new input" in r.prompt][2:]
+    assert all("The team story A" in p for p in later)  # accepted inputs are shown back as context
+
+
+def test_synthesize_generation_task_uses_generation_settings():
+    task = Task("gen", "Rewrite politely.", [Demo("give it", "Could you please give it to me?")], "generation")
+
+    def respond(prompt, i, req):
+        return "hand it over" if "Write one new input" in prompt else "Would you please hand it over?"
+
+    sampler = ScriptedSampler(respond)
+    res = synthesize(task, sampler, SelfGuideConfig(num_inputs=3, num_samples=3), PromptFormat(), seed=0)
+    assert sampler.requests[0].params.temperature == 0.9
+    assert all(r.params.choices is None for r in sampler.requests)
+    assert res.stats["train"] == 1 and res.train[0]["output"] == "Would you please hand it over?"

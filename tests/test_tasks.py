@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from selfguide_lite.errors import UserError
+from selfguide_lite.tasks import load_seed_pool, load_task
+from tests.conftest import shared_file
+
+
+def test_natural_instructions_classification_labels_in_first_seen_order():
+    path = shared_file("natural-instructions", "task190_snli_classification.json")
+    task = load_task(path)
+    data = json.loads(path.read_text())
+    assert task.type == "classification"
+    first_seen = list(dict.fromkeys(i["output"][0] for i in data["Instances"]))
+    assert task.labels[: len(first_seen)] == first_seen
+    assert set(task.labels) >= {d["output"] for d in data["Positive Examples"]}
+    assert task.instruction == data["Definition"][0].strip()
+    assert len(task.demos) == len(data["Positive Examples"])
+
+
+def test_natural_instructions_generation_and_override():
+    path = shared_file("natural-instructions", "task036_qasc_topic_word_to_generate_related_fact.json")
+    assert load_task(path).type == "generation"
+    assert load_task(path).labels == []
+    forced = load_task(path, task_type="classification", labels=["a", "b"])
+    assert forced.type == "classification" and forced.labels == ["a", "b"]
+
+
+def test_eval_instances_skip_demo_inputs_and_limit(tmp_path):
+    doc = {
+        "instruction": "Say yes or no.",
+        "examples": [{"input": "is it?", "output": "yes"}],
+        "eval": [{"input": "is it?", "output": "yes"}] + [{"input": f"q{i}", "outputs": ["no", "nope"]} for i in range(5)],
+    }
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    task = load_task(path)
+    assert task.type == "classification" and task.labels == ["yes", "no"]
+    inst = task.eval_instances(3)
+    assert [i.input for i in inst] == ["q0", "q1", "q2"]
+    assert inst[0].outputs == ("no", "nope")
+
+
+def test_own_yaml_task_with_declared_type(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text("instruction: Summarise.\ntype: generation\nexamples:\n  - {input: a long text, output: short}\n")
+    task = load_task(path)
+    assert task.type == "generation" and task.demos[0].output == "short"
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[1, 2]", "{\"foo\": 1}", "instruction: x\n", "{\"Definition\": 5}", ":\n  - [unclosed"],
+)
+def test_bad_task_files_are_user_errors(tmp_path, content):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(UserError):
+        load_task(path)
+
+
+def test_missing_task_file():
+    with pytest.raises(UserError, match="not found"):
+        load_task("/no/such/task.json")
+
+
+def test_seed_pool_loads_real_file_and_rejects_bad_lines(tmp_path):
+    seeds = load_seed_pool(shared_file("self-instruct", "seed_tasks.jsonl"))
+    assert len(seeds) == 175
+    assert sum(s.is_classification for s in seeds) > 10
+    bad = tmp_path / "s.jsonl"
+    bad.write_text('{"id": "x"}\n')
+    with pytest.raises(UserError, match="malformed"):
+        load_seed_pool(bad)
