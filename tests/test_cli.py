@@ -1,0 +1,100 @@
+"""The command line: one-line user errors with exit 2, `score`, and one real round of `loop`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from selfguide_lite.cli import main
+from tests.conftest import shared_file
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "selfguide_lite", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "--task", "/no/task.json", "--model", "/no/model.gguf"],
+        ["synth", "--task", "/no/task.json", "--model", "x.gguf", "--out", "o"],
+        ["loop", "--task", "/no/task.json", "--model", "/no/model"],
+        ["export", "--model", "/no/model", "--adapter", "/no/adapter", "--out", "x.gguf", "--quant", "q3"],
+        ["train", "--data", "/no/data.jsonl", "--model", "m", "--out", "o"],
+        ["loop", "--rounds", "-1", "--task", "t", "--model", "m"],
+        ["eval", "--task"],
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_bad_model_file_is_a_user_error(tmp_path, capsys):
+    task = shared_file("natural-instructions", "task190_snli_classification.json")
+    bogus = tmp_path / "m.gguf"
+    bogus.write_bytes(b"not a gguf")
+    assert main(["eval", "--task", str(task), "--model", str(bogus)]) == 2
+    assert "could not load" in capsys.readouterr().err
+
+
+def test_score_prints_one_json_object_and_rejects_unknown_ids(tmp_path):
+    task = shared_file("natural-instructions", "task190_snli_classification.json")
+    data = json.loads(task.read_text())
+    inst = data["Instances"][:4]
+    preds = tmp_path / "p.jsonl"
+    rows = [{"id": i["id"], "prediction": i["output"][0] if n % 2 == 0 else "zzz"} for n, i in enumerate(inst)]
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_cli("score", "--task", str(task), "--predictions", str(preds))
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert obj == {"task": "task190_snli_classification", "n": 4, "exact_match": 50.0, "rougeL": 50.0}
+    preds.write_text(json.dumps({"id": "nope", "prediction": "E"}) + "\n")
+    bad = run_cli("score", "--task", str(task), "--predictions", str(preds))
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "nope" in bad.stderr
+
+
+@pytest.mark.slow
+def test_loop_one_round_end_to_end(tmp_path):
+    """Build the demo student briefly, then run round 0 + one round with small counts, for real."""
+    from selfguide_lite.demo import build_demo_model
+
+    model = build_demo_model(tmp_path / "student", seconds=40, log=lambda m: None)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "selfguide: {num_inputs: 24, wave_size: 12, num_samples: 4}\n"
+        "train: {quantization: none, epochs: 1, batch_size: 4, learning_rate: 1.0e-3}\n"
+        "eval: {limit: 12}\nengine: {n_ctx: 2048}\n"
+        # Keep every candidate: this test checks the plumbing, not the tiny model's quality.
+        "selfguide:\n  num_inputs: 24\n  wave_size: 12\n  num_samples: 4\n  length_filter: false\n  balance: false\n"
+    )
+    run_dir = tmp_path / "run"
+    from selfguide_lite.demo import demo_task_path
+
+    out = run_cli("loop", "--task", str(demo_task_path()), "--model", str(model), "--rounds", "1",
+                  "--run-dir", str(run_dir), "--config", str(cfg), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["rounds"]) == {"0", "1"}
+    for stage in ["round-0/export", "round-0/eval", "round-1/synth", "round-1/train", "round-1/export", "round-1/eval"]:
+        assert manifest["stages"][stage]["status"] == "done", stage
+        assert len(manifest["stages"][stage]["inputs"]) >= 2
+    train_rows = (run_dir / "round-1" / "synth" / "train.jsonl").read_text().splitlines()
+    assert len(train_rows) == manifest["rounds"]["1"]["train_size"] > 0
+    for r in (0, 1):
+        ev = json.loads((run_dir / f"round-{r}" / "eval.json").read_text())
+        assert {"exact_match", "rougeL"} <= set(ev) and ev["tasks"][0]["n"] == 12
+    gguf = run_dir / "round-1" / "model-q4_k_m.gguf"
+    from selfguide_lite.engine.llamacpp import load_llama
+
+    llama = load_llama(gguf, n_ctx=256, n_threads=2)
+    assert llama.n_vocab() > 0
+    llama.close()
+    assert (run_dir / "report.html").read_text().count("<tr>") >= 3
+    assert (run_dir / "round-1" / "merged" / "model.safetensors").is_file()
+    # Re-running with the same inputs skips every finished stage.
+    again = run_cli("loop", "--task", str(demo_task_path()), "--model", str(model), "--rounds", "1",
+                    "--run-dir", str(run_dir), "--config", str(cfg), cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 6
