@@ -19,10 +19,15 @@ def predict(
     sampler: Sampler,
     cfg: EvalConfig | None = None,
     prompt_fn: Callable[[Task, str], str] = task_prompt,
+    fmt: PromptFormat | None = None,
+    extra_stops: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """One greedy prediction per evaluation instance; all requests go to the sampler at once."""
+    """One greedy prediction per evaluation instance; all requests go to the sampler at once.
+
+    `fmt` defaults to the student's own format (its chat template when it has one).
+    """
     cfg = cfg or EvalConfig()
-    fmt = PromptFormat.from_info(sampler.info)
+    fmt = fmt or PromptFormat.from_info(sampler.info)
     instances = task.eval_instances(cfg.limit)
     if not instances:
         raise UserError(f"task {task.name} has no evaluation instances")
@@ -34,7 +39,7 @@ def predict(
     params = SamplingParams(
         temperature=0.0,
         max_tokens=max_tokens,
-        stop=fmt.answer_stops,
+        stop=fmt.answer_stops + extra_stops,
         choices=tuple(task.labels) if (task.is_classification and cfg.constrain_labels) else None,
     )
     requests = [Request(fmt.render(prompt_fn(task, inst.input)), params) for inst in instances]
@@ -58,9 +63,10 @@ def score_rows(task: Task, rows: list[dict[str, Any]], known: list | None = None
 
 
 def evaluate(task: Task, sampler: Sampler, cfg: EvalConfig | None = None,
-             prompt_fn: Callable[[Task, str], str] = task_prompt) -> dict[str, Any]:
+             prompt_fn: Callable[[Task, str], str] = task_prompt, fmt: PromptFormat | None = None,
+             extra_stops: tuple[str, ...] = ()) -> dict[str, Any]:
     """Predict and score; `primary` is exact match for classification, ROUGE-L for generation."""
-    rows = predict(task, sampler, cfg, prompt_fn)
+    rows = predict(task, sampler, cfg, prompt_fn, fmt, extra_stops)
     scores = score_rows(task, rows)
     scores["primary_metric"] = "exact_match" if task.is_classification else "rougeL"
     scores["primary"] = scores[scores["primary_metric"]]

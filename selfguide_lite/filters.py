@@ -128,13 +128,17 @@ def word_count_check(text: str, min_words: int = 4, max_words: int = 150) -> str
 
 @dataclass
 class BlacklistFilter:
-    """Whole words or phrases only, any case, any whitespace inside a phrase: "maps" drops, "mapping" does not."""
+    """Whole words or phrases only, any case, any whitespace inside a phrase.
+
+    "maps" drops an instruction, "mapping" does not: substring matching would reject many harmless tasks.
+    """
 
     words: Sequence[str] = INSTRUCTION_BLACKLIST
     _rx: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        alternatives = sorted((r"\s+".join(map(re.escape, w.split())) for w in self.words), key=len, reverse=True)
+        phrases = (r"\s+".join(map(re.escape, w.split())) for w in self.words)
+        alternatives = sorted(phrases, key=len, reverse=True)
         self._rx = re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.IGNORECASE)
 
     def check(self, text: str) -> str | None:

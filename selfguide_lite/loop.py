@@ -80,15 +80,17 @@ def run_self_instruct(cfg: Config, seeds_path: str, student_gguf: Path, out_dir:
 
 def evaluate_student(cfg: Config, tasks: list[Task], gguf: Path, out_path: Path) -> dict[str, Any]:
     """Evaluate on one task (Self-Guide) or several zero-shot (Self-Instruct); writes eval.json."""
-    prompt_fn = None
+    kwargs: dict[str, Any] = {}
     if cfg.loop.method == "self-instruct":
         from .selfinstruct import zero_shot_prompt
 
-        prompt_fn = zero_shot_prompt
+        kwargs = {"prompt_fn": zero_shot_prompt, "extra_stops": ("\n###",)}
     per_task = []
     with open_sampler(gguf, cfg.engine) as sampler:
+        if not _use_chat_template(cfg):
+            kwargs["fmt"] = PromptFormat(None, sampler.info.bos_token, sampler.info.eos_token)
         for task in tasks:
-            per_task.append(evaluate(task, sampler, cfg.eval, **({"prompt_fn": prompt_fn} if prompt_fn else {})))
+            per_task.append(evaluate(task, sampler, cfg.eval, **kwargs))
     n = len(per_task)
     summary = {
         "model": str(gguf),
@@ -100,6 +102,11 @@ def evaluate_student(cfg: Config, tasks: list[Task], gguf: Path, out_path: Path)
     summary["tasks"] = per_task
     write_json(out_path, summary)
     return {k: v for k, v in summary.items() if k != "tasks"}
+
+
+def _use_chat_template(cfg: Config) -> bool:
+    """Self-Instruct may train and evaluate with the fixed template even when the model has a chat one."""
+    return cfg.loop.method == "self-guide" or cfg.selfinstruct.template == "auto"
 
 
 def _training_data(cfg: Config, run_dir: Path, k: int, latest: Path) -> Path:
@@ -196,8 +203,9 @@ def run_loop(cfg: Config, log: Log = print) -> dict[str, Any]:
         adapter = rk / "adapter"
         manifest.run_stage(
             f"round-{k}/train",
-            {"data": file_hash(data), "base": file_hash(train_base), "cfg": value_hash(cfg.train.model_dump())},
-            [adapter], partial(train_adapter, data, train_base, adapter, cfg.train, log), log)
+            {"data": file_hash(data), "base": file_hash(train_base),
+             "cfg": value_hash([cfg.train.model_dump(), _use_chat_template(cfg)])},
+            [adapter], partial(train_adapter, data, train_base, adapter, cfg.train, log, _use_chat_template(cfg)), log)
         gguf, merged = rk / gguf_name, rk / "merged"
         manifest.run_stage(
             f"round-{k}/export",

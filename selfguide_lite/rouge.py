@@ -105,7 +105,9 @@ class RougePool:
     original Self-Instruct code does (the F-measure is symmetric, so the order is cosmetic).
     """
 
-    def __init__(self, texts: Iterable[str] = (), threshold: float = DEFAULT_THRESHOLD, workers: int = -1) -> None:
+    def __init__(
+        self, texts: Iterable[str] = (), threshold: float = DEFAULT_THRESHOLD, workers: int = -1
+    ) -> None:
         self.threshold = threshold
         self.workers = workers
         self._vocab: dict[str, int] = {}
@@ -134,7 +136,7 @@ class RougePool:
         return "".join(self._code(t) for t in rouge_tokens(text))
 
     def _pool_lens(self) -> np.ndarray:
-        if self._lens_np is None or len(self._lens_np) != len(self._lens):
+        if self._lens_np is None:
             self._lens_np = np.asarray(self._lens, dtype=np.int64)
         return self._lens_np
 
@@ -144,6 +146,7 @@ class RougePool:
         self.texts.append(text)
         self._encoded.append(encoded)
         self._lens.append(len(encoded))
+        self._lens_np = None
 
     def add(self, text: str) -> None:
         self._append(text, self.encode(text))
@@ -163,8 +166,12 @@ class RougePool:
         pool_lens = self._pool_lens()
         for start in range(0, len(encoded), _ROW_CHUNK):
             rows = encoded[start : start + _ROW_CHUNK]
-            lcs = process.cdist(rows, self._encoded, scorer=LCSseq.similarity, dtype=np.int32, workers=self.workers)
-            out[start : start + len(rows)] = _fmeasure_matrix(lcs, np.array([len(r) for r in rows]), pool_lens)
+            lcs = process.cdist(
+                rows, self._encoded, scorer=LCSseq.similarity, dtype=np.int32, workers=self.workers
+            )
+            out[start : start + len(rows)] = _fmeasure_matrix(
+                lcs, np.array([len(r) for r in rows]), pool_lens
+            )
         return out
 
     def max_scores(self, texts: Sequence[str]) -> list[Nearest]:
@@ -185,7 +192,11 @@ class RougePool:
         """Nonzero where a pair *might* exceed the threshold; zero where it certainly does not."""
         cutoff = max(0.0, self.threshold - _SCREEN_MARGIN)
         return process.cdist(
-            queries, choices, scorer=Indel.normalized_similarity, score_cutoff=cutoff, dtype=np.uint8,
+            queries,
+            choices,
+            scorer=Indel.normalized_similarity,
+            score_cutoff=cutoff,
+            dtype=np.uint8,
             workers=self.workers,
         )
 
@@ -206,7 +217,10 @@ class RougePool:
             if not len(r):
                 continue
             lcs = process.cpdist(
-                [rows[i] for i in r], [self._encoded[j] for j in c], scorer=LCSseq.similarity, dtype=np.int32,
+                [rows[i] for i in r],
+                [self._encoded[j] for j in c],
+                scorer=LCSseq.similarity,
+                dtype=np.int32,
                 workers=self.workers,
             )
             row_lens = np.array([len(x) for x in rows], dtype=np.int64)
@@ -215,7 +229,9 @@ class RougePool:
             out[start + r[hit], c[hit]] = True
         return out
 
-    def _best_exact(self, enc: str, candidates: Iterable[int], encoded: Sequence[str], texts: Sequence[str]) -> Nearest:
+    def _best_exact(
+        self, enc: str, candidates: Iterable[int], encoded: Sequence[str], texts: Sequence[str]
+    ) -> Nearest:
         best = Nearest(-1.0, -1, None)
         for j in map(int, candidates):
             other = encoded[j]
@@ -265,6 +281,7 @@ class RougePool:
                 self._append(chunk[i], enc[i])
         if not add:
             del self.texts[base:], self._encoded[base:], self._lens[base:]
+            self._lens_np = None
         return decisions
 
     def is_near_duplicate(self, text: str) -> Nearest | None:

@@ -30,11 +30,19 @@ from .prompts import (
 )
 from .rouge import RougePool
 from .selfguide import SynthResult, stage_seed
-from .tasks import SeedTask
+from .tasks import SeedTask, Task
 
 LAST_LIST_ITEM = 16  # SPEC 3.1: the model continues the list up to item 16
 INSTRUCTION_STAGES = ("truncated", "length", "blacklist", "program", "start", "rouge", "surplus")
-INSTANCE_STAGES = ("truncated", "empty_output", "same_as_input", "cut_off", "conflict", "duplicate", "surplus")
+INSTANCE_STAGES = (
+    "truncated",
+    "empty_output",
+    "same_as_input",
+    "cut_off",
+    "conflict",
+    "duplicate",
+    "surplus",
+)
 CLASSIFICATION_CHOICES = ("Yes", "No")
 
 
@@ -89,7 +97,9 @@ def parse_instruction_list(text: str, first_number: int, last_item: int = LAST_L
 # --- 2. classification or not --------------------------------------------------------------------
 
 
-def classification_examples(seeds: Sequence[SeedTask], cfg: SelfInstructConfig, rng: random.Random) -> list[tuple[str, bool]]:
+def classification_examples(
+    seeds: Sequence[SeedTask], cfg: SelfInstructConfig, rng: random.Random
+) -> list[tuple[str, bool]]:
     """SPEC 3.3: the few-shot examples, drawn once per run from the seed pool's own flags.
 
     One fixed draw per run keeps the prompt prefix identical across requests (cache-friendly) and the
@@ -187,7 +197,9 @@ def instance_stops(classification: bool, max_instances: int) -> tuple[str, ...]:
     return ("\nTask:", f"\nExample {max_instances + 1}")
 
 
-def filter_instances(pairs: Sequence[tuple[str, str]], limit: int) -> tuple[list[tuple[str, str]], list[tuple[int, str, str]]]:
+def filter_instances(
+    pairs: Sequence[tuple[str, str]], limit: int
+) -> tuple[list[tuple[str, str]], list[tuple[int, str, str]]]:
     """SPEC 3.5 over one instruction's parsed instances, in order: per-instance checks, then the
     same-input-different-output rule (drops them all), exact duplicates, then the per-instruction cap.
 
@@ -273,7 +285,9 @@ def bootstrap(
 
         # Parse every completion of the wave into candidates, in request order.
         wave: list[dict[str, Any]] = []
-        for r, shown, outs in zip(range(n_requests, n_requests + size), shown_lists, completions, strict=True):
+        for r, shown, outs in zip(
+            range(n_requests, n_requests + size), shown_lists, completions, strict=True
+        ):
             comp = outs[0]
             items = parse_instruction_list(comp.text, len(shown) + 1)
             # Out of tokens: the last item may stop mid-sentence. Empty items ("10." then nothing)
@@ -287,14 +301,17 @@ def bootstrap(
             for item, drop in parsed:
                 cand = {"id": f"i{n_candidates:05d}", "instruction": item, "request": r}
                 n_candidates += 1
-                if drop := drop or ifilters.check(item):
-                    cand["drop"] = drop
+                why = drop or ifilters.check(item)
+                if why is not None:
+                    cand["drop"] = why
                 wave.append(cand)
         n_requests += size
 
         # ROUGE-L against the pool, each candidate also against the ones kept before it this wave.
         checked = [c for c in wave if "drop" not in c]
-        for cand, near in zip(checked, pool.filter_batch([c["instruction"] for c in checked], add=False), strict=True):
+        for cand, near in zip(
+            checked, pool.filter_batch([c["instruction"] for c in checked], add=False), strict=True
+        ):
             if near is not None:
                 cand["drop"] = ("rouge", f"ROUGE-L {near.score:.3f} > {cfg.rouge_threshold}")
                 cand["nearest"] = near.text
@@ -305,8 +322,8 @@ def bootstrap(
                 cand["drop"] = ("surplus", "target reached")
             stage_reason = cand.pop("drop", None)
             if stage_reason is not None:
-                drops[stage_reason[0]] += 1
                 stage, reason = stage_reason
+                drops[stage] += 1
                 result.dropped.append({"kind": "instruction", "stage": stage, "reason": reason} | cand)
                 continue
             pool.add(cand["instruction"])
@@ -317,7 +334,8 @@ def bootstrap(
             break
 
     # 3. Classification or not: one greedy, Yes/No-constrained request per instruction.
-    shots = classification_examples(seeds, cfg, rng)
+    # Its own generator: the shots must not depend on how many waves the loop above took.
+    shots = classification_examples(seeds, cfg, random.Random(stage_seed(seed, 2, -1)))
     cls_params = SamplingParams(temperature=0.0, max_tokens=4, stop=("\n",), choices=CLASSIFICATION_CHOICES)
     requests = [
         Request(
@@ -368,7 +386,12 @@ def bootstrap(
         if not kept:
             # Visible in dropped.jsonl too, though it is not an instruction-filter drop.
             result.dropped.append(
-                {"kind": "instruction", "id": cand["id"], "stage": "no_instances", "reason": "no instance survived"}
+                {
+                    "kind": "instruction",
+                    "id": cand["id"],
+                    "stage": "no_instances",
+                    "reason": "no instance survived",
+                }
                 | base
                 | {"request": cand["request"]}
             )
@@ -401,19 +424,25 @@ def bootstrap(
     return result
 
 
-def selfinstruct_training_rows(records: Iterable[dict[str, Any]], fmt: PromptFormat | None = None) -> list[dict[str, Any]]:
+def selfinstruct_training_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Records -> {"id", "prompt", "completion"} rows with the fixed instruction/input/response template.
 
-    Without `fmt` the prompt is the template's user text and the completion the bare output, for a
-    caller that renders them itself; with `fmt` both are rendered (`fmt.render` / `fmt.answer`: chat
-    template or plain text, end-of-sequence included), ready to train on.
+    The prompt is the template's user text and the completion the bare output; training renders
+    both (`train.render_rows`), like every other prompt, through `PromptFormat`.
     """
-    rows = []
-    for rec in records:
-        user = instruct_training_prompt(rec["instruction"], rec.get("input", ""))
-        output = str(rec["output"]).strip()
-        if fmt is None:
-            rows.append({"id": rec.get("id"), "prompt": user, "completion": output})
-        else:
-            rows.append({"id": rec.get("id"), "prompt": fmt.render(user), "completion": fmt.answer(output)})
-    return rows
+    return [
+        {
+            "id": rec.get("id"),
+            "prompt": instruct_training_prompt(rec["instruction"], rec.get("input", "")),
+            "completion": str(rec["output"]).strip(),
+        }
+        for rec in records
+    ]
+
+
+def zero_shot_prompt(task: Task, input_text: str) -> str:
+    """Evaluation prompt for a Self-Instruct student: the fixed template it was trained on, no demos.
+
+    Training and evaluation must agree on the format, so this is the training template itself.
+    """
+    return instruct_training_prompt(task.instruction, input_text)

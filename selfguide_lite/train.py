@@ -113,7 +113,13 @@ def _sft_config(cfg: TrainConfig, out: Path, n_rows: int, on_gpu: bool, bf16: bo
     )
 
 
-def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, work_dir: Path):
+def _format_for(tok, use_chat_template: bool) -> PromptFormat:
+    template = (tok.chat_template or None) if use_chat_template else None
+    return PromptFormat(template, tok.bos_token or "", tok.eos_token or "")
+
+
+def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, work_dir: Path,
+                     use_chat_template: bool = True):
     """transformers + peft + trl trainer (QLoRA when cfg.quantization == 'nf4')."""
     import torch
     from datasets import Dataset
@@ -126,7 +132,7 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
     tok = AutoTokenizer.from_pretrained(source)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    fmt = PromptFormat(tok.chat_template or None, tok.bos_token or "", tok.eos_token or "")
+    fmt = _format_for(tok, use_chat_template)
     load_kwargs: dict[str, Any] = {"use_safetensors": True}
     if cfg.quantization == "nf4":
         from transformers import BitsAndBytesConfig
@@ -162,7 +168,8 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
     return trainer, tok
 
 
-def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, work_dir: Path):
+def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, work_dir: Path,
+                          use_chat_template: bool = True):
     """Unsloth's FastLanguageModel (GPU): same data, same LoRA settings, same completion-only loss."""
     import unsloth  # noqa: F401  (must come before transformers/trl to patch them)
     from datasets import Dataset
@@ -185,7 +192,7 @@ def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainCon
     )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    fmt = PromptFormat(tok.chat_template or None, tok.bos_token or "", tok.eos_token or "")
+    fmt = _format_for(tok, use_chat_template)
     import torch
 
     trainer = SFTTrainer(
@@ -203,8 +210,13 @@ def train_adapter(
     out_dir: str | Path,
     cfg: TrainConfig | None = None,
     log: Callable[[str], None] = print,
+    use_chat_template: bool = True,
 ) -> dict[str, Any]:
-    """Finetune a LoRA adapter on `data_path` and save it (with the tokenizer) to `out_dir`."""
+    """Finetune a LoRA adapter on `data_path` and save it (with the tokenizer) to `out_dir`.
+
+    `use_chat_template=False` renders prompts as plain text even when the tokenizer has a chat
+    template (Self-Instruct's fixed instruction/input/response format).
+    """
     cfg = cfg or TrainConfig()
     rows = load_rows(data_path)
     source = resolve_model_source(model)
@@ -214,7 +226,7 @@ def train_adapter(
     log(f"training: {len(rows)} rows, backend {backend}, {cfg.quantization if cfg.quantization == 'nf4' else '16-bit'} LoRA r={cfg.lora_r}")
     t0 = time.monotonic()
     build = build_unsloth_trainer if backend == "unsloth" else build_hf_trainer
-    trainer, tok = build(rows, source, cfg, work_dir)
+    trainer, tok = build(rows, source, cfg, work_dir, use_chat_template)
     resume = work_dir.is_dir() and any(work_dir.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     with atomic_dir(out_dir) as tmp:
