@@ -63,7 +63,7 @@ def loop(
 ) -> None:
     """Run the whole loop. With no --task and no --model: the offline demo on a built-in task."""
     t0 = time.monotonic()
-    demo = task is None and model is None and method in (None, "self-guide")
+    demo = task is None and model is None
     overrides = {
         "task": task, "model": model, "run_dir": run_dir, "seed": seed, "seeds": seeds,
         "eval_tasks": eval_tasks, "task_type": task_type,
@@ -73,22 +73,23 @@ def loop(
         "export": {"quant": quant},
         "loop": {"rounds": rounds, "method": method, "train_from": train_from, "data": data},
     }
+    preset = None
     if demo:
-        from .config import _deep_merge
-        from .demo import build_demo_model, demo_task_path
+        from .demo import build_demo_model, demo_task_path, seed_pool_path
 
         _log("offline demo: a tiny (~1M parameter) Llama student built here, on a built-in headline-topic task.\n"
              "It shows every stage running for real; it is not a useful model. For real use:\n"
              "  python -m selfguide_lite loop --task TASK.json --model Qwen/Qwen2.5-0.5B-Instruct")
-        base = load_config(config, {})
-        overrides = _deep_merge(DEMO_OVERRIDES, {k: v for k, v in overrides.items() if v is not None})
+        preset = DEMO_OVERRIDES
         overrides["model"] = str(build_demo_model(DEMO_MODEL_DIR, log=_log))
-        overrides["task"] = str(demo_task_path())
-        overrides["run_dir"] = run_dir or "runs/demo"
-        cfg = load_config(config, overrides) if config else Config.model_validate(
-            _deep_merge(base.model_dump(), _strip_none(overrides)))
-    else:
-        cfg = _config(config, **overrides)
+        if method == "self-instruct":
+            overrides["seeds"] = seeds or str(seed_pool_path())
+            overrides["eval_tasks"] = eval_tasks or [str(demo_task_path())]
+            overrides["run_dir"] = run_dir or "runs/demo-self-instruct"
+        else:
+            overrides["task"] = str(demo_task_path())
+            overrides["run_dir"] = run_dir or "runs/demo"
+    cfg = load_config(config, overrides, preset)
     from .loop import run_loop
 
     summary = run_loop(cfg, _log)
@@ -100,12 +101,6 @@ def loop(
         _log(f"  round {k}: train rows {rec.get('train_size', '-')}, {score}{'' if rec.get('promoted') else ' (not promoted)'}")
     _log(f"results: {summary['run_dir']}  (report: {summary['report']})")
     _log(f"final student GGUF (round {summary['final_round']}): {summary['final_gguf']}")
-
-
-def _strip_none(d: dict) -> dict:
-    from .config import _drop_none
-
-    return _drop_none(d)
 
 
 @app.command()

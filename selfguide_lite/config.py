@@ -142,8 +142,10 @@ def _validate(data: dict[str, Any], where: str) -> Config:
         raise UserError(f"{where}: {loc}: {first['msg']}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults <- YAML file <- overrides (nested dicts; None values are ignored)."""
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, preset: dict[str, Any] | None = None
+) -> Config:
+    """Defaults <- preset (e.g. the demo's sizes) <- YAML file <- overrides (None values are ignored)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -157,6 +159,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise UserError(f"{p}: a config file must hold a mapping")
         data = loaded
     _validate(data, str(path or "config"))
+    if preset:
+        data = _deep_merge(preset, data)
     if overrides:
         data = _deep_merge(data, _drop_none(overrides))
     return _validate(data, "command line")

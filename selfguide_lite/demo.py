@@ -59,6 +59,11 @@ def demo_task_path() -> Path:
     return Path(str(resources.files("selfguide_lite") / "data" / "demo_task.yaml"))
 
 
+def seed_pool_path() -> Path:
+    """The small Self-Instruct seed pool written for this project (offline demo and tests)."""
+    return Path(str(resources.files("selfguide_lite") / "data" / "seed_tasks_demo.jsonl"))
+
+
 def demo_task() -> Task:
     return load_task(demo_task_path())
 

@@ -204,6 +204,32 @@ def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainCon
     return trainer, tok
 
 
+def _quiet_libraries() -> None:
+    """Training should print our one-line progress, not progress bars and deprecation notices."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    for module in ("transformers", "trl", "peft", "torch", "bitsandbytes"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+
+
+def _progress_callback(log: Callable[[str], None]):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                log(f"  step {state.global_step}/{state.max_steps}  loss {float(logs['loss']):.4f}")
+
+    return Progress()
+
+
 def train_adapter(
     data_path: str | Path,
     model: str | Path,
@@ -226,7 +252,12 @@ def train_adapter(
     log(f"training: {len(rows)} rows, backend {backend}, {cfg.quantization if cfg.quantization == 'nf4' else '16-bit'} LoRA r={cfg.lora_r}")
     t0 = time.monotonic()
     build = build_unsloth_trainer if backend == "unsloth" else build_hf_trainer
+    _quiet_libraries()
     trainer, tok = build(rows, source, cfg, work_dir, use_chat_template)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_progress_callback(log))
     resume = work_dir.is_dir() and any(work_dir.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     with atomic_dir(out_dir) as tmp:

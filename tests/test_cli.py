@@ -98,3 +98,53 @@ def test_loop_one_round_end_to_end(tmp_path):
     again = run_cli("loop", "--task", str(demo_task_path()), "--model", str(model), "--rounds", "1",
                     "--run-dir", str(run_dir), "--config", str(cfg), cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 6
+
+
+@pytest.fixture(scope="module")
+def demo_student_gguf(tmp_path_factory):
+    """A briefly pretrained demo student, exported to GGUF once for the tests below."""
+    from selfguide_lite.demo import build_demo_model
+    from selfguide_lite.export import gguf_from_hf
+
+    root = tmp_path_factory.mktemp("student")
+    model = build_demo_model(root / "hf", seconds=20, log=lambda m: None)
+    return model, gguf_from_hf(model, root / "student-q8_0.gguf", "q8_0")
+
+
+@pytest.mark.slow
+def test_instruct_command_writes_every_output(demo_student_gguf, tmp_path):
+    from selfguide_lite.demo import seed_pool_path
+
+    _, gguf = demo_student_gguf
+    out = tmp_path / "si"
+    res = run_cli("instruct", "--seeds", str(seed_pool_path()), "--model", str(gguf), "--out", str(out),
+                  "--num-instructions", "5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    stats = json.loads((out / "stats.json").read_text())
+    for name in ("instances.jsonl", "train.jsonl", "dropped.jsonl"):
+        assert (out / name).is_file()
+    dropped = [json.loads(x) for x in (out / "dropped.jsonl").read_text().splitlines()]
+    assert all(d["stage"] and d["reason"] for d in dropped)
+    assert stats["requests"] > 0
+
+
+@pytest.mark.slow
+def test_self_instruct_loop_survives_a_round_without_data(demo_student_gguf, tmp_path):
+    """The tiny student writes no usable instructions: the round is recorded as no_data, not a crash."""
+    from selfguide_lite.demo import demo_task_path, seed_pool_path
+
+    model, _ = demo_student_gguf
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("selfinstruct: {num_instructions: 4, wave_size: 4, max_tokens: 64}\neval: {limit: 6}\n"
+                   "export: {quant: q8_0}\nengine: {n_ctx: 2048}\n")
+    res = run_cli("loop", "--method", "self-instruct", "--seeds", str(seed_pool_path()), "--eval-tasks",
+                  str(demo_task_path()), "--model", str(model), "--rounds", "1", "--run-dir", str(tmp_path / "run"),
+                  "--config", str(cfg))
+    assert res.returncode == 0, res.stderr[-2000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["method"] == "self-instruct"
+    r1 = manifest["rounds"]["1"]
+    assert r1["status"] in ("done", "no_data")
+    if r1["status"] == "no_data":
+        assert r1["train_size"] == 0 and manifest["final"]["round"] == 0
+    assert "round 1" in res.stdout

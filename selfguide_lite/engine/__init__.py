@@ -11,15 +11,13 @@ __all__ = ["Completion", "ModelInfo", "Request", "Sampler", "SamplingParams", "o
 
 
 def open_sampler(model_path: str | Path, cfg: EngineConfig | None = None) -> Sampler:
-    """The configured backend on a GGUF file: the batched engine by default, else sequential."""
+    """The configured backend on a GGUF file: the batched engine by default, `backend: sequential` for
+    llama-cpp-python's one-sequence-at-a-time `create_completion` (the reference the batched engine is tested against)."""
     cfg = cfg or EngineConfig()
-    if cfg.backend == "batched":
-        try:
-            from .batched import BatchedSampler
-        except ImportError:  # batched engine not available in this build: fall back, same results
-            pass
-        else:
-            return BatchedSampler(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_parallel=cfg.n_parallel)
-    from .llamacpp import LlamaCppSampler
+    if cfg.backend == "sequential":
+        from .llamacpp import LlamaCppSampler
 
-    return LlamaCppSampler(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads)
+        return LlamaCppSampler(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads)
+    from .batched import BatchedSampler
+
+    return BatchedSampler(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_parallel=cfg.n_parallel)

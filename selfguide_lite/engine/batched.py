@@ -1,0 +1,578 @@
+"""Batched sampling on llama.cpp's low-level API: many sequences per `llama_decode` call.
+
+`Llama.create_completion` decodes one sequence at a time, so on a CPU every forward pass streams all
+weights for a single token. Here one context holds `n_parallel` sequence slots in a unified KV cache
+and every step submits one `llama_batch` with the next token of every live sequence plus prefill
+chunks of newly admitted prompts; a finished slot is refilled from the queue at once (continuous
+batching). Weights are read once per step for all sequences, which is where the speed-up comes from.
+
+Prefill is shared wherever the prompts allow it, because Self-Guide prompts repeat a long
+instruction + few-shot block and ask for many samples of one prompt:
+- the longest common token prefix of all prompts of a call lives in its own sequence (slot
+  `n_parallel`), is computed once, kept across calls while it still matches, and copied into a slot
+  (`llama_memory_seq_cp`, which only tags KV cells in a unified cache) when a request is admitted;
+- the `n` samples of one request are prefilled once: samples admitted together sample their first
+  token from the same logits row; samples admitted later copy the prompt's KV from a sibling and
+  draw their first token from a saved copy of that row, so they compute nothing either.
+
+Every sample has its own sampler chain seeded with `params.seed + i`, so what a sample draws does not
+depend on which slot it lands in or on what is decoded beside it. The chain mirrors the one
+llama-cpp-python builds (penalties, grammar, top-k, top-p, min-p, temperature, dist / greedy), so
+greedy output equals `LlamaCppSampler` token for token. Classification (`params.choices`) uses a
+GBNF grammar, applied only to the few tokens whose text can occur in a choice: a grammar over a
+32k-token candidate list costs milliseconds per token, more than a small model's forward pass. (The
+subset is handed to the chain unsorted; masking with top-k first would leave the array flagged as
+sorted after the grammar rejects tokens, and llama.cpp's softmax then trusts a stale maximum.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .base import Completion, ModelInfo, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
+from .llamacpp import quiet_llama
+
+PENALTY_LAST_N = 64  # llama-cpp-python's default last_n_tokens_size: penalties match the sequential backend
+KV_BUDGET_BYTES = 3 << 30  # cap on the KV cache; beyond it fewer sequences run at once instead of failing
+MIN_SHARED_PREFIX = 4  # a shorter common prefix is not worth a sequence of its own
+WHITESPACE = (" ", "\t", "\n")  # what choices_grammar allows before a choice
+
+
+@dataclass
+class _Seq:
+    """One sample being decoded in a slot."""
+
+    req: int
+    index: int  # sample index within the request (seed offset)
+    slot: int
+    chain: object  # llama_sampler pointer
+    prompt_len: int
+    limit: int  # max new tokens
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill (leaders only)
+    pos: int = 0  # position of the next token fed to the model
+    next_token: int | None = None
+    leader: _Seq | None = None  # set while waiting for the leader's prefill
+    followers: list[_Seq] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    data: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _Job:
+    """Per-request data shared by its samples."""
+
+    params: SamplingParams
+    tokens: list[int]
+    limit: int
+    terminal: frozenset[str] = frozenset()  # choices no other choice extends: reaching one ends the sample
+    allowed: np.ndarray | None = None  # candidate token ids for choices
+    next_index: int = 0
+    first_logits: np.ndarray | None = None  # logits after the prompt, kept while samples wait for a slot
+
+
+class BatchedSampler(Sampler):
+    """Continuous batching of many sequences over one llama.cpp context (see module docstring)."""
+
+    def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_parallel: int = 16) -> None:
+        import llama_cpp as L
+
+        self._L = L
+        quiet_llama()
+        path = Path(model_path)
+        if not path.is_file():
+            raise UserError(f"GGUF model not found: {path}")
+        if n_parallel < 1 or n_parallel + 1 > L.llama_max_parallel_sequences():
+            raise UserError(f"n_parallel must be between 1 and {L.llama_max_parallel_sequences() - 1}, got {n_parallel}")
+        if n_ctx < 16:
+            raise UserError(f"n_ctx must be at least 16, got {n_ctx}")
+        L.llama_backend_init()
+        self._model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
+        if not self._model:
+            raise UserError(f"llama.cpp could not load {path}")
+        self._ctx = None
+        self._chains: list = []
+        self.n_ctx = n_ctx  # per-sequence window: prompt + new tokens must fit, as for the sequential backend
+        self.n_parallel = n_parallel
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_batch = 512
+        self._prefix_seq = n_parallel
+        self._prefix: list[int] = []  # tokens held by the prefix sequence, kept across calls
+        self._kv_cells = 0
+        self._vocab = L.llama_model_get_vocab(self._model)
+        self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
+        self._pieces = [self._piece(t) for t in range(self.n_vocab)]
+        self._eog = frozenset(t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self._vocab, t))
+        bos, cls = L.llama_vocab_bos(self._vocab), L.llama_vocab_cls(self._vocab)
+        first = cls if cls != -1 else bos
+        self._bos = [first] if L.llama_vocab_get_add_bos(self._vocab) and first != -1 else []
+        n_embd, n_head = L.llama_model_n_embd(self._model), max(1, L.llama_model_n_head(self._model))
+        n_kv_embd = n_embd // n_head * L.llama_model_n_head_kv(self._model)
+        self._bytes_per_cell = 2 * 2 * L.llama_model_n_layer(self._model) * n_kv_embd  # K and V, f16
+        self._choice_ids: dict[tuple[str, ...], np.ndarray] = {}
+        self._cand = np.zeros(self.n_vocab, dtype=np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)]))
+        self._cand_ptr = self._cand.ctypes.data_as(ctypes.POINTER(L.llama_token_data))
+        self._all_ids = np.arange(self.n_vocab, dtype=np.int32)
+        self._eog_bias = self._bias_array(sorted(self._eog))
+        self.info = self._model_info()
+        self.stats = {"prefill_requested": 0, "prefill_unique": 0, "prefill_computed": 0, "generated": 0, "decode_calls": 0}
+        self.last_stats = dict(self.stats)
+        self._init_batch()
+
+    # --- model facts ---------------------------------------------------------------------------
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._L.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._L.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
+    def _model_info(self) -> ModelInfo:
+        L = self._L
+
+        def text(token: int) -> str:
+            return self._L.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+        template = L.llama_model_chat_template(self._model, None)
+        return ModelInfo(
+            chat_template=template.decode("utf-8") if template else None,
+            bos_token=text(L.llama_vocab_bos(self._vocab)),
+            eos_token=text(L.llama_vocab_eos(self._vocab)),
+        )
+
+    def _tokenize(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (self._L.llama_token * cap)()
+        n = self._L.llama_tokenize(self._vocab, data, len(data), buf, cap, False, True)
+        if n < 0:
+            cap = -n
+            buf = (self._L.llama_token * cap)()
+            n = self._L.llama_tokenize(self._vocab, data, len(data), buf, cap, False, True)
+        return list(buf[:n])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenize(text))
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """The tokens a prompt is decoded from: BOS per the vocabulary, then the text with special tokens parsed,
+        exactly as `Llama.create_completion` builds them."""
+        return self._bos + self._tokenize(prompt)
+
+    # --- context and batch ---------------------------------------------------------------------
+
+    def _ensure_context(self, cells: int) -> None:
+        """(Re)create the context when the KV cache needed by this call is larger than the current one."""
+        L = self._L
+        cells = -(-cells // 256) * 256
+        if self._ctx is not None and self._kv_cells >= cells:
+            return
+        if self._ctx is not None:
+            L.llama_free(self._ctx)
+            self._ctx = None
+        params = L.llama_context_default_params()
+        params.n_ctx = cells
+        params.n_batch = self.n_batch
+        params.n_ubatch = self.n_batch
+        params.n_seq_max = self.n_parallel + 1
+        params.n_threads = self.n_threads
+        params.n_threads_batch = self.n_threads
+        params.kv_unified = True  # prefix sharing by tagging cells; split streams could only copy whole buffers
+        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        params.no_perf = True
+        ctx = L.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp could not create a context of {cells} KV cells")
+        self._ctx = ctx
+        self._mem = L.llama_get_memory(ctx)
+        self._kv_cells = L.llama_n_ctx(ctx)
+        self._prefix = []
+
+    def _init_batch(self) -> None:
+        """A llama_batch over numpy arrays, so filling it costs slice assignments, not ctypes calls per field."""
+        L, n = self._L, self.n_batch
+        self._b_tok = np.zeros(n, np.int32)
+        self._b_pos = np.zeros(n, np.int32)
+        self._b_nseq = np.ones(n, np.int32)
+        self._b_seq = np.zeros(n, np.int32)
+        self._b_logits = np.zeros(n, np.int8)
+        ptr = ctypes.POINTER(L.llama_seq_id)
+        self._b_seq_ptrs = (ptr * n)(*[ctypes.cast(self._b_seq.ctypes.data + 4 * i, ptr) for i in range(n)])
+        self._batch = L.llama_batch(
+            n_tokens=0,
+            token=self._b_tok.ctypes.data_as(ctypes.POINTER(L.llama_token)),
+            embd=None,
+            pos=self._b_pos.ctypes.data_as(ctypes.POINTER(L.llama_pos)),
+            n_seq_id=self._b_nseq.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            seq_id=self._b_seq_ptrs,
+            logits=self._b_logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
+
+    def _decode(self, n_tokens: int) -> None:
+        self._batch.n_tokens = n_tokens
+        rc = self._L.llama_decode(self._ctx, self._batch)
+        self.stats["decode_calls"] += 1
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc} ({n_tokens} tokens, {self._kv_cells} KV cells)")
+
+    def _prefill_prefix(self, prefix: list[int]) -> int:
+        """Make the prefix sequence hold exactly `prefix`, computing only what the previous call did not leave."""
+        L = self._L
+        keep = _common_prefix(self._prefix, prefix)
+        if keep < len(self._prefix):
+            L.llama_memory_seq_rm(self._mem, self._prefix_seq, keep, -1)
+        self._prefix = self._prefix[:keep]
+        computed = 0
+        for start in range(keep, len(prefix), self.n_batch):
+            chunk = prefix[start:start + self.n_batch]
+            n = len(chunk)
+            self._b_tok[:n] = chunk
+            self._b_pos[:n] = np.arange(start, start + n, dtype=np.int32)
+            self._b_seq[:n] = self._prefix_seq
+            self._b_logits[:n] = 0
+            self._decode(n)
+            computed += n
+            self._prefix = prefix[:start + n]
+        return computed
+
+    # --- sampler chains ------------------------------------------------------------------------
+
+    def _bias_array(self, tokens: Sequence[int]):
+        arr = (self._L.llama_logit_bias * len(tokens))()
+        for i, t in enumerate(tokens):
+            arr[i].token = t
+            arr[i].bias = float("-inf")
+        return arr
+
+    def _choice_tokens(self, choices: tuple[str, ...]) -> np.ndarray:
+        """Every token whose text can occur inside `[ws]? choice`, plus end-of-generation: a superset of
+        what the grammar can ever accept, so restricting candidates to it changes no outcome."""
+        if choices not in self._choice_ids:
+            variants = [(w + c).encode("utf-8") for c in choices for w in ("", *WHITESPACE)]
+            allowed = {t for t, p in enumerate(self._pieces) if p and any(p in v for v in variants)} | self._eog
+            self._choice_ids[choices] = np.array(sorted(allowed), dtype=np.int32)
+        return self._choice_ids[choices]
+
+    def _sample_row(self, chain, logits: np.ndarray, ids: np.ndarray | None) -> int:
+        """What llama_sampler_sample does, on a logits row we hold and optionally a subset of candidates."""
+        L, cand = self._L, self._cand
+        if ids is None:
+            n = self.n_vocab
+            cand["id"] = self._all_ids
+            cand["logit"] = logits
+        else:
+            n = len(ids)
+            cand["id"][:n] = ids
+            cand["logit"][:n] = logits[ids]
+        cand["p"][:n] = 0.0
+        arr = L.llama_token_data_array(data=self._cand_ptr, size=n, selected=-1, sorted=False)
+        L.llama_sampler_apply(chain, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise RuntimeError("sampler chain selected no token")
+        token = int(arr.data[arr.selected].id)
+        L.llama_sampler_accept(chain, token)
+        return token
+
+    def _logits(self, idx: int) -> np.ndarray:
+        return np.ctypeslib.as_array(self._L.llama_get_logits_ith(self._ctx, idx), shape=(self.n_vocab,))
+
+    def _make_chain(self, params: SamplingParams, seed: int):
+        L = self._L
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        self._chains.append(chain)
+
+        def add(smpl) -> None:
+            L.llama_sampler_chain_add(chain, smpl)
+
+        if params.ignore_eos and self._eog and not params.choices:
+            add(L.llama_sampler_init_logit_bias(self.n_vocab, len(self._eog_bias), self._eog_bias))
+        if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+            add(L.llama_sampler_init_penalties(self.n_vocab, PENALTY_LAST_N, params.repeat_penalty,
+                                               params.frequency_penalty, params.presence_penalty))
+        if params.choices:
+            grammar = L.llama_sampler_init_grammar(self._vocab, choices_grammar(params.choices).encode("utf-8"), b"root")
+            if not grammar:
+                raise UserError(f"cannot build a grammar for the choices {list(params.choices)!r}")
+            add(grammar)
+        seed &= 0xFFFFFFFF
+        if params.temperature == 0:
+            add(L.llama_sampler_init_greedy())
+        elif params.temperature < 0:
+            add(L.llama_sampler_init_dist(seed))
+        else:
+            add(L.llama_sampler_init_top_k(params.top_k))
+            add(L.llama_sampler_init_top_p(params.top_p, 1))
+            add(L.llama_sampler_init_min_p(params.min_p, 1))
+            add(L.llama_sampler_init_temp(params.temperature))
+            add(L.llama_sampler_init_dist(seed))
+        return chain
+
+    def _free_chain(self, chain) -> None:
+        self._L.llama_sampler_free(chain)
+        self._chains.remove(chain)
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def _jobs(self, requests: Sequence[Request]) -> list[_Job]:
+        jobs = []
+        for req in requests:
+            p = req.params
+            tokens = self.prompt_tokens(req.prompt)
+            if not tokens:
+                raise UserError("empty prompt: the model adds no BOS token, so there is nothing to decode")
+            limit, terminal, allowed = max(p.max_tokens, 0), frozenset(), None
+            if p.choices:
+                if not all(p.choices):
+                    raise UserError("choices must be non-empty strings")
+                # every token adds at least one byte, so this many tokens always reach the end of a choice
+                limit = max(limit, max(len(c.encode("utf-8")) for c in p.choices) + 2)
+                terminal = frozenset(c for c in p.choices if not any(o != c and o.startswith(c) for o in p.choices))
+                allowed = self._choice_tokens(tuple(p.choices))
+            if len(tokens) + limit > self.n_ctx:
+                raise UserError(
+                    f"prompt of {len(tokens)} tokens + {limit} new tokens exceeds the context ({self.n_ctx}); "
+                    "raise engine.n_ctx or shorten the prompt"
+                )
+            jobs.append(_Job(params=p, tokens=tokens, limit=limit, terminal=terminal, allowed=allowed))
+        return jobs
+
+    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        jobs = self._jobs(requests)
+        results: list[list[Completion | None]] = [[None] * max(job.params.n, 0) for job in jobs]
+        for i, job in enumerate(jobs):
+            if job.limit == 0:
+                results[i] = [Completion(text="", n_tokens=0, finish_reason="length")] * job.params.n
+        live_jobs = [j for j in jobs if j.params.n > 0 and j.limit > 0]
+        if not live_jobs:
+            return [[] for _ in jobs]
+        before = dict(self.stats)
+        prompts = [j.tokens for j in live_jobs]
+        shared = min(_common_prefix_all(prompts), min(len(t) for t in prompts) - 1)
+        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        n_samples = sum(j.params.n for j in live_jobs)
+        self.stats["prefill_requested"] += sum(len(j.tokens) * j.params.n for j in live_jobs)
+        self.stats["prefill_unique"] += _trie_size(prompts)
+
+        need = max(len(j.tokens) - shared + j.limit + 1 for j in live_jobs)
+        cap = max(self.n_ctx + shared + 256, KV_BUDGET_BYTES // self._bytes_per_cell)
+        self._ensure_context(min(shared + min(self.n_parallel, n_samples) * need + 256, cap))
+        if shared:
+            self.stats["prefill_computed"] += self._prefill_prefix(prompts[0][:shared])
+        elif self._prefix:
+            self._L.llama_memory_seq_rm(self._mem, self._prefix_seq, -1, -1)
+            self._prefix = []
+        capacity = self._kv_cells - shared - 256  # cells left for the slots; a reservation per sample keeps decode from failing
+
+        try:
+            self._run(live_jobs, jobs, results, shared, capacity)
+        finally:
+            for chain in list(self._chains):
+                self._free_chain(chain)
+            for slot in range(self.n_parallel):
+                self._L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        self.last_stats = {k: self.stats[k] - before[k] for k in self.stats}
+        return results  # type: ignore[return-value]
+
+    def _run(self, live_jobs: list[_Job], jobs: list[_Job], results, shared: int, capacity: int) -> None:
+        L, mem = self._L, self._mem
+        index = {id(j): i for i, j in enumerate(jobs)}
+        queue = deque(live_jobs)
+        slots: list[_Seq | None] = [None] * self.n_parallel
+        dirty: dict[int, tuple[int, int]] = {}  # free slot -> (request, prompt_len) whose KV it still holds
+        reserved = 0
+        pieces, eog = self._pieces, self._eog
+
+        def finish(seq: _Seq, reason: str, text: str) -> None:
+            nonlocal reserved
+            job = jobs[seq.req]
+            results[seq.req][seq.index] = Completion(text=text, n_tokens=len(seq.tokens), finish_reason=reason)
+            job.done += 1
+            reserved -= seq.prompt_len - shared + seq.limit + 1
+            slots[seq.slot] = None
+            dirty[seq.slot] = (seq.req, seq.prompt_len)
+            self._free_chain(seq.chain)
+
+        def accept(seq: _Seq, token: int) -> None:
+            """Record a sampled token; finish the sample or queue the token for the next step."""
+            self.stats["generated"] += 1
+            job = jobs[seq.req]
+            p = job.params
+            if token in eog and not (p.ignore_eos and not p.choices):
+                finish(seq, "stop", seq.data.decode("utf-8", errors="ignore"))
+                return
+            seq.tokens.append(token)
+            seq.data += pieces[token]
+            text = seq.data.decode("utf-8", errors="ignore")
+            if p.stop:
+                cut, found = truncate_at_stop(text, p.stop)
+                if found:
+                    finish(seq, "stop", cut)
+                    return
+            if job.terminal and (text[1:] if text[:1] in WHITESPACE else text) in job.terminal:
+                finish(seq, "stop", text)
+            elif len(seq.tokens) >= seq.limit:
+                finish(seq, "length", text)
+            else:
+                seq.next_token = token
+
+        def donor_for(req: int, slot: int) -> int | None:
+            if dirty.get(slot, (None,))[0] == req:
+                return slot
+            for s in slots:
+                if s is not None and s.req == req and not s.pending and s.leader is None and s.pos >= s.prompt_len:
+                    return s.slot
+            for s, (r, _) in dirty.items():
+                if r == req:
+                    return s
+            return None
+
+        def admit() -> None:
+            nonlocal reserved
+            free = [s for s in range(self.n_parallel) if slots[s] is None]
+            while queue and free:
+                job = queue[0]
+                req = index[id(job)]
+                cost = len(job.tokens) - shared + job.limit + 1
+                if reserved and reserved + cost > capacity:
+                    break
+                slot = next((s for s in free if dirty.get(s, (None,))[0] == req), None)
+                if slot is None:
+                    slot = next((s for s in free if s not in dirty), free[0])
+                free.remove(slot)
+                i = job.next_index
+                job.next_index += 1
+                if job.next_index >= job.params.n:
+                    queue.popleft()
+                n = len(job.tokens)
+                seq = _Seq(req=req, index=i, slot=slot, chain=self._make_chain(job.params, job.params.seed + i),
+                           prompt_len=n, limit=job.limit)
+                reserved += cost
+                donor = donor_for(req, slot)
+                leader = next((s for s in slots if s is not None and s.req == req and s.pending), None)
+                if donor == slot:
+                    L.llama_memory_seq_rm(mem, slot, n - 1, -1)
+                    dirty.pop(slot)
+                    seq.pending, seq.pos = job.tokens[n - 1:], n - 1
+                elif donor is not None:
+                    L.llama_memory_seq_rm(mem, slot, -1, -1)
+                    dirty.pop(slot, None)
+                    L.llama_memory_seq_cp(mem, donor, slot, 0, n - 1)
+                    seq.pending, seq.pos = job.tokens[n - 1:], n - 1
+                elif leader is not None:
+                    if slot in dirty:
+                        L.llama_memory_seq_rm(mem, slot, -1, -1)
+                        dirty.pop(slot)
+                    seq.leader = leader
+                    leader.followers.append(seq)
+                else:
+                    if slot in dirty:
+                        L.llama_memory_seq_rm(mem, slot, -1, -1)
+                        dirty.pop(slot)
+                    if shared:
+                        L.llama_memory_seq_cp(mem, self._prefix_seq, slot, 0, shared)
+                    seq.pending, seq.pos = job.tokens[shared:], shared
+                slots[slot] = seq
+            for s in list(dirty):
+                L.llama_memory_seq_rm(mem, s, -1, -1)
+            dirty.clear()
+
+        tok, pos, seqb, logits = self._b_tok, self._b_pos, self._b_seq, self._b_logits
+        while True:
+            admit()
+            live = [s for s in slots if s is not None]
+            if not live:
+                break
+            n = 0
+            outputs: list[tuple[int, _Seq]] = []
+            for s in live:
+                if s.next_token is not None:
+                    tok[n], pos[n], seqb[n], logits[n] = s.next_token, s.pos, s.slot, 1
+                    outputs.append((n, s))
+                    s.next_token = None
+                    s.pos += 1
+                    n += 1
+            for s in live:
+                if not s.pending or n >= self.n_batch:
+                    continue
+                chunk = s.pending[: self.n_batch - n]
+                k = len(chunk)
+                tok[n:n + k] = chunk
+                pos[n:n + k] = np.arange(s.pos, s.pos + k, dtype=np.int32)
+                seqb[n:n + k] = s.slot
+                logits[n:n + k] = 0
+                s.pending = s.pending[k:]
+                s.pos += k
+                n += k
+                self.stats["prefill_computed"] += k
+                if not s.pending:
+                    logits[n - 1] = 1
+                    outputs.append((n - 1, s))
+            if n == 0:
+                raise RuntimeError("batched engine stalled: nothing to decode")  # a bug, not a user error
+            self._decode(n)
+            for idx, s in outputs:
+                group = [s]
+                if s.followers:
+                    for f in s.followers:  # before the leader can finish and free its cells
+                        L.llama_memory_seq_cp(mem, s.slot, f.slot, 0, s.prompt_len)
+                        f.leader, f.pos = None, s.prompt_len
+                    group += s.followers
+                    s.followers = []
+                for member in group:
+                    accept(member, L.llama_sampler_sample(member.chain, self._ctx, idx))
+
+    def close(self) -> None:
+        L = getattr(self, "_L", None)
+        if L is None:
+            return
+        for chain in list(getattr(self, "_chains", [])):
+            self._free_chain(chain)
+        if getattr(self, "_ctx", None):
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            L.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn down ctypes already
+            pass
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _common_prefix_all(seqs: Sequence[Sequence[int]]) -> int:
+    first = seqs[0]
+    n = len(first)
+    for s in seqs[1:]:
+        n = _common_prefix(first[:n], s)
+        if n == 0:
+            break
+    return n
+
+
+def _trie_size(seqs: Sequence[Sequence[int]]) -> int:
+    """Distinct prefix positions over all prompts (nodes of their token trie): the least any engine must compute."""
+    ordered = sorted(tuple(s) for s in seqs)
+    total, prev = 0, ()
+    for s in ordered:
+        total += len(s) - _common_prefix(prev, s)
+        prev = s
+    return total
