@@ -1,16 +1,24 @@
 """Batched sampling on llama.cpp's low-level API: many sequences per `llama_decode` call.
 
 `Llama.create_completion` decodes one sequence at a time, so on a CPU every forward pass streams all
-weights for a single token. Here one context holds `n_parallel` sequence slots in a unified KV cache
-and every step submits one `llama_batch` with the next token of every live sequence plus prefill
-chunks of newly admitted prompts; a finished slot is refilled from the queue at once (continuous
-batching). Weights are read once per step for all sequences, which is where the speed-up comes from.
+weights for a single token. Here one context holds `n_parallel` sequence slots and every step
+submits one `llama_batch` with the next token of every live sequence plus prefill chunks of newly
+admitted prompts; a finished slot is refilled from the queue at once (continuous batching). Weights
+are read once per step for all sequences, which is where the speed-up comes from.
+
+Each slot has its own KV stream (`kv_unified = false`). In a unified cache every query attends over
+every sequence's cells and masks the others out, which on a CPU costs as much as the weights once 16
+sequences hold a few hundred tokens each; flash attention would skip the masked cells, but its f16
+accumulation makes logits depend on batch composition at the 1e-3 level, and sampled text with it.
+Separate streams keep attention per sequence and results independent of what is decoded beside it.
+llama.cpp splits a batch into one forward pass per run of consecutive sequence ids, so tokens go in
+slot order and live sequences are kept packed in the lowest slots.
 
 Prefill is shared wherever the prompts allow it, because Self-Guide prompts repeat a long
 instruction + few-shot block and ask for many samples of one prompt:
-- the longest common token prefix of all prompts of a call lives in its own sequence (slot
-  `n_parallel`), is computed once, kept across calls while it still matches, and copied into a slot
-  (`llama_memory_seq_cp`, which only tags KV cells in a unified cache) when a request is admitted;
+- the longest common token prefix of all prompts of a call lives in its own stream (the last
+  slot), is computed once, kept across calls while it still matches, and copied into a slot's
+  stream (`llama_memory_seq_cp`) when a request is admitted;
 - the `n` samples of one request are prefilled once: samples admitted together sample their first
   token from the same logits row; samples admitted later copy the prompt's KV from a sibling and
   draw their first token from a saved copy of that row, so they compute nothing either.
@@ -42,6 +50,7 @@ from .llamacpp import quiet_llama
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default last_n_tokens_size: penalties match the sequential backend
 KV_BUDGET_BYTES = 3 << 30  # cap on the KV cache; beyond it fewer sequences run at once instead of failing
+FLASH_ATTN = False  # see the module docstring: faster, but not batch-invariant
 MIN_SHARED_PREFIX = 4  # a shorter common prefix is not worth a sequence of its own
 WHITESPACE = (" ", "\t", "\n")  # what choices_grammar allows before a choice
 
@@ -103,16 +112,17 @@ class BatchedSampler(Sampler):
         self.n_parallel = n_parallel
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_batch = 512
+        self.flash_attn = FLASH_ATTN
+        self.n_slots = n_parallel  # slots in use: fewer when the KV budget cannot hold n_parallel streams
         self._prefix_seq = n_parallel
-        self._prefix: list[int] = []  # tokens held by the prefix sequence, kept across calls
-        self._kv_cells = 0
+        self._prefix: list[int] = []  # tokens held by the prefix stream, kept across calls
+        self._stream_cells = 0
         self._vocab = L.llama_model_get_vocab(self._model)
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
         self._pieces = [self._piece(t) for t in range(self.n_vocab)]
         self._eog = frozenset(t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self._vocab, t))
-        bos, cls = L.llama_vocab_bos(self._vocab), L.llama_vocab_cls(self._vocab)
-        first = cls if cls != -1 else bos
-        self._bos = [first] if L.llama_vocab_get_add_bos(self._vocab) and first != -1 else []
+        bos = L.llama_vocab_bos(self._vocab)  # llama.cpp folded CLS into BOS
+        self._bos = [bos] if L.llama_vocab_get_add_bos(self._vocab) and bos != -1 else []
         n_embd, n_head = L.llama_model_n_embd(self._model), max(1, L.llama_model_n_head(self._model))
         n_kv_embd = n_embd // n_head * L.llama_model_n_head_kv(self._model)
         self._bytes_per_cell = 2 * 2 * L.llama_model_n_layer(self._model) * n_kv_embd  # K and V, f16
@@ -170,31 +180,35 @@ class BatchedSampler(Sampler):
 
     # --- context and batch ---------------------------------------------------------------------
 
-    def _ensure_context(self, cells: int) -> None:
-        """(Re)create the context when the KV cache needed by this call is larger than the current one."""
+    def _ensure_context(self, per_seq: int) -> None:
+        """A context whose streams hold `per_seq` cells each: recreated when too small, or much larger
+        than needed (copying a stream copies all of it)."""
         L = self._L
-        cells = -(-cells // 256) * 256
-        if self._ctx is not None and self._kv_cells >= cells:
+        per_seq = -(-per_seq // 256) * 256
+        n_slots = max(1, min(self.n_parallel, KV_BUDGET_BYTES // (per_seq * self._bytes_per_cell) - 1))
+        if self._ctx is not None and per_seq <= self._stream_cells < 4 * per_seq and self.n_slots >= n_slots:
             return
         if self._ctx is not None:
             L.llama_free(self._ctx)
             self._ctx = None
         params = L.llama_context_default_params()
-        params.n_ctx = cells
+        params.n_ctx = (n_slots + 1) * per_seq
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
-        params.n_seq_max = self.n_parallel + 1
+        params.n_seq_max = n_slots + 1
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads
-        params.kv_unified = True  # prefix sharing by tagging cells; split streams could only copy whole buffers
-        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        params.kv_unified = False
+        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         ctx = L.llama_init_from_model(self._model, params)
         if not ctx:
-            raise RuntimeError(f"llama.cpp could not create a context of {cells} KV cells")
+            raise RuntimeError(f"llama.cpp could not create a context of {n_slots + 1} x {per_seq} KV cells")
         self._ctx = ctx
         self._mem = L.llama_get_memory(ctx)
-        self._kv_cells = L.llama_n_ctx(ctx)
+        self._stream_cells = L.llama_n_ctx_seq(ctx)
+        self.n_slots = n_slots
+        self._prefix_seq = n_slots
         self._prefix = []
 
     def _init_batch(self) -> None:
@@ -222,7 +236,7 @@ class BatchedSampler(Sampler):
         rc = self._L.llama_decode(self._ctx, self._batch)
         self.stats["decode_calls"] += 1
         if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc} ({n_tokens} tokens, {self._kv_cells} KV cells)")
+            raise RuntimeError(f"llama_decode failed with code {rc} ({n_tokens} tokens, {self._stream_cells} KV cells per stream)")
 
     def _prefill_prefix(self, prefix: list[int]) -> int:
         """Make the prefix sequence hold exactly `prefix`, computing only what the previous call did not leave."""
@@ -353,52 +367,47 @@ class BatchedSampler(Sampler):
                 results[i] = [Completion(text="", n_tokens=0, finish_reason="length")] * job.params.n
         live_jobs = [j for j in jobs if j.params.n > 0 and j.limit > 0]
         if not live_jobs:
-            return [[] for _ in jobs]
+            return results  # type: ignore[return-value]
         before = dict(self.stats)
         prompts = [j.tokens for j in live_jobs]
         shared = min(_common_prefix_all(prompts), min(len(t) for t in prompts) - 1)
         shared = shared if shared >= MIN_SHARED_PREFIX else 0
-        n_samples = sum(j.params.n for j in live_jobs)
         self.stats["prefill_requested"] += sum(len(j.tokens) * j.params.n for j in live_jobs)
         self.stats["prefill_unique"] += _trie_size(prompts)
 
-        need = max(len(j.tokens) - shared + j.limit + 1 for j in live_jobs)
-        cap = max(self.n_ctx + shared + 256, KV_BUDGET_BYTES // self._bytes_per_cell)
-        self._ensure_context(min(shared + min(self.n_parallel, n_samples) * need + 256, cap))
+        self._ensure_context(max(len(j.tokens) + j.limit for j in live_jobs))
         if shared:
             self.stats["prefill_computed"] += self._prefill_prefix(prompts[0][:shared])
         elif self._prefix:
             self._L.llama_memory_seq_rm(self._mem, self._prefix_seq, -1, -1)
             self._prefix = []
-        capacity = self._kv_cells - shared - 256  # cells left for the slots; a reservation per sample keeps decode from failing
-
         try:
-            self._run(live_jobs, jobs, results, shared, capacity)
+            self._run(live_jobs, jobs, results, shared)
         finally:
             for chain in list(self._chains):
                 self._free_chain(chain)
-            for slot in range(self.n_parallel):
+            for slot in range(self.n_slots):
                 self._L.llama_memory_seq_rm(self._mem, slot, -1, -1)
         self.last_stats = {k: self.stats[k] - before[k] for k in self.stats}
         return results  # type: ignore[return-value]
 
-    def _run(self, live_jobs: list[_Job], jobs: list[_Job], results, shared: int, capacity: int) -> None:
+    def _run(self, live_jobs: list[_Job], jobs: list[_Job], results, shared: int) -> None:
+        """Continuous batching until every sample of `live_jobs` is finished.
+
+        KV copies between streams are queued by llama.cpp and carried out at the start of the next
+        llama_decode, before that call writes anything, so a source may change right after a copy.
+        """
         L, mem = self._L, self._mem
         index = {id(j): i for i, j in enumerate(jobs)}
         queue = deque(live_jobs)
-        slots: list[_Seq | None] = [None] * self.n_parallel
-        dirty: dict[int, tuple[int, int]] = {}  # free slot -> (request, prompt_len) whose KV it still holds
-        reserved = 0
+        slots: list[_Seq | None] = [None] * self.n_slots
+        dirty: dict[int, int] = {}  # free slot -> request whose prompt KV it still holds
         pieces, eog = self._pieces, self._eog
 
         def finish(seq: _Seq, reason: str, text: str) -> None:
-            nonlocal reserved
-            job = jobs[seq.req]
             results[seq.req][seq.index] = Completion(text=text, n_tokens=len(seq.tokens), finish_reason=reason)
-            job.done += 1
-            reserved -= seq.prompt_len - shared + seq.limit + 1
             slots[seq.slot] = None
-            dirty[seq.slot] = (seq.req, seq.prompt_len)
+            dirty[seq.slot] = seq.req
             self._free_chain(seq.chain)
 
         def accept(seq: _Seq, token: int) -> None:
@@ -425,29 +434,22 @@ class BatchedSampler(Sampler):
                 seq.next_token = token
 
         def donor_for(req: int, slot: int) -> int | None:
-            if dirty.get(slot, (None,))[0] == req:
+            """A slot holding the KV of request `req`'s whole prompt (prefill finished)."""
+            if dirty.get(slot) == req:
                 return slot
             for s in slots:
-                if s is not None and s.req == req and not s.pending and s.leader is None and s.pos >= s.prompt_len:
+                if s is not None and s.req == req and s.leader is None and not s.pending and s.pos >= s.prompt_len:
                     return s.slot
-            for s, (r, _) in dirty.items():
-                if r == req:
-                    return s
-            return None
+            return next((s for s, r in dirty.items() if r == req), None)
 
         def admit() -> None:
-            nonlocal reserved
-            free = [s for s in range(self.n_parallel) if slots[s] is None]
-            while queue and free:
+            while queue:
+                free = [s for s in range(self.n_slots) if slots[s] is None]
+                if not free:
+                    break
                 job = queue[0]
                 req = index[id(job)]
-                cost = len(job.tokens) - shared + job.limit + 1
-                if reserved and reserved + cost > capacity:
-                    break
-                slot = next((s for s in free if dirty.get(s, (None,))[0] == req), None)
-                if slot is None:
-                    slot = next((s for s in free if s not in dirty), free[0])
-                free.remove(slot)
+                slot = next((s for s in free if dirty.get(s) == req), free[0])
                 i = job.next_index
                 job.next_index += 1
                 if job.next_index >= job.params.n:
@@ -455,80 +457,102 @@ class BatchedSampler(Sampler):
                 n = len(job.tokens)
                 seq = _Seq(req=req, index=i, slot=slot, chain=self._make_chain(job.params, job.params.seed + i),
                            prompt_len=n, limit=job.limit)
-                reserved += cost
-                donor = donor_for(req, slot)
+                slots[slot] = seq
+                donor = donor_for(req, slot) if job.first_logits is not None else None
                 leader = next((s for s in slots if s is not None and s.req == req and s.pending), None)
-                if donor == slot:
-                    L.llama_memory_seq_rm(mem, slot, n - 1, -1)
-                    dirty.pop(slot)
-                    seq.pending, seq.pos = job.tokens[n - 1:], n - 1
-                elif donor is not None:
-                    L.llama_memory_seq_rm(mem, slot, -1, -1)
+                if donor is not None:
+                    if donor != slot:
+                        L.llama_memory_seq_cp(mem, donor, slot, -1, -1)  # a whole stream: the only copy llama.cpp does
+                    L.llama_memory_seq_rm(mem, slot, n, -1)
                     dirty.pop(slot, None)
-                    L.llama_memory_seq_cp(mem, donor, slot, 0, n - 1)
-                    seq.pending, seq.pos = job.tokens[n - 1:], n - 1
-                elif leader is not None:
-                    if slot in dirty:
-                        L.llama_memory_seq_rm(mem, slot, -1, -1)
-                        dirty.pop(slot)
+                    seq.pos = n
+                    first = job.first_logits
+                    if job.next_index >= job.params.n:
+                        job.first_logits = None
+                    accept(seq, self._sample_row(seq.chain, first, job.allowed))
+                    continue
+                if slot in dirty:
+                    L.llama_memory_seq_rm(mem, slot, -1, -1)
+                    dirty.pop(slot)
+                if leader is not None:
                     seq.leader = leader
                     leader.followers.append(seq)
                 else:
-                    if slot in dirty:
-                        L.llama_memory_seq_rm(mem, slot, -1, -1)
-                        dirty.pop(slot)
                     if shared:
-                        L.llama_memory_seq_cp(mem, self._prefix_seq, slot, 0, shared)
+                        L.llama_memory_seq_cp(mem, self._prefix_seq, slot, -1, -1)
                     seq.pending, seq.pos = job.tokens[shared:], shared
-                slots[slot] = seq
             for s in list(dirty):
                 L.llama_memory_seq_rm(mem, s, -1, -1)
             dirty.clear()
 
+        def pack() -> None:
+            """Move sequences from the top slots into holes below them: one forward pass per run of
+            consecutive slots, so a hole costs a pass while a move costs one stream copy."""
+            while True:
+                free = [s for s in range(self.n_slots) if slots[s] is None]
+                top = max((s for s in range(self.n_slots) if slots[s] is not None), default=-1)
+                if not free or free[0] > top:
+                    return
+                seq, dst = slots[top], free[0]
+                if seq.leader is None:  # a waiting follower has no KV yet
+                    L.llama_memory_seq_cp(mem, top, dst, -1, -1)
+                    L.llama_memory_seq_rm(mem, top, -1, -1)
+                slots[dst], slots[top], seq.slot = seq, None, dst
+
+        def sample(seq: _Seq, idx: int) -> int:
+            allowed = jobs[seq.req].allowed
+            if allowed is None:
+                return L.llama_sampler_sample(seq.chain, self._ctx, idx)
+            return self._sample_row(seq.chain, self._logits(idx), allowed)
+
         tok, pos, seqb, logits = self._b_tok, self._b_pos, self._b_seq, self._b_logits
         while True:
             admit()
+            pack()
             live = [s for s in slots if s is not None]
             if not live:
                 break
             n = 0
             outputs: list[tuple[int, _Seq]] = []
-            for s in live:
-                if s.next_token is not None:
+            for s in live:  # slot order: llama.cpp makes one pass per run of consecutive sequence ids
+                if s.next_token is not None and n < self.n_batch:
                     tok[n], pos[n], seqb[n], logits[n] = s.next_token, s.pos, s.slot, 1
                     outputs.append((n, s))
                     s.next_token = None
                     s.pos += 1
                     n += 1
-            for s in live:
-                if not s.pending or n >= self.n_batch:
-                    continue
-                chunk = s.pending[: self.n_batch - n]
-                k = len(chunk)
-                tok[n:n + k] = chunk
-                pos[n:n + k] = np.arange(s.pos, s.pos + k, dtype=np.int32)
-                seqb[n:n + k] = s.slot
-                logits[n:n + k] = 0
-                s.pending = s.pending[k:]
-                s.pos += k
-                n += k
-                self.stats["prefill_computed"] += k
-                if not s.pending:
-                    logits[n - 1] = 1
-                    outputs.append((n - 1, s))
+                elif s.pending and n < self.n_batch:
+                    budget = self.n_batch - n - sum(1 for o in live if o.slot > s.slot and o.next_token is not None)
+                    k = min(len(s.pending), max(budget, 0))
+                    if k == 0:
+                        continue
+                    tok[n:n + k] = s.pending[:k]
+                    pos[n:n + k] = np.arange(s.pos, s.pos + k, dtype=np.int32)
+                    seqb[n:n + k] = s.slot
+                    logits[n:n + k] = 0
+                    s.pending = s.pending[k:]
+                    s.pos += k
+                    n += k
+                    self.stats["prefill_computed"] += k
+                    if not s.pending:
+                        logits[n - 1] = 1
+                        outputs.append((n - 1, s))
             if n == 0:
                 raise RuntimeError("batched engine stalled: nothing to decode")  # a bug, not a user error
             self._decode(n)
             for idx, s in outputs:
                 group = [s]
-                if s.followers:
-                    for f in s.followers:  # before the leader can finish and free its cells
-                        L.llama_memory_seq_cp(mem, s.slot, f.slot, 0, s.prompt_len)
+                if s.pos == s.prompt_len and s.next_token is None and not s.tokens:  # the prompt was just completed
+                    job = jobs[s.req]
+                    if job.next_index < job.params.n:  # samples still queued start from these logits
+                        job.first_logits = self._logits(idx).copy()
+                    for f in s.followers:  # queued now, so it copies the leader before it changes
+                        L.llama_memory_seq_cp(mem, s.slot, f.slot, -1, -1)
                         f.leader, f.pos = None, s.prompt_len
                     group += s.followers
                     s.followers = []
                 for member in group:
-                    accept(member, L.llama_sampler_sample(member.chain, self._ctx, idx))
+                    accept(member, sample(member, idx))
 
     def close(self) -> None:
         L = getattr(self, "_L", None)

@@ -1,0 +1,221 @@
+"""The batched llama.cpp engine against the sequential reference, on a tiny model trained here.
+
+The model is pretrained for a few seconds on a small templated corpus: a random-init model puts
+near-equal logits on every token (greedy would then hinge on float noise) and never produces a
+stop string on purpose; after training it continues the corpus, so greedy is robust and stops occur.
+One thread per engine: tests run beside other work on 2 cores, where spinning threads stall.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+torch = pytest.importorskip("torch")
+
+from selfguide_lite.config import EngineConfig  # noqa: E402
+from selfguide_lite.engine import batched, open_sampler  # noqa: E402
+from selfguide_lite.engine.base import Request, SamplingParams  # noqa: E402
+from selfguide_lite.engine.batched import BatchedSampler  # noqa: E402
+from selfguide_lite.engine.llamacpp import LlamaCppSampler  # noqa: E402
+from selfguide_lite.errors import UserError  # noqa: E402
+
+SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "our team", "the bird", "a child", "the farmer"]
+VERBS = ["likes", "sees", "finds", "wants", "paints", "keeps"]
+OBJECTS = ["red apples", "the river", "a small house", "green fields", "the old car", "warm bread"]
+LABELS = ("positive", "negative")
+FEW_SHOT = (
+    "Decide whether each sentence is positive or negative.\n"
+    "Sentence: the cat likes warm bread.\nLabel: positive\n"
+    "Sentence: a dog sees the river.\nLabel: negative\n"
+    "Sentence: the farmer keeps green fields.\nLabel: positive\n"
+)
+
+
+def _corpus() -> list[str]:
+    rng = random.Random(0)
+    lines = []
+    for s in SUBJECTS:
+        for v in VERBS:
+            label = "positive" if v in ("likes", "wants", "keeps") else "negative"
+            lines.append(f"Sentence: {s} {v} {rng.choice(OBJECTS)}.\nLabel: {label}\n")
+    return lines
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    from selfguide_lite.export import convert_to_gguf
+    from selfguide_lite.tiny import TinyShape, build_tiny_model, save_checkpoint
+
+    out = tmp_path_factory.mktemp("batched_model")
+    lines = _corpus()
+    shape = TinyShape(hidden=64, layers=2, heads=2, kv_heads=1, intermediate=192)
+    model, tok = build_tiny_model(out / "hf", lines, arch="llama", vocab_size=320, shape=shape)
+    ids = torch.tensor(tok("".join(lines), add_special_tokens=False)["input_ids"])
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-3)
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a toy model: threads only add barrier waits, and stall badly beside other work
+    for _ in range(120):
+        starts = torch.randint(0, len(ids) - 65, (8,), generator=gen)
+        x = torch.cat([torch.ones(8, 1, dtype=torch.long), torch.stack([ids[s:s + 64] for s in starts])], 1)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    assert loss.item() < 1.0, "tiny model did not learn its corpus"
+    model.eval()
+    save_checkpoint(model, tok, out / "hf")
+    return convert_to_gguf(out / "hf", out / "tiny.f32.gguf", "f32")
+
+
+@pytest.fixture(scope="module")
+def reference(model_path):
+    with LlamaCppSampler(model_path, n_ctx=512, n_threads=1) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def engine(model_path):
+    with BatchedSampler(model_path, n_ctx=512, n_threads=1, n_parallel=4) as s:
+        yield s
+
+
+PROMPTS = [
+    "Sentence: the cat",
+    "Sentence: a dog likes",
+    "Sentence: my friend sees green fields.\nLabel:",
+    FEW_SHOT + "Sentence: our team paints",
+    FEW_SHOT * 3 + "Sentence: the bird finds the old car.\nLabel: negative\nSentence: a child",
+    "Label: positive\n",
+]
+
+
+def test_greedy_matches_sequential_token_for_token(engine, reference):
+    requests = [Request(p, SamplingParams(max_tokens=8 + 7 * i)) for i, p in enumerate(PROMPTS)]
+    want = reference.generate(requests)
+    got = engine.generate(requests)
+    assert [r[0] for r in got] == [r[0] for r in want]
+    assert all(r[0].n_tokens > 0 and r[0].text for r in got)
+
+
+def test_greedy_with_more_sequences_than_slots_and_32_slots(model_path, reference):
+    prompts = [f"Sentence: {s} {v}" for s in SUBJECTS for v in VERBS[:5]]  # 40 prompts
+    requests = [Request(p, SamplingParams(max_tokens=12 + i % 9)) for i, p in enumerate(prompts)]
+    want = reference.generate(requests)
+    with BatchedSampler(model_path, n_ctx=512, n_threads=1, n_parallel=32) as wide:
+        assert wide.generate(requests) == want
+    with BatchedSampler(model_path, n_ctx=512, n_threads=1, n_parallel=3) as narrow:
+        assert narrow.generate(requests) == want
+
+
+def test_small_kv_budget_limits_concurrency_not_results(model_path, reference, monkeypatch):
+    monkeypatch.setattr(batched, "KV_BUDGET_BYTES", 1)  # cache holds one window: admission must throttle
+    requests = [Request(FEW_SHOT + f"Sentence: {s}", SamplingParams(max_tokens=200, stop=("\n",))) for s in SUBJECTS]
+    with BatchedSampler(model_path, n_ctx=512, n_threads=1, n_parallel=8) as sampler:
+        got = sampler.generate(requests)
+        assert sampler.n_slots < 8
+    assert got == reference.generate(requests)
+
+
+def test_stop_strings_and_max_tokens_per_sequence(engine, reference):
+    requests = [
+        Request(PROMPTS[0], SamplingParams(max_tokens=40, stop=("\n",))),
+        Request(PROMPTS[1], SamplingParams(max_tokens=40, stop=(".", "Label"))),
+        Request(PROMPTS[2], SamplingParams(max_tokens=3)),
+        Request(PROMPTS[3], SamplingParams(max_tokens=40, stop=("Label:",))),
+        Request(PROMPTS[4], SamplingParams(max_tokens=1)),
+        Request(PROMPTS[5], SamplingParams(max_tokens=25, ignore_eos=True, temperature=1.0, seed=4)),
+    ]
+    got = [r[0] for r in engine.generate(requests)]
+    assert got[0].finish_reason == "stop" and "\n" not in got[0].text and got[0].text
+    assert got[1].finish_reason == "stop" and "." not in got[1].text and "Label" not in got[1].text
+    assert (got[2].n_tokens, got[2].finish_reason) == (3, "length")
+    assert got[3].finish_reason == "stop" and "Label:" not in got[3].text
+    assert (got[4].n_tokens, got[4].finish_reason) == (1, "length")
+    assert (got[5].n_tokens, got[5].finish_reason) == (25, "length")
+    greedy = [i for i, r in enumerate(requests) if r.params.temperature == 0]
+    want = reference.generate([requests[i] for i in greedy])
+    assert [got[i] for i in greedy] == [w[0] for w in want]
+
+
+def test_sampling_is_independent_of_parallelism(model_path):
+    requests = [Request(p, SamplingParams(temperature=2.0, top_k=40, max_tokens=12, n=3, seed=11 * i))
+                for i, p in enumerate(PROMPTS)]
+    outputs = []
+    for n_parallel in (1, 4, 16):
+        with BatchedSampler(model_path, n_ctx=512, n_threads=1, n_parallel=n_parallel) as s:
+            outputs.append(s.generate(requests))
+    assert outputs[0] == outputs[1] == outputs[2]
+    texts = {c.text for r in outputs[0] for c in r}
+    assert len(texts) > len(PROMPTS), "temperature 2 should give varied samples, or this test proves nothing"
+
+
+def test_n_samples_are_reproducible_and_seeded_per_sample(engine):
+    prompt = FEW_SHOT + "Sentence: the teacher"
+    params = SamplingParams(temperature=1.5, max_tokens=10, n=5, seed=100)
+    first = engine.generate([Request(prompt, params)])[0]
+    again = engine.generate([Request(prompt, params)])[0]
+    assert first == again and len(first) == 5
+    singles = [engine.generate([Request(prompt, SamplingParams(temperature=1.5, max_tokens=10, seed=100 + i))])[0][0]
+               for i in range(5)]
+    assert singles == first  # sample i is drawn with seed + i, whatever is decoded beside it
+    other = engine.generate([Request(prompt, SamplingParams(temperature=1.5, max_tokens=10, n=5, seed=7))])[0]
+    assert other != first
+
+
+def test_classification_is_always_one_of_the_choices(engine):
+    requests = [Request(f"Sentence: {s} {v} the river.\nLabel:", SamplingParams(temperature=1.5, n=6, seed=i,
+                                                                              choices=LABELS))
+                for i, (s, v) in enumerate(zip(SUBJECTS, VERBS, strict=False))]
+    texts = [c.text for r in engine.generate(requests) for c in r]
+    assert len(texts) == 36
+    assert all(re.fullmatch(r"[ \t\n]?(positive|negative)", t) for t in texts), texts
+    assert {t.strip() for t in texts} == set(LABELS)
+    odd = ("no", "nope", "yes indeed")  # one choice is a prefix of another; none is in the corpus
+    texts = [c.text for c in engine.generate([Request("Sentence: a dog sees", SamplingParams(
+        temperature=1.0, n=8, seed=3, max_tokens=1, choices=odd))])[0]]
+    assert all(t.lstrip(" \t\n") in odd and len(t) - len(t.lstrip(" \t\n")) <= 1 for t in texts), texts
+
+
+def test_shared_prefix_is_computed_once(engine):
+    prompts = [FEW_SHOT + f"Sentence: {s} {v} the river.\nLabel:" for s, v in zip(SUBJECTS, VERBS, strict=False)]
+    requests = [Request(p, SamplingParams(temperature=0.5, max_tokens=4, n=4, seed=1)) for p in prompts]
+    engine.generate([Request("unrelated prompt", SamplingParams(max_tokens=2))])  # drop any cached prefix
+    engine.generate(requests)
+    stats = engine.last_stats
+    tokens = [engine.prompt_tokens(p) for p in prompts]
+    prefix = _lcp(tokens)
+    unique = len({tuple(t[:k]) for t in tokens for k in range(1, len(t) + 1)})  # nodes of the prompts' trie
+    assert stats["prefill_unique"] == unique
+    assert stats["prefill_requested"] == 4 * sum(len(engine.prompt_tokens(p)) for p in prompts)
+    assert stats["prefill_computed"] <= 1.2 * unique
+    assert stats["prefill_computed"] < stats["prefill_requested"] / 3
+    engine.generate(requests)  # the prefix survives between calls
+    assert engine.last_stats["prefill_computed"] <= engine.last_stats["prefill_unique"] - prefix + 6 * 4
+
+
+def test_prompt_that_cannot_fit_is_a_user_error(engine):
+    with pytest.raises(UserError, match="exceeds the context"):
+        engine.generate([Request(FEW_SHOT * 8, SamplingParams(max_tokens=400))])
+
+
+def test_open_sampler_defaults_to_batched(model_path):
+    with open_sampler(model_path, EngineConfig(n_threads=1, n_parallel=2, n_ctx=256)) as s:
+        assert isinstance(s, BatchedSampler)
+        assert s.count_tokens("Sentence: the cat") > 0 and s.info.bos_token
+    with open_sampler(model_path, EngineConfig(backend="sequential", n_threads=1, n_ctx=256)) as s:
+        assert isinstance(s, LlamaCppSampler)
+
+
+def _lcp(seqs):
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if len({s[i] for s in seqs}) > 1:
+            return i
+    return n
