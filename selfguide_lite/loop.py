@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import Config
 from .engine import open_sampler
+from .engine.journal import JournaledSampler
 from .errors import UserError
 from .evaluate import evaluate
 from .export import export, gguf_from_hf
@@ -40,6 +41,7 @@ from .tasks import Task, load_seed_pool, load_task
 from .train import resolve_model_source, train_adapter
 
 Log = Callable[[str], None]
+JOURNAL = "journal.jsonl"  # sampled completions of an unfinished synthesis, replayed on resume
 
 
 @dataclass
@@ -56,12 +58,14 @@ def _gguf_name(cfg: Config) -> str:
 
 def run_synthesis(cfg: Config, task: Task, student_gguf: Path, out_dir: Path, seed: int) -> dict[str, Any]:
     """One Self-Guide synthesis with the given student: writes train/dropped/stats under out_dir."""
-    with open_sampler(student_gguf, cfg.engine) as sampler:
+    identity = value_hash([file_hash(student_gguf), cfg.selfguide.model_dump(), task.name, seed])
+    with JournaledSampler(open_sampler(student_gguf, cfg.engine), out_dir / JOURNAL, identity) as sampler:
         result = synthesize(task, sampler, cfg.selfguide, PromptFormat.from_info(sampler.info), seed=seed)
-    write_jsonl(out_dir / "dropped.jsonl", result.dropped)
-    write_json(out_dir / "stats.json", result.stats)
-    write_jsonl(out_dir / "train.jsonl", result.train)  # written last: its presence marks the stage done
-    return result.stats
+        write_jsonl(out_dir / "dropped.jsonl", result.dropped)
+        write_json(out_dir / "stats.json", result.stats)
+        write_jsonl(out_dir / "train.jsonl", result.train)  # written last: its presence marks the stage done
+        sampler.discard()
+    return {**result.stats, "replayed_requests": sampler.replayed}
 
 
 def run_self_instruct(cfg: Config, seeds_path: str, student_gguf: Path, out_dir: Path, seed: int) -> dict[str, Any]:
@@ -69,13 +73,15 @@ def run_self_instruct(cfg: Config, seeds_path: str, student_gguf: Path, out_dir:
     from .selfinstruct import bootstrap, selfinstruct_training_rows
 
     seeds = load_seed_pool(seeds_path)
-    with open_sampler(student_gguf, cfg.engine) as sampler:
+    identity = value_hash([file_hash(student_gguf), cfg.selfinstruct.model_dump(), file_hash(seeds_path), seed])
+    with JournaledSampler(open_sampler(student_gguf, cfg.engine), out_dir / JOURNAL, identity) as sampler:
         result = bootstrap(seeds, sampler, cfg.selfinstruct, PromptFormat.from_info(sampler.info), seed=seed)
-    write_jsonl(out_dir / "dropped.jsonl", result.dropped)
-    write_json(out_dir / "stats.json", result.stats)
-    write_jsonl(out_dir / "instances.jsonl", result.train)
-    write_jsonl(out_dir / "train.jsonl", selfinstruct_training_rows(result.train))
-    return result.stats
+        write_jsonl(out_dir / "dropped.jsonl", result.dropped)
+        write_json(out_dir / "stats.json", result.stats)
+        write_jsonl(out_dir / "instances.jsonl", result.train)
+        write_jsonl(out_dir / "train.jsonl", selfinstruct_training_rows(result.train))
+        sampler.discard()
+    return {**result.stats, "replayed_requests": sampler.replayed}
 
 
 def evaluate_student(cfg: Config, tasks: list[Task], gguf: Path, out_path: Path) -> dict[str, Any]:
