@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import EngineConfig
+from ..errors import UserError
 from .base import Completion, ModelInfo, Request, Sampler, SamplingParams
 
 __all__ = ["Completion", "ModelInfo", "Request", "Sampler", "SamplingParams", "open_sampler"]
@@ -14,6 +15,11 @@ def open_sampler(model_path: str | Path, cfg: EngineConfig | None = None) -> Sam
     """The configured backend on a GGUF file: the batched engine by default, `backend: sequential` for
     llama-cpp-python's one-sequence-at-a-time `create_completion` (the reference the batched engine is tested against)."""
     cfg = cfg or EngineConfig()
+    path = Path(model_path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; sampling needs a GGUF file (see `export`, or let `loop` convert it)")
+    if not path.is_file():
+        raise UserError(f"GGUF model not found: {path}")
     if cfg.backend == "sequential":
         from .llamacpp import LlamaCppSampler
 
