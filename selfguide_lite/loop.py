@@ -110,12 +110,17 @@ def evaluate_student(cfg: Config, tasks: list[Task], gguf: Path, out_path: Path)
     return {k: v for k, v in summary.items() if k != "tasks"}
 
 
+def should_promote(score: float, best_score: float, tolerance: float) -> bool:
+    """SPEC 4: a round more than `tolerance` points below the best so far is kept but not promoted."""
+    return score >= best_score - tolerance
+
+
 def _use_chat_template(cfg: Config) -> bool:
     """Self-Instruct may train and evaluate with the fixed template even when the model has a chat one."""
     return cfg.loop.method == "self-guide" or cfg.selfinstruct.template == "auto"
 
 
-def _training_data(cfg: Config, run_dir: Path, k: int, latest: Path) -> Path:
+def training_data(cfg: Config, run_dir: Path, k: int, latest: Path) -> Path:
     """This round's set, or (data: accumulate) every round's set so far, deduplicated."""
     if cfg.loop.data == "latest":
         return latest
@@ -195,7 +200,7 @@ def run_loop(cfg: Config, log: Log = print) -> dict[str, Any]:
              "cfg": value_hash([synth_cfg, cfg.engine.model_dump()]), "seed": str(seed)},
             [synth_dir / "train.jsonl", synth_dir / "stats.json"], synth_fn, log)
         stats = read_json(synth_dir / "stats.json")
-        data = _training_data(cfg, run_dir, k, synth_dir / "train.jsonl")
+        data = training_data(cfg, run_dir, k, synth_dir / "train.jsonl")
         n_rows = len(read_jsonl(data))
         round_rec: dict[str, Any] = {"train_size": n_rows, "synth_stats": stats, "student_round": student.round}
         if n_rows == 0:
@@ -223,7 +228,7 @@ def run_loop(cfg: Config, log: Log = print) -> dict[str, Any]:
             f"round-{k}/eval", {"gguf": file_hash(gguf), "tasks": tasks_hash, "eval": eval_hash},
             [rk / "eval.json"], partial(evaluate_student, cfg, tasks, gguf, rk / "eval.json"), log)
         scores = read_json(rk / "eval.json")
-        promoted = scores["primary"] >= best.score - cfg.loop.promote_tolerance
+        promoted = should_promote(scores["primary"], best.score, cfg.loop.promote_tolerance)
         log(f"round {k}: exact match {scores['exact_match']:.1f}  ROUGE-L {scores['rougeL']:.1f}  "
             f"({'promoted' if promoted else f'not promoted: below best {best.score:.1f} by more than {cfg.loop.promote_tolerance}'})")
         manifest.data["rounds"][str(k)] = {**round_rec, "status": "done", "gguf": str(gguf.relative_to(run_dir)),
