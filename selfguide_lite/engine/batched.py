@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .base import Completion, ModelInfo, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
-from .llamacpp import quiet_llama
+from .base import Completion, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
+from .llamacpp import model_info, quiet_llama
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default last_n_tokens_size: penalties match the sequential backend
 KV_BUDGET_BYTES = 3 << 30  # cap on the KV cache; beyond it fewer sequences run at once instead of failing
@@ -131,7 +131,7 @@ class BatchedSampler(Sampler):
         self._cand_ptr = self._cand.ctypes.data_as(ctypes.POINTER(L.llama_token_data))
         self._all_ids = np.arange(self.n_vocab, dtype=np.int32)
         self._eog_bias = self._bias_array(sorted(self._eog))
-        self.info = self._model_info()
+        self.info = model_info(self._model)
         self.stats = {"prefill_requested": 0, "prefill_unique": 0, "prefill_computed": 0, "generated": 0, "decode_calls": 0}
         self.last_stats = dict(self.stats)
         self._init_batch()
@@ -145,19 +145,6 @@ class BatchedSampler(Sampler):
             buf = ctypes.create_string_buffer(-n)
             n = self._L.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
         return buf.raw[:n]
-
-    def _model_info(self) -> ModelInfo:
-        L = self._L
-
-        def text(token: int) -> str:
-            return self._L.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace") if token >= 0 else ""
-
-        template = L.llama_model_chat_template(self._model, None)
-        return ModelInfo(
-            chat_template=template.decode("utf-8") if template else None,
-            bos_token=text(L.llama_vocab_bos(self._vocab)),
-            eos_token=text(L.llama_vocab_eos(self._vocab)),
-        )
 
     def _tokenize(self, text: str) -> list[int]:
         data = text.encode("utf-8")

@@ -43,11 +43,12 @@ def load_llama(model_path: str | Path, n_ctx: int, n_threads: int | None, **kwar
         raise UserError(f"llama.cpp could not load {path}: {exc}") from None
 
 
-def model_info(llama) -> ModelInfo:
-    """Chat template and special-token texts, read from the GGUF metadata and vocabulary."""
+def model_info(model) -> ModelInfo:
+    """Chat template and special-token texts of a loaded llama.cpp model (a `llama_model` pointer),
+    read from its GGUF metadata and vocabulary. Both backends describe the student through this."""
     import llama_cpp
 
-    vocab = llama_cpp.llama_model_get_vocab(llama.model)
+    vocab = llama_cpp.llama_model_get_vocab(model)
 
     def text(token: int) -> str:
         if token < 0:
@@ -55,8 +56,9 @@ def model_info(llama) -> ModelInfo:
         raw = llama_cpp.llama_vocab_get_text(vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
 
+    template = llama_cpp.llama_model_chat_template(model, None)
     return ModelInfo(
-        chat_template=llama.metadata.get("tokenizer.chat_template") or None,
+        chat_template=template.decode("utf-8") if template else None,
         bos_token=text(llama_cpp.llama_vocab_bos(vocab)),
         eos_token=text(llama_cpp.llama_vocab_eos(vocab)),
     )
@@ -67,7 +69,7 @@ class LlamaCppSampler(Sampler):
 
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None) -> None:
         self.llama = load_llama(model_path, n_ctx, n_threads)
-        self.info = model_info(self.llama)
+        self.info = model_info(self.llama.model)
 
     def count_tokens(self, text: str) -> int:
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
