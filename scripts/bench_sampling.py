@@ -139,6 +139,45 @@ def roofline_gflops(threads: int) -> float:
     return best
 
 
+def decode_ceiling(gguf: Path, n_seq: int, context: int, steps: int, threads: int) -> float:
+    """Tokens/s of bare `llama_decode` calls, one token from each of `n_seq` sequences per call, each
+    sequence already holding `context` tokens; no sampling, no Python work per token beyond filling
+    the batch. No engine built on llama.cpp can beat this rate on this machine: it bounds (a)."""
+    import llama_cpp as L
+
+    from selfguide_lite.engine.llamacpp import quiet_llama
+
+    quiet_llama()
+    model = L.llama_model_load_from_file(str(gguf).encode(), L.llama_model_default_params())
+    cp = L.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_seq * (context + steps + 64), 512, 512, n_seq
+    cp.n_threads = cp.n_threads_batch = threads
+    cp.kv_unified = False
+    cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    ctx = L.llama_init_from_model(model, cp)
+    batch = L.llama_batch_init(512, 0, n_seq)
+    try:
+        def decode(tokens):  # (token, position, sequence, wants logits)
+            batch.n_tokens = len(tokens)
+            for i, (tok, pos, seq, logits) in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, logits
+                batch.seq_id[i][0] = seq
+            if L.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+
+        for seq in range(n_seq):
+            for start in range(0, context, 512):
+                decode([(100 + (seq * 7 + j) % 1000, j, seq, j == context - 1) for j in range(start, min(context, start + 512))])
+        t = time.perf_counter()
+        for k in range(steps):
+            decode([(200 + (k + seq) % 1000, context + k, seq, True) for seq in range(n_seq)])
+        return n_seq * steps / (time.perf_counter() - t)
+    finally:
+        L.llama_batch_free(batch)
+        L.llama_free(ctx)
+        L.llama_model_free(model)
+
+
 def throughput_prompts(n: int) -> list[str]:
     """Distinct multi-line snippets from different stdlib files (no shared prefix beyond BOS)."""
     rng = random.Random(0)
@@ -164,8 +203,10 @@ def timed(sampler, requests) -> tuple[float, int, dict]:
 
 def hf_generate(hf_dir: Path, token_lists: list[list[int]], new_tokens: int, batch: int, threads: int) -> tuple[float, int]:
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM
 
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     torch.manual_seed(0)
@@ -287,11 +328,19 @@ def main() -> int:
             results["hf_tok_s"][str(batch)] = n_tok / dt
             print(f"   {f'(c) transformers generate fp32, batch {batch}':<44}{n_tok:>8}{dt:>9.1f}{n_tok / dt:>10.1f}"
                   f"{frac(n_tok / dt):>10}")
+    context = sum(len(t) for t in prompt_tokens) // len(prompt_tokens) + new_tokens // 2
+    for n_seq in (1, 16):
+        rate = decode_ceiling(gguf, n_seq, context, min(new_tokens, 64), threads)
+        results.setdefault("decode_ceiling_tok_s", {})[str(n_seq)] = rate
+        print(f"   {f'(d) bare llama_decode, {n_seq} sequences':<44}{'':>8}{'':>9}{rate:>10.1f}{frac(rate):>10}")
     e16 = results["engine_tok_s"]["16"]
     results["ratio_vs_sequential_16"] = e16 / results["sequential_tok_s"]
     results["ratio_vs_hf_16"] = e16 / results["hf_tok_s"]["16"] if "16" in results["hf_tok_s"] else None
     print("   ratios (a) / (b): " + ", ".join(
         f"{k} parallel {v / results['sequential_tok_s']:.2f}x" for k, v in results["engine_tok_s"].items()))
+    results["ceiling_ratio_vs_sequential_16"] = results["decode_ceiling_tok_s"]["16"] / results["sequential_tok_s"]
+    print(f"   ceiling (d, 16) / (b): {results['ceiling_ratio_vs_sequential_16']:.2f}x  (the most any llama.cpp engine "
+          f"could reach here); engine (a, 16) / (d, 16): {e16 / results['decode_ceiling_tok_s']['16']:.0%}")
     if results["ratio_vs_hf_16"]:
         print(f"   ratio  (a, 16 parallel) / (c, batch 16): {results['ratio_vs_hf_16']:.2f}x; "
               f"/ (c, batch 1): {e16 / results['hf_tok_s']['1']:.2f}x")

@@ -1,14 +1,17 @@
 """Command line: thin typer commands, each parsing arguments and calling one function (SPEC 6).
 
-User errors (`UserError`, bad options) print one `error: ...` line and exit 2; nothing else is
-caught, so a bug keeps its traceback.
+User errors (`UserError`, bad options, a full disk) print one `error: ...` line and exit 2. Any other
+exception is a bug: one line and exit 1, or its full traceback with `--debug` (or SELFGUIDE_DEBUG=1).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +35,18 @@ DEMO_OVERRIDES = {
     "eval": {"limit": 60},
     "engine": {"n_ctx": 2048},
 }
+
+
+_DEBUG = {"on": bool(os.environ.get("SELFGUIDE_DEBUG"))}
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks for every error")] = False,
+) -> None:
+    """Make a small language model better at a task using only data it writes itself."""
+    if debug:
+        _DEBUG["on"] = True
 
 
 def _log(msg: str) -> None:
@@ -60,10 +75,13 @@ def loop(
     train_from: Annotated[str | None, typer.Option(help="base or previous")] = None,
     data: Annotated[str | None, typer.Option(help="latest or accumulate")] = None,
     quant: Annotated[str | None, typer.Option(help="q4_k_m, q8_0, f16 or f32")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --run-dir (the default when it exists)")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="start over in a new run directory (NAME-2, NAME-3, ...)")] = False,
 ) -> None:
     """Run the whole loop. With no --task and no --model: the offline demo on a built-in task."""
     t0 = time.monotonic()
     demo = task is None and model is None
+    _check_loop_options(method, task, seeds, eval_tasks, task_type, labels, num_inputs, num_instructions, resume, fresh)
     overrides = {
         "task": task, "model": model, "run_dir": run_dir, "seed": seed, "seeds": seeds,
         "eval_tasks": eval_tasks, "task_type": task_type,
@@ -90,6 +108,15 @@ def loop(
             overrides["task"] = str(demo_task_path())
             overrides["run_dir"] = run_dir or "runs/demo"
     cfg = load_config(config, overrides, preset)
+    from .loop import default_run_dir, next_free_run_dir
+
+    chosen = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    if fresh and chosen.exists() and any(chosen.iterdir()):
+        chosen = next_free_run_dir(chosen)
+        _log(f"--fresh: starting over in {chosen}")
+    if resume and not (chosen / "manifest.json").is_file():
+        raise UserError(f"--resume: no run to resume in {chosen} (no manifest.json)")
+    cfg = cfg.model_copy(update={"run_dir": str(chosen)})
     from .loop import run_loop
 
     summary = run_loop(cfg, _log)
@@ -101,6 +128,23 @@ def loop(
         _log(f"  round {k}: train rows {rec.get('train_size', '-')}, {score}{'' if rec.get('promoted') else ' (not promoted)'}")
     _log(f"results: {summary['run_dir']}  (report: {summary['report']})")
     _log(f"final student GGUF (round {summary['final_round']}): {summary['final_gguf']}")
+
+
+def _check_loop_options(method, task, seeds, eval_tasks, task_type, labels, num_inputs, num_instructions,
+                        resume, fresh) -> None:
+    """Options that contradict each other are refused before anything runs."""
+    if resume and fresh:
+        raise UserError("--resume and --fresh contradict each other: pick one")
+    if method == "self-instruct":
+        for flag, value in (("--labels", labels), ("--task-type", task_type), ("--num-inputs", num_inputs)):
+            if value is not None:
+                raise UserError(f"{flag} applies to --method self-guide, not self-instruct")
+    elif method in (None, "self-guide"):
+        for flag, value in (("--seeds", seeds), ("--eval-tasks", eval_tasks), ("--num-instructions", num_instructions)):
+            if value:
+                raise UserError(f"{flag} applies to --method self-instruct, not self-guide")
+    else:
+        raise UserError(f"--method must be self-guide or self-instruct, not {method!r}")
 
 
 @app.command()
@@ -246,6 +290,19 @@ def demo_model(
     _log(f"demo student at {build_demo_model(out, size=size, seconds=seconds, log=_log)}")
 
 
+@app.command(name="config")
+def config_cmd(
+    print_: Annotated[bool, typer.Option("--print", help="print every setting with its value and a one-line explanation")] = False,
+    config: Annotated[Path | None, typer.Option(help="show this file resolved over the defaults")] = None,
+) -> None:
+    """Show the configuration: the defaults (or a file resolved over them), as an annotated YAML file."""
+    from .config import annotated_yaml
+
+    if not print_ and config is None:
+        raise UserError("nothing to do: use --print (and --config FILE to resolve a file over the defaults)")
+    sys.stdout.write(annotated_yaml(load_config(config)))
+
+
 @app.command()
 def doctor() -> None:
     """What is installed, which backends work, GPU or not."""
@@ -260,15 +317,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2, exc)
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:  # typer's (vendored click) usage errors
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"error: {' '.join(message.split())}", file=sys.stderr)
-        return 2
+        return _fail(message, 2, exc)
     except (KeyboardInterrupt, typer.Abort):
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            return _fail(f"no space left on the device while writing {exc.filename or 'a file'}; free some and re-run "
+                         "(finished stages are kept)", 2, exc)
+        return _fail(f"{exc.__class__.__name__}: {exc}", 1, exc, bug=True)
+    except Exception as exc:  # a bug: keep it short unless asked
+        return _fail(f"{exc.__class__.__name__}: {exc}", 1, exc, bug=True)
     return 0
+
+
+def _fail(message: str, code: int, exc: BaseException, bug: bool = False) -> int:
+    if _DEBUG["on"]:
+        traceback.print_exception(exc)
+    line = " ".join(str(message).split())
+    hint = "" if _DEBUG["on"] or not bug else " (internal error; re-run with --debug for the traceback)"
+    print(f"error: {line}{hint}", file=sys.stderr)
+    return code

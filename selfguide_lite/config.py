@@ -6,6 +6,7 @@ directory so a run can be read back and repeated.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,107 +21,151 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A setting with its default and the one-line explanation `config --print` shows."""
+    if callable(default):
+        return Field(default_factory=default, description=help, **kw)
+    return Field(default, description=help, **kw)
+
+
 class EngineConfig(_Section):
     """How the student is served for sampling."""
 
-    backend: Literal["batched", "sequential"] = "batched"
-    n_ctx: int = 4096
-    n_threads: int | None = None  # None: all cores
-    n_parallel: int = 16  # sequences decoded together by the batched engine
+    backend: Literal["batched", "sequential"] = _f("batched", "batched: many sequences per llama_decode; sequential: create_completion")
+    n_ctx: int = _f(4096, "context length (tokens) per sequence", ge=64)
+    n_threads: int | None = _f(None, "CPU threads for llama.cpp (null: all cores)")
+    n_parallel: int = _f(16, "sequences the batched engine decodes together", ge=1)
 
 
 class SelfGuideConfig(_Section):
-    num_inputs: int = Field(400, ge=1, description="input candidates drawn per round")
-    context_inputs: int = Field(10, ge=0, description="accepted inputs shown back to the model")
-    wave_size: int = Field(32, ge=1, description="input requests issued together before filtering")
-    input_temperature_classification: float = 0.7
-    input_temperature_generation: float = 0.9
-    input_top_k: int = 40
-    num_samples: int = Field(10, ge=1, description="annotation samples per input")
-    annotate_temperature: float = 0.2
-    annotate_top_k: int = 10
-    vote_threshold: float = 0.3
-    length_filter: bool | None = None  # None: on for classification, off for generation
-    output_length_filter: bool = True  # generation only
-    noise_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_NOISE_PATTERNS))
-    constrain_labels: bool = True  # classification: decode only label strings
-    balance: bool = True
-    max_tokens_factor: float = 2.0  # max tokens = factor x longest demo (in tokens)
+    """Self-Guide synthesis (SPEC 2)."""
+
+    num_inputs: int = _f(400, "input candidates drawn per round", ge=1)
+    context_inputs: int = _f(10, "accepted inputs shown back to the model when it writes new ones", ge=0)
+    wave_size: int = _f(32, "input requests issued together before filtering", ge=1)
+    input_temperature_classification: float = _f(0.7, "temperature for writing inputs, classification tasks", ge=0)
+    input_temperature_generation: float = _f(0.9, "temperature for writing inputs, generation tasks", ge=0)
+    input_top_k: int = _f(40, "top-k for writing inputs", ge=0)
+    num_samples: int = _f(10, "annotation samples per input (the self-consistency vote)", ge=1)
+    annotate_temperature: float = _f(0.2, "temperature of the annotation samples", ge=0)
+    annotate_top_k: int = _f(10, "top-k of the annotation samples", ge=0)
+    vote_threshold: float = _f(0.3, "an answer needs this share of the samples to be kept", ge=0, le=1)
+    length_filter: bool | None = _f(None, "drop inputs far longer/shorter than the examples (null: on for classification)")
+    output_length_filter: bool = _f(True, "generation: drop outputs far from the examples' length")
+    noise_patterns: list[str] = _f(lambda: list(DEFAULT_NOISE_PATTERNS), "regexes marking a generated input as noise")
+    constrain_labels: bool = _f(True, "classification: decode only label strings (grammar-constrained)")
+    balance: bool = _f(True, "classification: trim every label to the rarest label's count")
+    max_tokens_factor: float = _f(2.0, "max new tokens = this x the longest example (in tokens)", gt=0)
 
 
 class SelfInstructConfig(_Section):
-    num_instructions: int = Field(200, ge=1)
-    in_context: int = 8
-    in_context_generated: int = 2
-    temperature: float = 0.7
-    top_p: float = 0.5
-    presence_penalty: float = 2.0
-    max_tokens: int = 512
-    rouge_threshold: float = 0.7
-    classify_shots_classification: int = 12
-    classify_shots_other: int = 19
-    instances_per_instruction: int = 5
-    instance_temperature: float = 0.0
-    instance_max_tokens: int = 300
-    wave_size: int = 16
-    template: Literal["auto", "fixed"] = "auto"  # auto: chat template when the model has one
+    """Self-Instruct bootstrap (SPEC 3)."""
+
+    num_instructions: int = _f(200, "new instructions to accept per round", ge=1)
+    in_context: int = _f(8, "instructions shown per generation prompt", ge=1)
+    in_context_generated: int = _f(2, "of those, how many come from the generated pool", ge=0)
+    temperature: float = _f(0.7, "temperature for writing instructions", ge=0)
+    top_p: float = _f(0.5, "top-p for writing instructions", gt=0, le=1)
+    presence_penalty: float = _f(2.0, "presence penalty for writing instructions")
+    max_tokens: int = _f(512, "max new tokens per instruction-generation request", ge=1)
+    rouge_threshold: float = _f(0.7, "drop an instruction whose ROUGE-L to the pool reaches this", gt=0, le=1)
+    classify_shots_classification: int = _f(12, "classification examples in the is-it-classification prompt", ge=0)
+    classify_shots_other: int = _f(19, "non-classification examples in that prompt", ge=0)
+    instances_per_instruction: int = _f(5, "instances written per accepted instruction", ge=1)
+    instance_temperature: float = _f(0.0, "temperature for writing instances", ge=0)
+    instance_max_tokens: int = _f(300, "max new tokens per instance request", ge=1)
+    wave_size: int = _f(16, "instruction requests issued together", ge=1)
+    template: Literal["auto", "fixed"] = _f("auto", "auto: the model's chat template when it has one; fixed: plain text")
+    bad_seed_lines: Literal["stop", "skip"] = _f("stop", "a malformed seed-file line: stop with its line number, or skip it")
 
 
 class TrainConfig(_Section):
-    backend: Literal["auto", "unsloth", "hf"] = "auto"
-    quantization: Literal["nf4", "none"] = "nf4"  # nf4 = QLoRA; none = 16-bit LoRA
-    lora_r: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
-    learning_rate: float = 2e-4
-    epochs: float = 3.0
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_seq_length: int = 1024
-    seed: int = 0
+    """LoRA / QLoRA finetuning (SPEC 4)."""
+
+    backend: Literal["auto", "unsloth", "hf"] = _f("auto", "auto: Unsloth on a CUDA GPU when installed, else transformers+peft+trl")
+    quantization: Literal["nf4", "none"] = _f("nf4", "nf4: QLoRA (4-bit base); none: 16-bit LoRA (the sensible CPU choice)")
+    lora_r: int = _f(16, "LoRA rank", ge=1)
+    lora_alpha: int = _f(16, "LoRA alpha", ge=1)
+    lora_dropout: float = _f(0.0, "LoRA dropout", ge=0, lt=1)
+    target_modules: str | list[str] = _f("all-linear", "modules that get adapters")
+    learning_rate: float = _f(2e-4, "peak learning rate", gt=0)
+    epochs: float = _f(3.0, "passes over the training rows", gt=0)
+    lr_scheduler: str = _f("cosine", "transformers learning-rate schedule name")
+    warmup_ratio: float = _f(0.03, "share of steps spent warming up", ge=0, lt=1)
+    batch_size: int = _f(4, "micro-batch (rows per device step)", ge=1)
+    grad_accum: int = _f(1, "gradient accumulation steps", ge=1)
+    max_seq_length: int = _f(1024, "longer rows are truncated", ge=16)
+    seed: int = _f(0, "training seed")
+    divergence_factor: float = _f(10.0, "stop when the loss exceeds this times its first value", gt=1)
+    oom_retries: int = _f(3, "GPU out-of-memory: halve the micro-batch this many times", ge=0)
 
 
 class ExportConfig(_Section):
-    quant: Literal["q4_k_m", "q8_0", "f16", "f32"] = "q4_k_m"
-    keep_f16_gguf: bool = False
+    """Merge, convert, quantize (SPEC 4)."""
+
+    quant: Literal["q4_k_m", "q8_0", "f16", "f32"] = _f("q4_k_m", "quantization of each round's GGUF")
+    keep_f16_gguf: bool = _f(False, "keep the intermediate f16 GGUF beside the quantized one")
 
 
 class EvalConfig(_Section):
-    limit: int = 100
-    constrain_labels: bool = False  # measure what the model writes, as the benchmark does
-    max_tokens: int | None = None  # None: 2x the longest reference in the task (tokens)
+    """Evaluation (SPEC 5)."""
+
+    limit: int = _f(100, "held-out instances scored per task", ge=1)
+    constrain_labels: bool = _f(False, "decode only label strings (off: measure what the model writes)")
+    max_tokens: int | None = _f(None, "max new tokens (null: 2x the longest reference, in tokens)")
 
 
 class LoopConfig(_Section):
-    rounds: int = Field(2, ge=0)
-    method: Literal["self-guide", "self-instruct"] = "self-guide"
-    train_from: Literal["base", "previous"] = "base"
-    data: Literal["latest", "accumulate"] = "latest"
-    promote_tolerance: float = 1.0
+    """The rounds (SPEC 4)."""
+
+    rounds: int = _f(2, "rounds after round 0", ge=0)
+    method: Literal["self-guide", "self-instruct"] = _f("self-guide", "self-guide (one task) or self-instruct (general)")
+    train_from: Literal["base", "previous"] = _f("base", "base: a fresh adapter on the original weights; previous: on the last student")
+    data: Literal["latest", "accumulate"] = _f("latest", "latest: this round's rows; accumulate: every round's so far")
+    promote_tolerance: float = _f(1.0, "a round this many points below the best is kept but not promoted", ge=0)
 
 
 class Config(_Section):
-    task: str | None = None
-    model: str | None = None
-    seeds: str | None = None
-    eval_tasks: list[str] = Field(default_factory=list)
-    task_type: Literal["classification", "generation"] | None = None
-    labels: list[str] | None = None
-    run_dir: str | None = None
-    seed: int = 0
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    selfguide: SelfGuideConfig = Field(default_factory=SelfGuideConfig)
-    selfinstruct: SelfInstructConfig = Field(default_factory=SelfInstructConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    loop: LoopConfig = Field(default_factory=LoopConfig)
+    """Everything a run reads. Precedence: defaults < preset (demo) < --config file < flags."""
+
+    task: str | None = _f(None, "Self-Guide task file (Natural Instructions JSON or our YAML/JSON)")
+    model: str | None = _f(None, "student: hub id or local HF checkpoint directory")
+    seeds: str | None = _f(None, "Self-Instruct seed pool (JSON Lines)")
+    eval_tasks: list[str] = _f(list, "Self-Instruct: task files to evaluate on")
+    task_type: Literal["classification", "generation"] | None = _f(None, "override the inferred task type")
+    labels: list[str] | None = _f(None, "override the inferred label set")
+    run_dir: str | None = _f(None, "run directory (null: runs/<task name>)")
+    seed: int = _f(0, "run seed (round k samples with seed + k)")
+    engine: EngineConfig = _f(EngineConfig, "sampling engine")
+    selfguide: SelfGuideConfig = _f(SelfGuideConfig, "Self-Guide synthesis")
+    selfinstruct: SelfInstructConfig = _f(SelfInstructConfig, "Self-Instruct bootstrap")
+    train: TrainConfig = _f(TrainConfig, "finetuning")
+    export: ExportConfig = _f(ExportConfig, "merge, convert, quantize")
+    eval: EvalConfig = _f(EvalConfig, "evaluation")
+    loop: LoopConfig = _f(LoopConfig, "rounds")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def annotated_yaml(cfg: Config | None = None) -> str:
+    """The configuration as YAML with each setting's explanation as a comment (`config --print`)."""
+    cfg = cfg or Config()
+    lines = ["# selfguide_lite configuration: every setting with its default. Pass a file like this with --config;",
+             "# command-line flags override it."]
+
+    def emit(model: BaseModel, indent: str) -> None:
+        for name, info in type(model).model_fields.items():
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                lines.append(f"{indent}{name}:{'':<{max(1, 41 - len(indent) - len(name))}}# {info.description}")
+                emit(value, indent + "  ")
+                continue
+            text = yaml.safe_dump({name: value}, default_flow_style=True, width=10**6).strip()[1:-1]
+            lines.append(f"{indent}{text}{'':<{max(1, 42 - len(indent) - len(text))}}# {info.description}")
+
+    emit(cfg, "")
+    return "\n".join(lines) + "\n"
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +184,24 @@ def _validate(data: dict[str, Any], where: str) -> Config:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise UserError(f"{where}: unknown setting '{loc}'{_suggestion(first['loc'])}") from None
         raise UserError(f"{where}: {loc}: {first['msg']}") from None
+
+
+def _suggestion(loc: tuple) -> str:
+    """'; did you mean selfguide.num_inputs?' for a misspelt key, from the valid keys at its level."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
+    prefix = ".".join(str(p) for p in loc[:-1])
+    return f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else \
+        f"; valid keys here: {', '.join(model.model_fields)}"
 
 
 def load_config(

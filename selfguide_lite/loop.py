@@ -38,10 +38,10 @@ from .store import (
     write_jsonl,
 )
 from .tasks import Task, load_seed_pool, load_task
-from .train import resolve_model_source, train_adapter
+from .train import TrainingDiverged, resolve_model_source, train_adapter
 
 Log = Callable[[str], None]
-JOURNAL = "journal.jsonl"  # sampled completions of an unfinished synthesis, replayed on resume
+JOURNAL = "journal.jsonl"  # every request's completions, keyed by request id; replayed on resume, kept as the record
 
 
 @dataclass
@@ -64,7 +64,6 @@ def run_synthesis(cfg: Config, task: Task, student_gguf: Path, out_dir: Path, se
         write_jsonl(out_dir / "dropped.jsonl", result.dropped)
         write_json(out_dir / "stats.json", result.stats)
         write_jsonl(out_dir / "train.jsonl", result.train)  # written last: its presence marks the stage done
-        sampler.discard()
     return {**result.stats, "replayed_requests": sampler.replayed}
 
 
@@ -72,7 +71,7 @@ def run_self_instruct(cfg: Config, seeds_path: str, student_gguf: Path, out_dir:
     """One Self-Instruct bootstrap: instructions + instances, as prompt/completion training rows."""
     from .selfinstruct import bootstrap, selfinstruct_training_rows
 
-    seeds = load_seed_pool(seeds_path)
+    seeds = load_seed_pool(seeds_path, cfg.selfinstruct.bad_seed_lines, warn=print)
     identity = value_hash([file_hash(student_gguf), cfg.selfinstruct.model_dump(), file_hash(seeds_path), seed])
     with JournaledSampler(open_sampler(student_gguf, cfg.engine), out_dir / JOURNAL, identity) as sampler:
         result = bootstrap(seeds, sampler, cfg.selfinstruct, PromptFormat.from_info(sampler.info), seed=seed)
@@ -80,7 +79,6 @@ def run_self_instruct(cfg: Config, seeds_path: str, student_gguf: Path, out_dir:
         write_json(out_dir / "stats.json", result.stats)
         write_jsonl(out_dir / "instances.jsonl", result.train)
         write_jsonl(out_dir / "train.jsonl", selfinstruct_training_rows(result.train))
-        sampler.discard()
     return {**result.stats, "replayed_requests": sampler.replayed}
 
 
@@ -154,13 +152,13 @@ def run_loop(cfg: Config, log: Log = print) -> dict[str, Any]:
         if not task_files:
             raise UserError("self-instruct needs --eval-tasks (Natural Instructions task files to evaluate on)")
         tasks = [load_task(p) for p in task_files]
-        load_seed_pool(cfg.seeds)  # fail early on a bad seed file
+        load_seed_pool(cfg.seeds, cfg.selfinstruct.bad_seed_lines, warn=log)  # fail early on a bad seed file
 
-    run_dir = Path(cfg.run_dir or Path("runs") / f"{tasks[0].name if method == 'self-guide' else 'self-instruct'}")
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    manifest = Manifest(run_dir / "manifest.json")  # refuses a run directory it cannot resume, before any write
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_partial(run_dir)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    manifest = Manifest(run_dir / "manifest.json")
     manifest.data.update(method=method, model=cfg.model, task=cfg.task, seeds=cfg.seeds)
     base = resolve_model_source(cfg.model)
     base_hash = file_hash(base)
@@ -212,11 +210,17 @@ def run_loop(cfg: Config, log: Log = print) -> dict[str, Any]:
 
         train_base = base if cfg.loop.train_from == "base" else student.hf_dir
         adapter = rk / "adapter"
-        manifest.run_stage(
-            f"round-{k}/train",
-            {"data": file_hash(data), "base": file_hash(train_base),
-             "cfg": value_hash([cfg.train.model_dump(), _use_chat_template(cfg)])},
-            [adapter], partial(train_adapter, data, train_base, adapter, cfg.train, log, _use_chat_template(cfg)), log)
+        try:
+            manifest.run_stage(
+                f"round-{k}/train",
+                {"data": file_hash(data), "base": file_hash(train_base),
+                 "cfg": value_hash([cfg.train.model_dump(), _use_chat_template(cfg)])},
+                [adapter], partial(train_adapter, data, train_base, adapter, cfg.train, log, _use_chat_template(cfg)), log)
+        except TrainingDiverged as exc:
+            log(f"round {k}: {exc}; keeping the round-{student.round} student")
+            manifest.data["rounds"][str(k)] = {**round_rec, "status": "diverged", "error": str(exc), "promoted": False}
+            manifest.save()
+            continue
         gguf, merged = rk / gguf_name, rk / "merged"
         manifest.run_stage(
             f"round-{k}/export",
@@ -245,6 +249,21 @@ def run_loop(cfg: Config, log: Log = print) -> dict[str, Any]:
     report = write_report(run_dir)
     return {"run_dir": str(run_dir), "final_gguf": str(student.gguf), "final_round": student.round,
             "report": str(report), "rounds": manifest.data["rounds"]}
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """runs/<task file name> for Self-Guide, runs/self-instruct otherwise."""
+    if cfg.loop.method == "self-guide" and cfg.task:
+        return Path("runs") / Path(cfg.task).stem
+    return Path("runs") / "self-instruct"
+
+
+def next_free_run_dir(path: Path) -> Path:
+    """`--fresh`: NAME-2, NAME-3, ... beside an existing run, never touching it."""
+    n = 2
+    while path.with_name(f"{path.name}-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}-{n}")
 
 
 def _base_export_stage(base: str, out: Path, cfg: Config) -> dict[str, Any]:

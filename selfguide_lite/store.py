@@ -18,7 +18,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 BIG_FILE = 64 * 1024 * 1024  # above this, hash size + head + tail instead of every byte
+RUN_FORMAT = 1  # layout version of a run directory; bump when an old run cannot be resumed as is
+DISK_MARGIN = 64 * 1024 * 1024  # kept free beyond an estimate, for logs, manifests and rounding
+
+
+def ensure_free_space(where: str | Path, needed: int, what: str) -> None:
+    """Refuse a large write up front instead of dying half-way through it with ENOSPC."""
+    where = Path(where)
+    probe = where if where.exists() else next((p for p in where.parents if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if free < needed + DISK_MARGIN:
+        raise UserError(f"not enough disk space for {what} in {probe}: needs about {_gib(needed + DISK_MARGIN)}, "
+                        f"{_gib(free)} free")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -99,7 +117,17 @@ class Manifest:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict[str, Any] = read_json(path) if path.is_file() else {"stages": {}, "rounds": {}}
+        self.data: dict[str, Any] = {"format": RUN_FORMAT, "stages": {}, "rounds": {}}
+        if path.is_file():
+            try:
+                data = read_json(path)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise UserError(f"{path} is not valid JSON: start over with --fresh (or another --run-dir)") from None
+            found = data.get("format", RUN_FORMAT) if isinstance(data, dict) else None
+            if found != RUN_FORMAT or not isinstance(data.get("stages"), dict):
+                raise UserError(f"{path.parent} was written by an incompatible selfguide_lite (run format {found}, "
+                                f"this version reads {RUN_FORMAT}): start over with --fresh (or another --run-dir)")
+            self.data = data
 
     def save(self) -> None:
         write_json(self.path, self.data)

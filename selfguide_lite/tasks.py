@@ -63,18 +63,50 @@ class SeedTask:
     is_classification: bool
 
 
-def _read_structured(path: Path) -> object:
-    if not path.is_file():
-        raise UserError(f"task file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+def _read_text(path: Path, what: str) -> str:
+    """A user-named file's text, or a one-line error saying why it cannot be read."""
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{what} is a directory, not a file: {path}")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _read_structured(path: Path) -> object:
+    """JSON when the text starts like JSON, YAML otherwise; a syntax error names its line."""
+    text = _read_text(path, "task file")
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: neither valid JSON nor valid YAML ({exc.__class__.__name__})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise UserError(f"{where}: invalid YAML: {problem}") from None
+
+
+def _examples(items: object, where: str) -> list[dict]:
+    """A list of {input, output} mappings; the first bad one is named by its position."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise UserError(f"{where}: expected a list of examples, got {type(items).__name__}")
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise UserError(f"{where}[{n}]: expected an object with 'input' and 'output', got {type(item).__name__}")
+        for key in ("input", "output"):
+            if key not in item and not (key == "output" and "outputs" in item):
+                raise UserError(f"{where}[{n}]: missing '{key}'")
+    return items
 
 
 def _infer_type_and_labels(
@@ -87,6 +119,8 @@ def _infer_type_and_labels(
     """
     if task_type is not None and task_type not in ("classification", "generation"):
         raise UserError(f"--task-type must be 'classification' or 'generation', not {task_type!r}")
+    if task_type == "generation" and labels:
+        raise UserError("labels were given for a generation task: drop the labels or make it a classification task")
     observed = list(dict.fromkeys(r.strip() for r in first_refs)) if first_refs else []
     if not observed:
         observed = list(dict.fromkeys(o.strip() for o in demo_outputs))
@@ -104,45 +138,46 @@ def _infer_type_and_labels(
     return "classification", observed
 
 
-def _load_natural_instructions(data: dict, name: str, task_type: str | None, labels: list[str] | None) -> Task:
-    try:
-        definition = data["Definition"]
-        instruction = definition[0] if isinstance(definition, list) else str(definition)
-        demos = [Demo(str(e["input"]), str(e["output"])) for e in data.get("Positive Examples", [])]
-        instances = []
-        for n, inst in enumerate(data.get("Instances", [])):
-            outs = inst["output"]
-            outs = [outs] if isinstance(outs, str) else list(outs)
-            instances.append(Instance(str(inst.get("id", f"{name}-{n}")), str(inst["input"]), tuple(map(str, outs))))
-    except (KeyError, TypeError, IndexError) as exc:
-        raise UserError(f"{name}: malformed Natural Instructions task ({exc!r})") from None
+def _load_natural_instructions(data: dict, path: Path, task_type: str | None, labels: list[str] | None) -> Task:
+    name = path.stem
+    definition = data["Definition"]
+    instruction = (definition[0] if isinstance(definition, list) and definition else definition) or ""
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise UserError(f"{path}: 'Definition' holds no instruction text")
+    demos = [Demo(str(e["input"]), str(e["output"])) for e in _examples(data.get("Positive Examples"), f"{path}: Positive Examples")]
+    instances = []
+    for n, inst in enumerate(_examples(data.get("Instances"), f"{path}: Instances")):
+        outs = inst["output"]
+        outs = [outs] if isinstance(outs, str) else list(outs) if isinstance(outs, list) else [str(outs)]
+        instances.append(Instance(str(inst.get("id", f"{name}-{n}")), str(inst["input"]), tuple(map(str, outs))))
     first_refs = [i.outputs[0] for i in instances if i.outputs]
     ttype, labs = _infer_type_and_labels(first_refs, [d.output for d in demos], task_type, labels)
     return Task(name, instruction.strip(), demos, ttype, labs, instances)
 
 
-def _load_own(data: dict, name: str, task_type: str | None, labels: list[str] | None) -> Task:
-    try:
-        instruction = str(data["instruction"]).strip()
-        demos = [Demo(str(e["input"]), str(e["output"])) for e in data.get("examples") or []]
-        instances = []
-        for n, item in enumerate(data.get("eval") or []):
-            if "outputs" in item:
-                outs = tuple(str(o) for o in item["outputs"])
-            else:
-                outs = (str(item["output"]),)
-            instances.append(Instance(str(item.get("id", f"{name}-{n}")), str(item["input"]), outs))
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"{name}: malformed task file ({exc!r})") from None
-    if not instruction:
-        raise UserError(f"{name}: the task's instruction is empty")
+def _load_own(data: dict, path: Path, task_type: str | None, labels: list[str] | None) -> Task:
+    name = path.stem
+    instruction = data["instruction"]
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise UserError(f"{path}: 'instruction' is empty (expected the task's instruction text)")
+    demos = [Demo(str(e["input"]), str(e["output"])) for e in _examples(data.get("examples"), f"{path}: examples")]
     if not demos:
-        raise UserError(f"{name}: a task needs at least one example under 'examples'")
+        raise UserError(f"{path}: 'examples' is empty (a task needs at least one input/output example)")
+    instances = []
+    for n, item in enumerate(_examples(data.get("eval"), f"{path}: eval")):
+        outs = tuple(str(o) for o in item["outputs"]) if "outputs" in item else (str(item["output"]),)
+        instances.append(Instance(str(item.get("id", f"{name}-{n}")), str(item["input"]), outs))
     declared_type = task_type or data.get("type")
     declared_labels = labels or data.get("labels")
-    first_refs = [i.outputs[0] for i in instances if i.outputs]
-    ttype, labs = _infer_type_and_labels(first_refs, [d.output for d in demos], declared_type, declared_labels)
-    return Task(str(data.get("name", name)), instruction, demos, ttype, labs, instances)
+    if declared_labels is not None and not (isinstance(declared_labels, list) and all(isinstance(x, str | int | float) for x in declared_labels)):
+        raise UserError(f"{path}: 'labels' must be a list of strings")
+    declared_labels = [str(x) for x in declared_labels] if declared_labels else None
+    try:
+        first_refs = [i.outputs[0] for i in instances if i.outputs]
+        ttype, labs = _infer_type_and_labels(first_refs, [d.output for d in demos], declared_type, declared_labels)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    return Task(str(data.get("name", name)), instruction.strip(), demos, ttype, labs, instances)
 
 
 def load_task(path: str | Path, task_type: str | None = None, labels: list[str] | None = None) -> Task:
@@ -152,38 +187,62 @@ def load_task(path: str | Path, task_type: str | None = None, labels: list[str] 
     if not isinstance(data, dict):
         raise UserError(f"{path}: a task file must hold one object, not {type(data).__name__}")
     if "Definition" in data:
-        task = _load_natural_instructions(data, path.stem, task_type, labels)
+        task = _load_natural_instructions(data, path, task_type, labels)
     elif "instruction" in data:
-        task = _load_own(data, path.stem, task_type, labels)
+        task = _load_own(data, path, task_type, labels)
     else:
-        raise UserError(f"{path}: not a task file (expected a 'Definition' or an 'instruction' key)")
+        keys = ", ".join(list(data)[:5]) or "none"
+        raise UserError(f"{path}: unknown task format (expected a Natural Instructions 'Definition' key or our "
+                        f"'instruction' key; found: {keys})")
     if not task.demos:
         raise UserError(f"{path}: the task has no examples to learn from")
     return task
 
 
-def load_seed_pool(path: str | Path) -> list[SeedTask]:
-    """SPEC 1.2: JSON Lines, one seed task a line."""
+def load_seed_pool(path: str | Path, bad_lines: str = "stop", warn=None) -> list[SeedTask]:
+    """SPEC 1.2: JSON Lines, one seed task a line.
+
+    A malformed line stops the load with its line number (`bad_lines="stop"`), or is reported
+    through `warn` and skipped (`bad_lines="skip"`).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"seed file not found: {path}")
+    text = _read_text(path, "seed file")
     seeds: list[SeedTask] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    skipped: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-            seeds.append(
-                SeedTask(
-                    id=str(row.get("id", f"seed_{lineno}")),
-                    name=str(row.get("name", "")),
-                    instruction=str(row["instruction"]).strip(),
-                    instances=tuple(Demo(str(i.get("input", "")), str(i["output"])) for i in row.get("instances", [])),
-                    is_classification=bool(row.get("is_classification", False)),
-                )
-            )
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}:{lineno}: malformed seed task ({exc.__class__.__name__}: {exc})") from None
+            seeds.append(_seed_task(json.loads(line), lineno))
+        except json.JSONDecodeError as exc:
+            problem = f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})"
+        except ValueError as exc:
+            problem = f"{path}:{lineno}: {exc}"
+        else:
+            continue
+        if bad_lines != "skip":
+            raise UserError(f"{problem} (set selfinstruct.bad_seed_lines: skip to skip such lines)")
+        skipped.append(problem)
+        if warn:
+            warn(f"warning: skipped {problem}")
     if not seeds:
-        raise UserError(f"{path}: the seed pool is empty")
+        raise UserError(f"{path}: the seed pool is empty" + (f" ({len(skipped)} bad lines skipped)" if skipped else ""))
     return seeds
+
+
+def _seed_task(row: object, lineno: int) -> SeedTask:
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    instruction = row.get("instruction")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError("missing or empty 'instruction'")
+    instances = row.get("instances", [])
+    if not isinstance(instances, list) or not all(isinstance(i, dict) and "output" in i for i in instances):
+        raise ValueError("'instances' must be a list of objects, each with an 'output'")
+    return SeedTask(
+        id=str(row.get("id", f"seed_{lineno}")),
+        name=str(row.get("name", "")),
+        instruction=instruction.strip(),
+        instances=tuple(Demo(str(i.get("input", "")), str(i["output"])) for i in instances),
+        is_classification=bool(row.get("is_classification", False)),
+    )

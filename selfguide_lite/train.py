@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +26,20 @@ from typing import Any
 from .config import TrainConfig
 from .errors import UserError
 from .prompts import PromptFormat
-from .store import atomic_dir, read_jsonl
+from .store import atomic_dir, read_json, read_jsonl, value_hash, write_json
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class EmptyTrainingSet(UserError):
     """No row survived synthesis: there is nothing to train on this round."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN/inf or exploded: the adapter is worthless and no adapter is written."""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
 def resolve_model_source(model: str | Path) -> str:
@@ -42,6 +50,8 @@ def resolve_model_source(model: str | Path) -> str:
             raise UserError(f"{path} is not a Hugging Face checkpoint (no config.json)")
         if not any(path.glob("*.safetensors")):
             raise UserError(f"{path} has no .safetensors weights (only safetensors are loaded)")
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise UserError(f"{path} has no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})")
         return str(path)
     if str(model).endswith(".gguf"):
         raise UserError(f"{model}: training needs the 16-bit HF checkpoint, not a GGUF file")
@@ -55,7 +65,12 @@ def resolve_model_source(model: str | Path) -> str:
             allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"],
         )
     except Exception as exc:  # network, auth, missing repo: all user-facing
-        raise UserError(f"could not fetch {model} from the Hugging Face hub: {exc.__class__.__name__}") from None
+        kind = exc.__class__.__name__
+        if kind in ("LocalEntryNotFoundError", "ConnectError", "ConnectionError", "OfflineModeIsEnabled") \
+                or "offline" in str(exc).lower() or "connect" in str(exc).lower():
+            raise UserError(f"could not reach the Hugging Face hub for {model} ({kind}); offline? download it on a "
+                            "connected machine (huggingface-cli download ...) and pass the local directory") from None
+        raise UserError(f"could not fetch {model} from the Hugging Face hub: {kind}: {' '.join(str(exc).split())[:200]}") from None
 
 
 def choose_backend(cfg: TrainConfig) -> str:
@@ -204,7 +219,7 @@ def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainCon
     return trainer, tok
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Training should print our one-line progress, not progress bars and deprecation notices."""
     import warnings
 
@@ -213,21 +228,44 @@ def _quiet_libraries() -> None:
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
     for module in ("transformers", "trl", "peft", "torch", "bitsandbytes"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
 
 
-def _progress_callback(log: Callable[[str], None]):
+def _progress_callback(log: Callable[[str], None], divergence_factor: float):
+    """One line per logged step, and the divergence guard: a NaN/inf loss or gradient norm, or a loss
+    above `divergence_factor` times the first one logged, stops training with `TrainingDiverged`."""
+    import math
+
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
+        first_loss: float | None = None
+
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                log(f"  step {state.global_step}/{state.max_steps}  loss {float(logs['loss']):.4f}")
+            if not logs or "loss" not in logs:
+                return
+            loss, grad = float(logs["loss"]), float(logs.get("grad_norm", 0.0))
+            log(f"  step {state.global_step}/{state.max_steps}  loss {loss:.4f}")
+            if not math.isfinite(loss) or not math.isfinite(grad):
+                raise TrainingDiverged(f"training diverged at step {state.global_step}: loss {loss}, gradient norm "
+                                       f"{grad} (lower train.learning_rate, now {args.learning_rate:g})")
+            self.first_loss = self.first_loss or loss
+            if loss > divergence_factor * self.first_loss:
+                raise TrainingDiverged(f"training diverged at step {state.global_step}: loss {loss:.3g} is over "
+                                       f"{divergence_factor:g}x the first loss {self.first_loss:.3g} (lower "
+                                       f"train.learning_rate, now {args.learning_rate:g})")
 
     return Progress()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def train_adapter(
@@ -251,15 +289,23 @@ def train_adapter(
     work_dir = out_dir.with_name(out_dir.name + ".checkpoints")
     log(f"training: {len(rows)} rows, backend {backend}, {cfg.quantization if cfg.quantization == 'nf4' else '16-bit'} LoRA r={cfg.lora_r}")
     t0 = time.monotonic()
-    build = build_unsloth_trainer if backend == "unsloth" else build_hf_trainer
-    _quiet_libraries()
-    trainer, tok = build(rows, source, cfg, work_dir, use_chat_template)
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_progress_callback(log))
-    resume = work_dir.is_dir() and any(work_dir.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    quiet_libraries()
+    for attempt in range(cfg.oom_retries + 1):
+        try:
+            result, resumed, trainer, tok = _train_once(rows, source, cfg, work_dir, backend, use_chat_template, log)
+            break
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                if isinstance(exc, TrainingDiverged):
+                    shutil.rmtree(work_dir, ignore_errors=True)  # never resume from a diverged state
+                raise
+            _free_accelerator_memory()
+            if cfg.batch_size == 1 or attempt == cfg.oom_retries:
+                raise UserError(f"out of GPU memory while training at micro-batch {cfg.batch_size}: lower "
+                                f"train.max_seq_length (now {cfg.max_seq_length}) or use train.quantization: nf4") from None
+            cfg = cfg.model_copy(update={"batch_size": cfg.batch_size // 2, "grad_accum": cfg.grad_accum * 2})
+            log(f"out of GPU memory: retrying with micro-batch {cfg.batch_size} x {cfg.grad_accum} accumulation steps")
+            shutil.rmtree(work_dir, ignore_errors=True)
     with atomic_dir(out_dir) as tmp:
         trainer.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -268,14 +314,65 @@ def train_adapter(
             "quantization": cfg.quantization,
             "rows": len(rows),
             "steps": int(result.global_step),
+            "batch_size": cfg.batch_size,
+            "grad_accum": cfg.grad_accum,
             "train_loss": round(float(result.training_loss), 4),
             "seconds": round(time.monotonic() - t0, 1),
             "base_model": str(model),
-            "resumed": resume,
+            "resumed": resumed,
         }
         (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
-    import shutil
-
     shutil.rmtree(work_dir, ignore_errors=True)
     log(f"training done: {info['steps']} steps, loss {info['train_loss']}, {info['seconds']}s")
     return info
+
+
+CHECKPOINT_KEY = "selfguide_inputs.json"  # what the checkpoints in a work directory were trained on
+
+
+def _train_once(rows, source: str, cfg: TrainConfig, work_dir: Path, backend: str, use_chat_template: bool, log):
+    """Build the trainer and train, resuming from the work directory's last epoch checkpoint only
+    when it was made from the same rows, base and settings."""
+    key = {"rows": value_hash(rows), "source": str(source), "cfg": cfg.model_dump(), "chat": use_chat_template}
+    resume = (work_dir / CHECKPOINT_KEY).is_file() and read_json(work_dir / CHECKPOINT_KEY) == key \
+        and _drop_incomplete_checkpoints(work_dir) > 0
+    if not resume:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True)
+        write_json(work_dir / CHECKPOINT_KEY, key)
+    build = build_unsloth_trainer if backend == "unsloth" else build_hf_trainer
+    trainer, tok = build(rows, source, cfg, work_dir, use_chat_template)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_progress_callback(log, cfg.divergence_factor))
+    if resume:
+        log(f"  resuming from {max(work_dir.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[-1])).name}")
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    return result, resume, trainer, tok
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+
+
+def _drop_incomplete_checkpoints(work_dir: Path) -> int:
+    """The trainer writes a checkpoint file by file; a kill can leave the newest one partial, and
+    resuming from it would fail. Delete those; return how many complete checkpoints remain."""
+    complete = 0
+    for ckpt in work_dir.glob("checkpoint-*"):
+        has_weights = any(ckpt.glob("adapter_model.*")) or any(ckpt.glob("model*.safetensors"))
+        if has_weights and all((ckpt / name).is_file() for name in CHECKPOINT_FILES):
+            complete += 1
+        else:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return complete
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -71,5 +71,5 @@ def test_seed_pool_loads_real_file_and_rejects_bad_lines(tmp_path):
     assert sum(s.is_classification for s in seeds) > 10
     bad = tmp_path / "s.jsonl"
     bad.write_text('{"id": "x"}\n')
-    with pytest.raises(UserError, match="malformed"):
+    with pytest.raises(UserError, match="s.jsonl:1: missing or empty .instruction."):
         load_seed_pool(bad)

@@ -1,0 +1,248 @@
+"""Every user mistake: exit code 2, one line `error: ...` naming the file/field and what was expected,
+no traceback, and no half-written output left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selfguide_lite.cli import main
+
+GOOD_TASK = "instruction: Say the topic.\nexamples:\n  - {input: a goal, output: sports}\n  - {input: rain, output: weather}\n"
+
+
+def fails_cleanly(args: list[str], capsys, *fragments: str, cwd: Path | None = None) -> str:
+    """Run the CLI in-process; assert exit 2, exactly one stderr line starting `error:`, containing fragments."""
+    capsys.readouterr()  # drop whatever the test's own setup printed
+    old = Path.cwd()
+    if cwd:
+        os.chdir(cwd)
+    try:
+        code = main(args)
+    finally:
+        os.chdir(old)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def no_leftovers(root: Path) -> None:
+    """Nothing half-written: no temporary files or directories anywhere under root."""
+    assert not [p for p in root.rglob("*.tmp")], list(root.rglob("*.tmp"))
+
+
+def eval_args(task: Path, tmp_path: Path) -> list[str]:
+    return ["eval", "--task", str(task), "--model", str(tmp_path / "none.gguf"), "--out", str(tmp_path / "out.json")]
+
+
+TASK_CASES = {
+    "invalid JSON, with its line": ('{\n  "Definition": ["Say it."],\n  "Instances": [}\n', "t.json", ["t.json:3:", "invalid JSON"]),
+    "invalid YAML, with its line": ("instruction: x\nexamples:\n  - input: a\n    output: b: c\n", "t.yaml", ["t.yaml:4:", "invalid YAML"]),
+    "no instruction": ('instruction: ""\nexamples:\n  - {input: a, output: b}\n', "t.yaml", ["'instruction' is empty"]),
+    "no examples": ("instruction: Say it.\nexamples: []\n", "t.yaml", ["'examples' is empty"]),
+    "an example without output": ("instruction: Say it.\nexamples:\n  - {input: a, output: b}\n  - {input: c}\n", "t.yaml",
+                                  ["examples[1]: missing 'output'"]),
+    "an example without input": ('{"Definition": ["Say it."], "Positive Examples": [{"output": "x"}], "Instances": []}', "t.json",
+                                 ["Positive Examples[0]: missing 'input'"]),
+    "labels for a generation task": ("instruction: Summarise.\ntype: generation\nlabels: [a, b]\nexamples:\n  - {input: a, output: b}\n",
+                                     "t.yaml", ["t.yaml", "labels were given for a generation task"]),
+    "unknown task format": ('{"prompt": "x", "answer": "y"}', "t.json", ["unknown task format", "prompt"]),
+    "not an object": ("[1, 2]", "t.json", ["must hold one object"]),
+    "not UTF-8": (b"instruction: caf\xe9\n", "t.yaml", ["not UTF-8"]),
+}
+
+
+@pytest.mark.parametrize("case", list(TASK_CASES))
+def test_bad_task_files(case, tmp_path, capsys):
+    content, name, fragments = TASK_CASES[case]
+    task = tmp_path / name
+    task.write_bytes(content if isinstance(content, bytes) else content.encode())
+    fails_cleanly(eval_args(task, tmp_path), capsys, *fragments)
+    assert not (tmp_path / "out.json").exists()
+    no_leftovers(tmp_path)
+
+
+def test_missing_and_unreadable_task_file(tmp_path, capsys):
+    fails_cleanly(eval_args(tmp_path / "absent.json", tmp_path), capsys, "task file not found", "absent.json")
+    (tmp_path / "adir").mkdir()
+    fails_cleanly(eval_args(tmp_path / "adir", tmp_path), capsys, "is a directory")
+
+
+def test_generation_labels_conflict_on_the_command_line(tmp_path, capsys):
+    task = tmp_path / "t.yaml"
+    task.write_text(GOOD_TASK)
+    fails_cleanly(["synth", "--task", str(task), "--model", "x.gguf", "--out", str(tmp_path / "o"),
+                   "--task-type", "generation", "--labels", "a,b"], capsys, "labels were given for a generation task")
+
+
+def test_seed_file_bad_line_stops_with_its_number_or_is_skipped(tmp_path, capsys):
+    from selfguide_lite.tasks import load_seed_pool
+
+    seeds = tmp_path / "s.jsonl"
+    good = {"id": "a", "instruction": "Say hi.", "instances": [{"input": "", "output": "hi"}], "is_classification": False}
+    seeds.write_text(json.dumps(good) + "\n{not json\n" + json.dumps({**good, "instruction": ""}) + "\n")
+    fails_cleanly(["instruct", "--seeds", str(seeds), "--model", str(tmp_path / "m.gguf"), "--out", str(tmp_path / "o")],
+                  capsys, "s.jsonl:2:", "not valid JSON", "bad_seed_lines")
+    assert not (tmp_path / "o").exists()
+    warnings: list[str] = []
+    pool = load_seed_pool(seeds, "skip", warn=warnings.append)
+    assert [s.id for s in pool] == ["a"]
+    assert len(warnings) == 2 and "s.jsonl:2:" in warnings[0] and "s.jsonl:3: missing or empty 'instruction'" in warnings[1]
+
+
+def test_model_paths(tmp_path, capsys, tiny_llama):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
+    train = ["train", "--data", str(data), "--out", str(tmp_path / "adapter"), "--model"]
+    fails_cleanly([*train, str(tmp_path / "nowhere")], capsys, "model not found")
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_llama, no_weights)
+    for f in no_weights.glob("*.safetensors"):
+        f.unlink()
+    fails_cleanly([*train, str(no_weights)], capsys, "no .safetensors weights")
+    no_tok = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_llama, no_tok)
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
+        (no_tok / name).unlink(missing_ok=True)
+    fails_cleanly([*train, str(no_tok)], capsys, "has no tokenizer")
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_unreachable_hub_id_gives_an_offline_hint(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    res = subprocess.run([sys.executable, "-m", "selfguide_lite", "train", "--data", str(data), "--model",
+                          "some-org/some-model", "--out", str(tmp_path / "a")], capture_output=True, text=True, env=env)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not reach the Hugging Face hub for some-org/some-model")
+    assert "offline?" in lines[0]
+
+
+def test_corrupted_and_truncated_gguf(tmp_path, capsys, tiny_llama):
+    from selfguide_lite.export import convert_to_gguf
+
+    task = tmp_path / "t.yaml"
+    task.write_text(GOOD_TASK)
+    good = convert_to_gguf(tiny_llama, tmp_path / "m.gguf", "f16")
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"GGUF" + os.urandom(4000))
+    for bad in (truncated, garbage, tmp_path / "missing.gguf"):
+        fails_cleanly(["eval", "--task", str(task), "--model", str(bad), "--out", str(tmp_path / "e.json")], capsys,
+                      bad.name)
+    assert not (tmp_path / "e.json").exists()
+
+
+def _adapter_for(base: Path, out: Path) -> Path:
+    """A real (untrained) LoRA adapter saved for `base`."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules="all-linear"))
+    model.save_pretrained(out)
+    return out
+
+
+def test_adapter_that_does_not_match_the_base(tmp_path, capsys, tiny_llama):
+    from selfguide_lite.tiny import SHAPES, build_tiny_model
+    from tests.conftest import CORPUS
+
+    other = tmp_path / "other-base"
+    build_tiny_model(other, CORPUS, arch="llama", shape=SHAPES["small"], vocab_size=320, seed=3)
+    adapter = _adapter_for(tiny_llama, tmp_path / "adapter")
+    out = tmp_path / "out" / "m.gguf"
+    fails_cleanly(["export", "--model", str(other), "--adapter", str(adapter), "--out", str(out)], capsys,
+                  "does not match base", "adapter")
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_unsupported_architecture_is_refused_before_merging(tmp_path, capsys, tiny_llama):
+    base = tmp_path / "foo-base"
+    shutil.copytree(tiny_llama, base)
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["architectures"] = ["FooForCausalLM"]
+    (base / "config.json").write_text(json.dumps(cfg))
+    adapter = _adapter_for(tiny_llama, tmp_path / "adapter")
+    out = tmp_path / "out" / "m.gguf"
+    fails_cleanly(["export", "--model", str(base), "--adapter", str(adapter), "--out", str(out)], capsys,
+                  "FooForCausalLM is not supported by llama.cpp's GGUF converter")
+    assert not (tmp_path / "out").exists()
+
+
+def test_incompatible_or_corrupt_run_directory(tmp_path, capsys, tiny_llama):
+    task = tmp_path / "t.yaml"
+    task.write_text(GOOD_TASK)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"format": 99, "stages": {}, "rounds": {}}))
+    args = ["loop", "--task", str(task), "--model", str(tiny_llama), "--run-dir", str(run)]
+    fails_cleanly(args, capsys, "incompatible selfguide_lite", "--fresh")
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.json"]  # nothing written into it
+    (run / "manifest.json").write_text('{"stages": ')
+    fails_cleanly(args, capsys, "manifest.json is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--resume", "--fresh"], "--resume and --fresh contradict"),
+        (["--method", "self-instruct", "--labels", "a,b"], "--labels applies to --method self-guide"),
+        (["--seeds", "s.jsonl"], "--seeds applies to --method self-instruct"),
+        (["--method", "both"], "--method must be"),
+        (["--rounds", "-1"], "rounds"),
+        (["--quant", "q3_k"], "quant"),
+    ],
+)
+def test_conflicting_or_invalid_options(extra, fragment, tmp_path, capsys):
+    task = tmp_path / "t.yaml"
+    task.write_text(GOOD_TASK)
+    fails_cleanly(["loop", "--task", str(task), "--model", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"), *extra],
+                  capsys, fragment)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_needs_an_existing_run(tmp_path, capsys):
+    task = tmp_path / "t.yaml"
+    task.write_text(GOOD_TASK)
+    fails_cleanly(["loop", "--task", str(task), "--model", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"),
+                   "--resume"], capsys, "--resume: no run to resume")
+
+
+def test_bad_config_file(tmp_path, capsys):
+    task = tmp_path / "t.yaml"
+    task.write_text(GOOD_TASK)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  learning_rate: fast\n")
+    fails_cleanly(["eval", "--task", str(task), "--model", "m.gguf", "--config", str(cfg)], capsys,
+                  "c.yaml", "train.learning_rate")
+
+
+def test_a_bug_is_one_line_unless_debug(tmp_path, capsys, monkeypatch):
+    import selfguide_lite.cli as cli
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("synthetic bug")
+
+    monkeypatch.setattr("selfguide_lite.tasks.load_task", boom)
+    task = tmp_path / "t.yaml"
+    task.write_text(GOOD_TASK)
+    monkeypatch.setitem(cli._DEBUG, "on", False)
+    assert main(["score", "--task", str(task), "--predictions", str(tmp_path / "p.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ZeroDivisionError: synthetic bug" in err and "--debug" in err
+    assert main(["--debug", "score", "--task", str(task), "--predictions", str(tmp_path / "p.jsonl")]) == 1
+    assert "Traceback" in capsys.readouterr().err
