@@ -135,3 +135,21 @@ def test_same_seed_same_synthesis_other_seed_differs(student, reference, tmp_pat
         assert (a / name).read_bytes() == (reference / "round-1" / "synth" / name).read_bytes(), name
     assert (a / "train.jsonl").read_bytes() + (a / "dropped.jsonl").read_bytes() != \
         (c / "train.jsonl").read_bytes() + (c / "dropped.jsonl").read_bytes()
+
+
+@pytest.mark.slow
+def test_fresh_starts_a_new_directory_and_a_diverged_round_keeps_the_previous_student(student, reference, tmp_path):
+    """--fresh leaves the finished run alone and starts NAME-2; a learning rate that blows the loss up
+    stops training, records the round as diverged and keeps the round-0 student."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG.replace("learning_rate: 1.0e-3", "learning_rate: 50.0"))
+    before = sorted(p.relative_to(reference) for p in reference.rglob("*"))
+    res = subprocess.run([*loop_cmd(student, reference, cfg), "--fresh"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    fresh = reference.with_name(reference.name + "-2")
+    assert f"--fresh: starting over in {fresh}" in res.stdout
+    assert sorted(p.relative_to(reference) for p in reference.rglob("*")) == before
+    manifest = json.loads((fresh / "manifest.json").read_text())
+    assert manifest["rounds"]["1"]["status"] == "diverged" and "training diverged" in manifest["rounds"]["1"]["error"]
+    assert manifest["final"]["round"] == 0 and manifest["final"]["gguf"].endswith("round-0/model-q8_0.gguf")
+    assert not (fresh / "round-1" / "adapter").exists()
