@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -38,15 +39,23 @@ DEMO_OVERRIDES = {
 
 
 _DEBUG = {"on": bool(os.environ.get("SELFGUIDE_DEBUG"))}
+_ARGV: list[str] = []  # this invocation's arguments, recorded in the run's manifest
 
 
 @app.callback()
 def _global_options(
     debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks for every error")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or lines; stage summaries only")] = False,
+    plain: Annotated[bool, typer.Option("--plain", help="progress as plain lines (automatic when not a terminal)")] = False,
 ) -> None:
     """Make a small language model better at a task using only data it writes itself."""
+    from . import progress
+
     if debug:
         _DEBUG["on"] = True
+    if quiet and plain:
+        raise UserError("--quiet and --plain contradict each other: pick one")
+    progress.set_mode("quiet" if quiet else "plain" if plain else "auto")
 
 
 def _log(msg: str) -> None:
@@ -119,7 +128,7 @@ def loop(
     cfg = cfg.model_copy(update={"run_dir": str(chosen)})
     from .loop import run_loop
 
-    summary = run_loop(cfg, _log)
+    summary = run_loop(cfg, _log, command="python -m selfguide_lite " + shlex.join(_ARGV))
     _log("")
     _log(f"done in {time.monotonic() - t0:.0f}s")
     for k, rec in sorted(summary["rounds"].items(), key=lambda kv: int(kv[0])):
@@ -290,6 +299,43 @@ def demo_model(
     _log(f"demo student at {build_demo_model(out, size=size, seconds=seconds, log=_log)}")
 
 
+@app.command()
+def chat(
+    model: Annotated[Path, typer.Argument(help="a GGUF file (e.g. runs/NAME/round-2/model-q4_k_m.gguf)")],
+    max_tokens: Annotated[int, typer.Option(help="new tokens per answer")] = 256,
+    n_ctx: Annotated[int, typer.Option(help="context length (0: the model's own)")] = 0,
+) -> None:
+    """Type prompts, read the student's greedy answers (single turn, its own prompt format)."""
+    from .usage import chat as run_chat
+
+    run_chat(model, max_tokens=max_tokens, n_ctx=n_ctx)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="a GGUF file")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    n_ctx: Annotated[int, typer.Option(help="context length (0: the model's own)")] = 0,
+) -> None:
+    """An OpenAI-compatible server (/v1/completions, /v1/chat/completions) on the student."""
+    from .usage import serve as run_server
+
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be 1-65535, not {port}")
+    run_server(model, host=host, port=port, n_ctx=n_ctx)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run directory (holds manifest.json)")]) -> None:
+    """Regenerate RUN_DIR/report.html from the run directory's files."""
+    from .report import write_report
+
+    if not (run_dir / "manifest.json").is_file():
+        raise UserError(f"not a run directory (no manifest.json): {run_dir}")
+    _log(f"wrote {write_report(run_dir)}")
+
+
 @app.command(name="config")
 def config_cmd(
     print_: Annotated[bool, typer.Option("--print", help="print every setting with its value and a one-line explanation")] = False,
@@ -304,16 +350,19 @@ def config_cmd(
 
 
 @app.command()
-def doctor() -> None:
-    """What is installed, which backends work, GPU or not."""
+def doctor(
+    run_dir: Annotated[Path, typer.Option(help="where runs go (its free disk space is reported)")] = Path("runs"),
+) -> None:
+    """What is installed, which backends work, GPU or not, free disk, the model cache."""
     from .doctor import report
 
-    ok = report(_log)
+    ok = report(_log, run_dir)
     if not ok:
         raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
+    _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     try:
         app(args=argv, standalone_mode=False)
     except UserError as exc:

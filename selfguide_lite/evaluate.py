@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from . import progress
 from .config import EvalConfig
 from .engine.base import Request, Sampler, SamplingParams
 from .errors import UserError
@@ -66,8 +67,12 @@ def evaluate(task: Task, sampler: Sampler, cfg: EvalConfig | None = None,
              prompt_fn: Callable[[Task, str], str] = task_prompt, fmt: PromptFormat | None = None,
              extra_stops: tuple[str, ...] = ()) -> dict[str, Any]:
     """Predict and score; `primary` is exact match for classification, ROUGE-L for generation."""
-    rows = predict(task, sampler, cfg, prompt_fn, fmt, extra_stops)
+    n = len(task.eval_instances((cfg or EvalConfig()).limit))
+    with progress.bar(f"evaluating {task.name}", n, "instances", samples=True) as bar:
+        rows = predict(task, sampler, cfg, prompt_fn, fmt, extra_stops)
     scores = score_rows(task, rows)
     scores["primary_metric"] = "exact_match" if task.is_classification else "rougeL"
     scores["primary"] = scores[scores["primary_metric"]]
+    progress.summary(f"evaluation of {task.name}: exact match {scores['exact_match']:.1f}, ROUGE-L "
+                     f"{scores['rougeL']:.1f} on {scores['n']} instances in {bar.seconds:.0f}s")
     return {**scores, "predictions": rows}

@@ -21,8 +21,9 @@ from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 
+from . import progress
 from .errors import UserError
-from .store import atomic_dir, ensure_free_space
+from .store import atomic_dir, ensure_free_space, publish_mode
 
 QUANT_TYPES = ("q4_k_m", "q8_0", "f16", "f32")
 # Size of a GGUF relative to the f16 one it is quantized from (for the free-space check; a bit generous).
@@ -146,6 +147,7 @@ def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f1
         if "is not supported" in tail[0]:
             check_exportable(hf_dir)
         raise UserError(f"GGUF conversion of {hf_dir} failed: {tail[0]}")
+    publish_mode(tmp)
     os.replace(tmp, out_path)
     return out_path
 
@@ -202,6 +204,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str = "q4_k_m", n_thr
         last = captured.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"llama_model_quantize({src} -> {quant}) failed with code {rc}: {last[0]}")
     captured.unlink(missing_ok=True)
+    publish_mode(tmp)
     os.replace(tmp, dst)
     return dst
 
@@ -209,15 +212,26 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str = "q4_k_m", n_thr
 def gguf_from_hf(hf_dir: str | Path, out_path: str | Path, quant: str = "q4_k_m", keep_f16: bool = False) -> Path:
     """Convert a HF checkpoint and quantize it; f16/f32 are written by the converter directly."""
     out_path = Path(out_path)
-    if quant in ("f16", "f32"):
-        return convert_to_gguf(hf_dir, out_path, outtype=quant)
-    f16 = out_path.with_name(out_path.stem + ".f16.gguf")
-    convert_to_gguf(hf_dir, f16, outtype="f16")
-    try:
-        return quantize_gguf(f16, out_path, quant)
-    finally:
-        if not keep_f16:
-            f16.unlink(missing_ok=True)
+    with progress.bar(f"converting to {quant} GGUF", 1 if quant in ("f16", "f32") else 2, "steps") as bar:
+        if quant in ("f16", "f32"):
+            convert_to_gguf(hf_dir, out_path, outtype=quant)
+            bar.advance(1, done="convert")
+        else:
+            f16 = out_path.with_name(out_path.stem + ".f16.gguf")
+            convert_to_gguf(hf_dir, f16, outtype="f16")
+            bar.advance(1, done="convert")
+            try:
+                quantize_gguf(f16, out_path, quant)
+                bar.advance(1, done="quantize")
+            finally:
+                if not keep_f16:
+                    f16.unlink(missing_ok=True)
+    from .usage import write_modelfile
+
+    modelfile = write_modelfile(out_path)
+    progress.summary(f"GGUF: {out_path} ({out_path.stat().st_size / 2**20:.1f} MiB) in {bar.seconds:.0f}s; "
+                     f"Ollama: {modelfile.name}")
+    return out_path
 
 
 def export(base_model: str | Path, adapter_dir: str | Path, out_path: str | Path, quant: str = "q4_k_m",
@@ -228,5 +242,8 @@ def export(base_model: str | Path, adapter_dir: str | Path, out_path: str | Path
     from .train import resolve_model_source
 
     check_exportable(resolve_model_source(base_model))
-    merge_adapter(base_model, adapter_dir, merged_dir)
+    with progress.bar("merging the adapter", 1, "steps") as bar:
+        merge_adapter(base_model, adapter_dir, merged_dir)
+        bar.advance(1)
+    progress.summary(f"merged: {merged_dir} in {bar.seconds:.0f}s")
     return gguf_from_hf(merged_dir, out_path, quant=quant, keep_f16=keep_f16)

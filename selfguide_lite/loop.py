@@ -12,6 +12,7 @@ leaves no training data is recorded as such and the loop goes on with the same s
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -135,8 +136,11 @@ def training_data(cfg: Config, run_dir: Path, k: int, latest: Path) -> Path:
     return out
 
 
-def run_loop(cfg: Config, log: Log = print) -> dict[str, Any]:
-    """Round 0 then rounds 1..N. Returns a summary with the run directory and the final GGUF."""
+def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[str, Any]:
+    """Round 0 then rounds 1..N. Returns a summary with the run directory and the final GGUF.
+
+    `command` (the command line that started this invocation) is recorded in the manifest; every
+    resume appends its own, so the report shows how the run came about."""
     method = cfg.loop.method
     if cfg.model is None:
         raise UserError("no --model given")
@@ -160,6 +164,8 @@ def run_loop(cfg: Config, log: Log = print) -> dict[str, Any]:
     clean_partial(run_dir)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     manifest.data.update(method=method, model=cfg.model, task=cfg.task, seeds=cfg.seeds)
+    if command:
+        manifest.data.setdefault("commands", []).append(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {command}")
     base = resolve_model_source(cfg.model)
     base_hash = file_hash(base)
     tasks_hash = value_hash([file_hash(p) for p in task_files] + [cfg.task_type, cfg.labels])

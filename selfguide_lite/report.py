@@ -1,97 +1,243 @@
-"""report.html: metrics per round, the data funnel, and a plot, from manifest.json alone.
+"""report.html: one self-contained page that says what happened in each round of a run.
 
-Self-contained HTML with an inline SVG chart, so it opens anywhere without extra packages.
+Built from the run directory alone (manifest.json, config.yaml, each round's synthesis files), so
+`python -m selfguide_lite report RUN_DIR` regenerates it at any time. Sections: the exact command and
+configuration; scores per round (table and plot, round 0 included, promoted rounds marked); the data
+funnel of each round (candidates -> each filter -> kept); class balance (classification); a sample
+of kept and of dropped examples with their drop reasons; time per stage. Plots are drawn with
+matplotlib and embedded as PNG data URIs: the file opens offline, with no network assets.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+import json
 from pathlib import Path
 from typing import Any
 
 from .store import atomic_write_text, read_json
 
+SAMPLES_SHOWN = 6  # kept examples shown per round; dropped: up to 2 per drop stage
+BLUE, GREY, RED, GREEN = "#2a6fdb", "#9aa5b1", "#d64545", "#2f9e44"
 
-def _svg_line(points: list[tuple[int, float]], label: str, width: int = 480, height: int = 220) -> str:
+
+def _png(fig) -> str:
+    """A matplotlib figure as an <img> with a base64 PNG data URI."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img class="plot" alt="plot" src="data:image/png;base64,{data}">'
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height))
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig, ax
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[Any]], raw: bool = False) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c if raw else _esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def scores_plot(rounds: list[tuple[int, dict[str, Any]]]) -> str:
+    points = [(k, rec) for k, rec in rounds if rec.get("metrics")]
     if not points:
+        return "<p>no round has been evaluated yet</p>"
+    fig, ax = _figure(6.4, 3.2)
+    xs = [k for k, _ in points]
+    for key, label, colour in (("exact_match", "exact match", BLUE), ("rougeL", "ROUGE-L", GREY)):
+        ax.plot(xs, [rec["metrics"][key] for _, rec in points], marker="o", color=colour, label=label)
+    primary = points[0][1]["metrics"]["primary_metric"]
+    for k, rec in points:
+        y = rec["metrics"][primary]
+        ax.annotate(f"{y:.1f}", (k, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+        if not rec.get("promoted"):
+            ax.plot([k], [y], marker="x", color=RED, markersize=11, mew=2)
+    ax.set_xticks(xs, [f"round {k}" for k in xs])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("score")
+    ax.plot([], [], marker="x", color=RED, linestyle="none", label="not promoted")
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.set_title(f"scores per round (primary: {primary})", fontsize=10)
+    return _png(fig)
+
+
+def funnel_steps(stats: dict[str, Any]) -> list[tuple[str, int]]:
+    """(step, rows remaining after it), from the synthesis stats of either method."""
+    if stats.get("method") == "self-instruct":
+        steps = [("instruction candidates", stats.get("candidates", 0))]
+        left = stats.get("candidates", 0)
+        for stage, n in (stats.get("instruction_dropped") or {}).items():
+            left -= n
+            steps.append((f"- {stage}", left))
+        steps += [("with instances", stats.get("instructions_with_instances", 0)), ("training rows", stats.get("train", 0))]
+        return steps
+    left = stats.get("candidates", 0)
+    steps = [("candidate inputs", left)]
+    for stage, n in (stats.get("input_dropped") or {}).items():
+        left -= n
+        steps.append((f"- {stage}", left))
+    for stage, n in (stats.get("annotation_dropped") or {}).items():
+        left -= n
+        steps.append((f"- {stage.replace('_', ' ')}", left))
+    if stats.get("balance_dropped"):
+        left -= stats["balance_dropped"]
+        steps.append(("- balance", left))
+    steps.append(("training rows", stats.get("train", left)))
+    return steps
+
+
+def funnel_plot(k: int, stats: dict[str, Any]) -> str:
+    steps = funnel_steps(stats)
+    fig, ax = _figure(6.4, 0.32 * len(steps) + 0.8)
+    names = [s for s, _ in steps][::-1]
+    values = [v for _, v in steps][::-1]
+    colours = [GREEN if n == "training rows" else BLUE if not n.startswith("-") else GREY for n in names]
+    ax.barh(names, values, color=colours)
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v}", va="center", fontsize=8)
+    ax.set_xlabel("rows remaining")
+    ax.set_title(f"round {k}: data funnel", fontsize=10)
+    return _png(fig)
+
+
+def balance_plot(k: int, annotated: dict[str, int], kept: dict[str, int]) -> str:
+    labels = list(dict.fromkeys([*annotated, *kept]))
+    fig, ax = _figure(6.4, 2.6)
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], [annotated.get(lab, 0) for lab in labels], width=0.4, color=GREY, label="labelled by the vote")
+    ax.bar([x + 0.2 for x in xs], [kept.get(lab, 0) for lab in labels], width=0.4, color=BLUE, label="kept after balancing")
+    ax.set_xticks(list(xs), labels, rotation=30 if len(labels) > 5 else 0, ha="right" if len(labels) > 5 else "center")
+    ax.set_ylabel("rows")
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title(f"round {k}: class balance", fontsize=10)
+    return _png(fig)
+
+
+def stage_time_plot(stages: dict[str, dict[str, Any]]) -> str:
+    timed = [(name, float(s["seconds"])) for name, s in stages.items() if s.get("seconds") is not None]
+    if not timed:
         return ""
-    pad = 36
-    xs = [p[0] for p in points]
-    x_max = max(max(xs), 1)
-    y_max = max(100.0, max(p[1] for p in points))
-
-    def sx(x: float) -> float:
-        return pad + (width - 2 * pad) * x / x_max
-
-    def sy(y: float) -> float:
-        return height - pad - (height - 2 * pad) * y / y_max
-
-    path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(points))
-    dots = "".join(
-        f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4"/><text x="{sx(x):.1f}" y="{sy(y) - 8:.1f}" '
-        f'text-anchor="middle" font-size="11">{y:.1f}</text>'
-        for x, y in points
-    )
-    ticks = "".join(
-        f'<text x="{sx(x):.1f}" y="{height - pad + 16}" text-anchor="middle" font-size="11">round {x}</text>' for x in xs
-    )
-    return (
-        f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif">'
-        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
-        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>'
-        f'<text x="{pad}" y="{pad - 12}" font-size="12">{html.escape(label)} (0-{y_max:.0f})</text>'
-        f'<path d="{path}" fill="none" stroke="#2a6fdb" stroke-width="2"/>'
-        f'<g fill="#2a6fdb">{dots}</g>{ticks}</svg>'
-    )
+    fig, ax = _figure(6.4, 0.3 * len(timed) + 0.8)
+    ax.barh([n for n, _ in timed][::-1], [t for _, t in timed][::-1], color=BLUE)
+    ax.set_xlabel("seconds")
+    ax.set_title("time per stage", fontsize=10)
+    return _png(fig)
 
 
-def _funnel(stats: dict[str, Any]) -> str:
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _examples_section(k: int, synth: Path) -> str:
+    kept = _read_jsonl(synth / "instances.jsonl") or _read_jsonl(synth / "train.jsonl")
+    dropped = _read_jsonl(synth / "dropped.jsonl")
     rows = []
-    for key, value in stats.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
-        elif isinstance(value, list):
-            value = ", ".join(map(str, value)) or "-"
-        rows.append(f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(str(value))}</td></tr>")
-    return "<table>" + "".join(rows) + "</table>"
+    for r in kept[:SAMPLES_SHOWN]:
+        text = r.get("input") if "input" in r else r.get("prompt", "")
+        if r.get("instruction"):
+            text = f"{r['instruction']} | {r.get('input', '')}"
+        rows.append([text, r.get("output", r.get("completion", "")), r.get("agreement", "")])
+    out = f"<h3>round {k}: kept ({len(kept)} rows, first {min(len(kept), SAMPLES_SHOWN)})</h3>"
+    out += _table(["input", "output", "agreement"], rows) if rows else "<p>none</p>"
+    per_stage: dict[str, list[dict[str, Any]]] = {}
+    for d in dropped:
+        per_stage.setdefault(str(d.get("stage")), []).append(d)
+    drows = [[stage, d.get("input", d.get("instruction", "")), d.get("reason", "")]
+             for stage, ds in per_stage.items() for d in ds[:2]]
+    out += f"<h3>round {k}: dropped ({len(dropped)} rows, up to 2 per stage)</h3>"
+    out += _table(["stage", "input", "reason"], drows) if drows else "<p>none</p>"
+    return out
 
 
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     manifest = read_json(run_dir / "manifest.json")
-    rounds = sorted(manifest.get("rounds", {}).items(), key=lambda kv: int(kv[0]))
-    table = []
-    points = []
+    rounds = sorted(((int(k), rec) for k, rec in manifest.get("rounds", {}).items()), key=lambda kv: kv[0])
+    config = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else "(missing)"
+    final = manifest.get("final") or {}
+
+    score_rows = []
     for k, rec in rounds:
         m = rec.get("metrics") or {}
-        em = f"{m['exact_match']:.1f}" if m else "-"
-        rl = f"{m['rougeL']:.1f}" if m else "-"
-        if m:
-            points.append((int(k), float(m["primary"])))
-        table.append(
-            f"<tr><td>{k}</td><td>{html.escape(rec.get('status', ''))}</td><td>{rec.get('train_size', '-')}</td>"
-            f"<td>{em}</td><td>{rl}</td><td>{'yes' if rec.get('promoted') else 'no'}</td>"
-            f"<td>{html.escape(str(rec.get('gguf', '-')))}</td></tr>"
-        )
-    primary = (rounds[0][1].get("metrics") or {}).get("primary_metric", "score") if rounds else "score"
-    funnels = "".join(
-        f"<h3>round {k}</h3>{_funnel(rec['synth_stats'])}" for k, rec in rounds if rec.get("synth_stats")
-    )
-    stages = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{html.escape(s.get('status', ''))}</td><td>{s.get('seconds', '-')}</td></tr>"
-        for name, s in manifest.get("stages", {}).items()
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>selfguide_lite run {html.escape(run_dir.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:960px}}table{{border-collapse:collapse;margin:.5em 0 1.5em}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:14px}}th{{background:#f3f3f3}}</style></head><body>
-<h1>selfguide_lite: {html.escape(run_dir.name)}</h1>
-<p>method: {html.escape(str(manifest.get('method')))} &middot; model: {html.escape(str(manifest.get('model')))}
-&middot; task: {html.escape(str(manifest.get('task')))}</p>
-<h2>Metrics per round</h2>
-<table><tr><th>round</th><th>status</th><th>train rows</th><th>exact match</th><th>ROUGE-L</th><th>promoted</th><th>GGUF</th></tr>
-{''.join(table)}</table>
-{_svg_line(points, primary)}
-<h2>Data funnel</h2>{funnels or '<p>no synthesis yet</p>'}
-<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds</th></tr>{stages}</table>
-</body></html>"""
+        score_rows.append([
+            k, rec.get("status", ""), rec.get("train_size", "-"),
+            f"{m['exact_match']:.1f}" if m else "-", f"{m['rougeL']:.1f}" if m else "-",
+            "yes" if rec.get("promoted") else "no", rec.get("gguf", "-"),
+        ])
+
+    funnels, balances, examples = [], [], []
+    for k, rec in rounds:
+        stats = rec.get("synth_stats")
+        if not stats:
+            continue
+        steps = funnel_steps(stats)
+        funnels.append(funnel_plot(k, stats) + _table(["step", "rows remaining"], [list(s) for s in steps]))
+        if stats.get("type") == "classification":
+            kept = stats.get("train_per_label") or {}
+            annotated = dict(kept)
+            for d in _read_jsonl(run_dir / f"round-{k}" / "synth" / "dropped.jsonl"):
+                if d.get("stage") == "balance":
+                    annotated[d["output"]] = annotated.get(d["output"], 0) + 1
+            missing = stats.get("missing_labels") or []
+            note = f"<p class='warn'>labels never produced: {_esc(', '.join(missing))}</p>" if missing else ""
+            balances.append(balance_plot(k, annotated, kept) + note)
+        examples.append(_examples_section(k, run_dir / f"round-{k}" / "synth"))
+
+    stages = manifest.get("stages", {})
+    stage_rows = [[name, s.get("status", ""), s.get("seconds", "-"), "yes" if s.get("skipped") else ""]
+                  for name, s in stages.items()]
+    commands = manifest.get("commands") or []
+    summary = (f"final student: round {final.get('round')} ({_esc(final.get('gguf'))}); best round "
+               f"{final.get('best_round')} with {final.get('best_score', 0):.1f}") if final else "the run has not finished"
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>selfguide_lite run {_esc(run_dir.name)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;padding:0 1em;color:#1f2933}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em}} td,th{{border:1px solid #d5dbe1;padding:4px 8px;text-align:left;font-size:13px;vertical-align:top}}
+th{{background:#f3f5f7}} pre{{background:#f3f5f7;padding:1em;overflow:auto;font-size:12px}} .plot{{max-width:100%;display:block;margin:.5em 0}}
+.warn{{color:#b42318}} nav a{{margin-right:1em}} h2{{border-bottom:1px solid #d5dbe1;padding-bottom:.2em;margin-top:2em}}
+</style></head><body>
+<h1>selfguide_lite: {_esc(run_dir.name)}</h1>
+<p>method <b>{_esc(manifest.get('method'))}</b> &middot; model <b>{_esc(manifest.get('model'))}</b> &middot;
+task <b>{_esc(manifest.get('task') or manifest.get('seeds'))}</b></p>
+<p>{summary}</p>
+<nav><a href="#scores">scores</a><a href="#funnel">data funnel</a><a href="#balance">class balance</a>
+<a href="#examples">examples</a><a href="#time">time</a><a href="#config">command &amp; configuration</a></nav>
+<h2 id="scores">Scores per round</h2>
+{_table(["round", "status", "train rows", "exact match", "ROUGE-L", "promoted", "GGUF"], score_rows)}
+{scores_plot(rounds)}
+<h2 id="funnel">Data funnel</h2>
+{''.join(funnels) or '<p>no synthesis yet</p>'}
+<h2 id="balance">Class balance</h2>
+{''.join(balances) or '<p>not a classification task, or no synthesis yet</p>'}
+<h2 id="examples">Examples kept and dropped</h2>
+{''.join(examples) or '<p>no synthesis yet</p>'}
+<h2 id="time">Time per stage</h2>
+{_table(["stage", "status", "seconds", "skipped (cached)"], stage_rows)}
+{stage_time_plot(stages)}
+<h2 id="config">Command and configuration</h2>
+<pre>{_esc(chr(10).join(commands) or '(not recorded)')}</pre>
+<pre>{_esc(config)}</pre>
+</body></html>
+"""
     return atomic_write_text(run_dir / "report.html", page)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import progress
 from .config import SelfGuideConfig
 from .engine.base import Request, Sampler, SamplingParams
 from .filters import DuplicateFilter, InputFilters, LengthWindow, NoiseFilter
@@ -135,25 +136,28 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     # 1-2. Input generation in waves, each candidate filtered in order as it arrives.
     accepted: list[dict[str, Any]] = []
     input_drops: Counter[str] = Counter()
-    for wave_start in range(0, cfg.num_inputs, cfg.wave_size):
-        indices = range(wave_start, min(cfg.num_inputs, wave_start + cfg.wave_size))
-        requests, targets = [], []
-        for i in indices:
-            target = task.labels[i % len(task.labels)] if classification else None
-            pool = [a["input"] for a in accepted]
-            context = rng.sample(pool, min(cfg.context_inputs, len(pool)))
-            prompt = fmt.render(input_generation_prompt(task, context, target))
-            requests.append(Request(prompt, replace(input_params, seed=stage_seed(seed, 1, i))))
-            targets.append(target)
-        for i, target, outs in zip(indices, targets, sampler.generate(requests), strict=True):
-            text = outs[0].text.strip()
-            cand_id = f"c{i:05d}"
-            if drop := filters.check(text):
-                input_drops[drop[0]] += 1
-                result.dropped.append({"id": cand_id, "stage": drop[0], "reason": drop[1], "input": text})
-                continue
-            filters.accept(text)
-            accepted.append({"id": cand_id, "input": text, "target_label": target})
+    with progress.bar("writing inputs", cfg.num_inputs, "inputs", samples=True) as bar:
+        for wave_start in range(0, cfg.num_inputs, cfg.wave_size):
+            indices = range(wave_start, min(cfg.num_inputs, wave_start + cfg.wave_size))
+            requests, targets = [], []
+            for i in indices:
+                target = task.labels[i % len(task.labels)] if classification else None
+                pool = [a["input"] for a in accepted]
+                context = rng.sample(pool, min(cfg.context_inputs, len(pool)))
+                prompt = fmt.render(input_generation_prompt(task, context, target))
+                requests.append(Request(prompt, replace(input_params, seed=stage_seed(seed, 1, i))))
+                targets.append(target)
+            for i, target, outs in zip(indices, targets, sampler.generate(requests), strict=True):
+                text = outs[0].text.strip()
+                cand_id = f"c{i:05d}"
+                if drop := filters.check(text):
+                    input_drops[drop[0]] += 1
+                    result.dropped.append({"id": cand_id, "stage": drop[0], "reason": drop[1], "input": text})
+                    continue
+                filters.accept(text)
+                accepted.append({"id": cand_id, "input": text, "target_label": target})
+    progress.summary(f"inputs: {len(accepted)} of {cfg.num_inputs} kept ("
+                     f"{', '.join(f'{k} {v}' for k, v in input_drops.items()) or 'none dropped'}) in {bar.seconds:.0f}s")
 
     # 3. Annotation: every accepted input, num_samples samples each, in one batch.
     out_length = (
@@ -178,7 +182,9 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     vote_drops: Counter[str] = Counter()
     sample_rejects: Counter[str] = Counter()
     shares: list[float] = []
-    for cand, outs in zip(accepted, sampler.generate(requests) if requests else [], strict=True):
+    with progress.bar("annotating", len(requests) * cfg.num_samples, "samples", samples=True) as bar:
+        outputs = sampler.generate(requests) if requests else []
+    for cand, outs in zip(accepted, outputs, strict=True):
         vote = self_consistency_vote(
             [o.text for o in outs],
             labels=task.labels if classification else None,
@@ -206,6 +212,10 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
             }
         )
 
+    progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled by the vote "
+                     f"({vote_drops.get('no_consensus', 0)} without consensus, {vote_drops.get('no_valid_samples', 0)} "
+                     f"without a valid sample) in {bar.seconds:.0f}s")
+
     # 4. Class balance.
     final = annotated
     balance_dropped: list[dict[str, Any]] = []
@@ -232,4 +242,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         "train_per_label": dict(per_label),
         "missing_labels": [lab for lab in task.labels if per_label.get(lab, 0) == 0] if classification else [],
     }
+    if classification and cfg.balance:
+        progress.summary(f"balance: {len(final)} rows kept, {len(balance_dropped)} down-sampled ("
+                         f"{', '.join(f'{k} {v}' for k, v in per_label.items()) or 'nothing left'})")
     return result

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from . import progress
 from .config import SelfInstructConfig
 from .engine.base import Request, Sampler, SamplingParams, truncate_at_stop
 from .filters import InstructionFilters, conflicting_inputs, instance_check
@@ -270,68 +271,72 @@ def bootstrap(
     drops: Counter[str] = Counter()
     n_requests = n_candidates = n_waves = empty_completions = stalled = 0
     stopped = "target reached"
-    while len(accepted) < target:
-        remaining = target - len(accepted)
-        per_request = max(0.5, len(accepted) / n_requests) if n_requests else 1.0
-        size = min(cfg.wave_size, max(1, math.ceil(remaining / per_request)))
-        requests, shown_lists = [], []
-        for r in range(n_requests, n_requests + size):
-            shown = sample_context(seed_instructions, [a["instruction"] for a in accepted], cfg, rng)
-            prompt = fmt.render(instruction_generation_prompt(shown))
-            requests.append(Request(prompt, replace(gen_params, seed=stage_seed(seed, 1, r))))
-            shown_lists.append(shown)
-        completions = sampler.generate(requests)
-        n_waves += 1
+    with progress.bar("writing instructions", target, "instructions") as bar:
+        while len(accepted) < target:
+            remaining = target - len(accepted)
+            per_request = max(0.5, len(accepted) / n_requests) if n_requests else 1.0
+            size = min(cfg.wave_size, max(1, math.ceil(remaining / per_request)))
+            requests, shown_lists = [], []
+            for r in range(n_requests, n_requests + size):
+                shown = sample_context(seed_instructions, [a["instruction"] for a in accepted], cfg, rng)
+                prompt = fmt.render(instruction_generation_prompt(shown))
+                requests.append(Request(prompt, replace(gen_params, seed=stage_seed(seed, 1, r))))
+                shown_lists.append(shown)
+            completions = sampler.generate(requests)
+            n_waves += 1
 
-        # Parse every completion of the wave into candidates, in request order.
-        wave: list[dict[str, Any]] = []
-        for r, shown, outs in zip(
-            range(n_requests, n_requests + size), shown_lists, completions, strict=True
-        ):
-            comp = outs[0]
-            items = parse_instruction_list(comp.text, len(shown) + 1)
-            # Out of tokens: the last item may stop mid-sentence. Empty items ("10." then nothing)
-            # are list debris, not candidates.
-            cut = items.pop() if comp.finish_reason == "length" and items else ""
-            parsed = [(it, None) for it in items if it]
-            if cut:
-                parsed.append((cut, ("truncated", "last item cut off at max_tokens")))
-            if not parsed:
-                empty_completions += 1
-            for item, drop in parsed:
-                cand = {"id": f"i{n_candidates:05d}", "instruction": item, "request": r}
-                n_candidates += 1
-                why = drop or ifilters.check(item)
-                if why is not None:
-                    cand["drop"] = why
-                wave.append(cand)
-        n_requests += size
+            # Parse every completion of the wave into candidates, in request order.
+            wave: list[dict[str, Any]] = []
+            for r, shown, outs in zip(
+                range(n_requests, n_requests + size), shown_lists, completions, strict=True
+            ):
+                comp = outs[0]
+                items = parse_instruction_list(comp.text, len(shown) + 1)
+                # Out of tokens: the last item may stop mid-sentence. Empty items ("10." then nothing)
+                # are list debris, not candidates.
+                cut = items.pop() if comp.finish_reason == "length" and items else ""
+                parsed = [(it, None) for it in items if it]
+                if cut:
+                    parsed.append((cut, ("truncated", "last item cut off at max_tokens")))
+                if not parsed:
+                    empty_completions += 1
+                for item, drop in parsed:
+                    cand = {"id": f"i{n_candidates:05d}", "instruction": item, "request": r}
+                    n_candidates += 1
+                    why = drop or ifilters.check(item)
+                    if why is not None:
+                        cand["drop"] = why
+                    wave.append(cand)
+            n_requests += size
 
-        # ROUGE-L against the pool, each candidate also against the ones kept before it this wave.
-        checked = [c for c in wave if "drop" not in c]
-        for cand, near in zip(
-            checked, pool.filter_batch([c["instruction"] for c in checked], add=False), strict=True
-        ):
-            if near is not None:
-                cand["drop"] = ("rouge", f"ROUGE-L {near.score:.3f} > {cfg.rouge_threshold}")
-                cand["nearest"] = near.text
+            # ROUGE-L against the pool, each candidate also against the ones kept before it this wave.
+            checked = [c for c in wave if "drop" not in c]
+            for cand, near in zip(
+                checked, pool.filter_batch([c["instruction"] for c in checked], add=False), strict=True
+            ):
+                if near is not None:
+                    cand["drop"] = ("rouge", f"ROUGE-L {near.score:.3f} > {cfg.rouge_threshold}")
+                    cand["nearest"] = near.text
 
-        before = len(accepted)
-        for cand in wave:
-            if len(accepted) >= target:
-                cand["drop"] = ("surplus", "target reached")
-            stage_reason = cand.pop("drop", None)
-            if stage_reason is not None:
-                stage, reason = stage_reason
-                drops[stage] += 1
-                result.dropped.append({"kind": "instruction", "stage": stage, "reason": reason} | cand)
-                continue
-            pool.add(cand["instruction"])
-            accepted.append(cand)
-        stalled = stalled + 1 if len(accepted) == before else 0
-        if stalled >= patience and len(accepted) < target:
-            stopped = f"stalled ({patience} waves without a new instruction)"
-            break
+            before = len(accepted)
+            for cand in wave:
+                if len(accepted) >= target:
+                    cand["drop"] = ("surplus", "target reached")
+                stage_reason = cand.pop("drop", None)
+                if stage_reason is not None:
+                    stage, reason = stage_reason
+                    drops[stage] += 1
+                    result.dropped.append({"kind": "instruction", "stage": stage, "reason": reason} | cand)
+                    continue
+                pool.add(cand["instruction"])
+                accepted.append(cand)
+            bar.advance(len(accepted) - before)
+            stalled = stalled + 1 if len(accepted) == before else 0
+            if stalled >= patience and len(accepted) < target:
+                stopped = f"stalled ({patience} waves without a new instruction)"
+                break
+    progress.summary(f"instructions: {len(accepted)} accepted from {n_candidates} candidates in {n_waves} waves "
+                     f"({stopped}) in {bar.seconds:.0f}s")
 
     # 3. Classification or not: one greedy, Yes/No-constrained request per instruction.
     # Its own generator: the shots must not depend on how many waves the loop above took.
@@ -345,7 +350,9 @@ def bootstrap(
         for n, a in enumerate(accepted)
     ]
     cls_counts: Counter[str] = Counter()
-    for cand, outs in zip(accepted, sampler.generate(requests) if requests else [], strict=True):
+    with progress.bar("classifying instructions", len(requests), "instructions", samples=True):
+        outputs = sampler.generate(requests) if requests else []
+    for cand, outs in zip(accepted, outputs, strict=True):
         answer = parse_yes_no(outs[0].text)
         cand["is_classification"] = bool(answer)
         cls_counts["yes" if answer else "no" if answer is False else "unclear"] += 1
@@ -364,7 +371,9 @@ def bootstrap(
     inst_drops: Counter[str] = Counter()
     n_instance_candidates = 0
     with_instances = 0
-    for cand, outs in zip(accepted, sampler.generate(requests) if requests else [], strict=True):
+    with progress.bar("writing instances", len(requests), "instructions", samples=True):
+        outputs = sampler.generate(requests) if requests else []
+    for cand, outs in zip(accepted, outputs, strict=True):
         comp = outs[0]
         cls = cand["is_classification"]
         pairs = parse_output_first(comp.text) if cls else parse_input_first(comp.text)

@@ -39,6 +39,17 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; give a finished artifact the usual permissions."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +59,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -82,6 +94,7 @@ def atomic_dir(path: str | Path):
         yield tmp
         if path.exists():
             shutil.rmtree(path)
+        publish_mode(tmp, directory=True)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -164,4 +177,5 @@ class Manifest:
         }
         self.data["stages"][key] = rec
         self.save()
+        log(f"[{key}] done in {rec['seconds']:.0f}s")
         return rec

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import progress
 from .config import TrainConfig
 from .errors import UserError
 from .prompts import PromptFormat
@@ -235,9 +236,9 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
 
 
-def _progress_callback(log: Callable[[str], None], divergence_factor: float):
-    """One line per logged step, and the divergence guard: a NaN/inf loss or gradient norm, or a loss
-    above `divergence_factor` times the first one logged, stops training with `TrainingDiverged`."""
+def _progress_callback(bar: progress.Bar, divergence_factor: float):
+    """Moves the training bar (steps, loss), and guards against divergence: a NaN/inf loss or gradient
+    norm, or a loss above `divergence_factor` times the first one logged, raises `TrainingDiverged`."""
     import math
 
     from transformers import TrainerCallback
@@ -245,11 +246,17 @@ def _progress_callback(log: Callable[[str], None], divergence_factor: float):
     class Progress(TrainerCallback):
         first_loss: float | None = None
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            bar.set_total(state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            bar.advance(state.global_step - bar.done)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs:
                 return
             loss, grad = float(logs["loss"]), float(logs.get("grad_norm", 0.0))
-            log(f"  step {state.global_step}/{state.max_steps}  loss {loss:.4f}")
+            bar.fields["loss"] = f"{loss:.4f}"
             if not math.isfinite(loss) or not math.isfinite(grad):
                 raise TrainingDiverged(f"training diverged at step {state.global_step}: loss {loss}, gradient norm "
                                        f"{grad} (lower train.learning_rate, now {args.learning_rate:g})")
@@ -345,10 +352,11 @@ def _train_once(rows, source: str, cfg: TrainConfig, work_dir: Path, backend: st
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_progress_callback(log, cfg.divergence_factor))
     if resume:
         log(f"  resuming from {max(work_dir.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[-1])).name}")
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    with progress.bar("training", None, "steps") as bar:
+        trainer.add_callback(_progress_callback(bar, cfg.divergence_factor))
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
     return result, resume, trainer, tok
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -61,3 +63,35 @@ def tiny_qwen2(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-qwen2")
     build_tiny_model(out, CORPUS, arch="qwen2", vocab_size=320, seed=2)
     return out
+
+
+# A finished tiny run, shared by the resume, report and usage tests.
+CONFIG = (
+    "selfguide: {num_inputs: 36, wave_size: 12, num_samples: 4, length_filter: false, balance: false}\n"
+    "train: {quantization: none, epochs: 3, batch_size: 2, learning_rate: 1.0e-3}\n"
+    "eval: {limit: 8}\nengine: {n_ctx: 2048}\nexport: {quant: q8_0}\n"
+)
+
+
+@pytest.fixture(scope="session")
+def student(tmp_path_factory) -> Path:
+    from selfguide_lite.demo import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("student") / "hf", seconds=20, log=lambda m: None)
+
+
+def loop_cmd(student: Path, run_dir: Path, cfg: Path, seed: int = 0) -> list[str]:
+    from selfguide_lite.demo import demo_task_path
+
+    return [sys.executable, "-m", "selfguide_lite", "loop", "--task", str(demo_task_path()), "--model", str(student),
+            "--rounds", "1", "--run-dir", str(run_dir), "--config", str(cfg), "--seed", str(seed)]
+
+
+@pytest.fixture(scope="session")
+def reference(student, tmp_path_factory) -> Path:
+    """One uninterrupted run."""
+    root = tmp_path_factory.mktemp("reference")
+    (root / "c.yaml").write_text(CONFIG)
+    res = subprocess.run(loop_cmd(student, root / "run", root / "c.yaml"), cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return root / "run"

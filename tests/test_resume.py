@@ -14,25 +14,7 @@ from pathlib import Path
 
 import pytest
 
-CONFIG = (
-    "selfguide: {num_inputs: 36, wave_size: 12, num_samples: 4, length_filter: false, balance: false}\n"
-    "train: {quantization: none, epochs: 3, batch_size: 2, learning_rate: 1.0e-3}\n"
-    "eval: {limit: 8}\nengine: {n_ctx: 2048}\nexport: {quant: q8_0}\n"
-)
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory) -> Path:
-    from selfguide_lite.demo import build_demo_model
-
-    return build_demo_model(tmp_path_factory.mktemp("student") / "hf", seconds=20, log=lambda m: None)
-
-
-def loop_cmd(student: Path, run_dir: Path, cfg: Path, seed: int = 0) -> list[str]:
-    from selfguide_lite.demo import demo_task_path
-
-    return [sys.executable, "-m", "selfguide_lite", "loop", "--task", str(demo_task_path()), "--model", str(student),
-            "--rounds", "1", "--run-dir", str(run_dir), "--config", str(cfg), "--seed", str(seed)]
+from tests.conftest import CONFIG, loop_cmd
 
 
 def run_until(cmd: list[str], cwd: Path, condition: Callable[[], bool], timeout: float = 600) -> bool:
@@ -54,16 +36,6 @@ def run_until(cmd: list[str], cwd: Path, condition: Callable[[], bool], timeout:
 
 def journal_keys(path: Path) -> list[str]:
     return [json.loads(line)["key"] for line in path.read_text().splitlines()[1:]]
-
-
-@pytest.fixture(scope="module")
-def reference(student, tmp_path_factory) -> Path:
-    """One uninterrupted run."""
-    root = tmp_path_factory.mktemp("reference")
-    (root / "c.yaml").write_text(CONFIG)
-    res = subprocess.run(loop_cmd(student, root / "run", root / "c.yaml"), cwd=root, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return root / "run"
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import progress
 from ..errors import UserError
 from .base import Completion, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
 from .llamacpp import model_info, quiet_llama
@@ -393,6 +394,7 @@ class BatchedSampler(Sampler):
 
         def finish(seq: _Seq, reason: str, text: str) -> None:
             results[seq.req][seq.index] = Completion(text=text, n_tokens=len(seq.tokens), finish_reason=reason)
+            progress.sample_done()
             slots[seq.slot] = None
             dirty[seq.slot] = seq.req
             self._free_chain(seq.chain)

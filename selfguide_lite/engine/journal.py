@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import progress
 from .base import Completion, Request, Sampler
 
 CHUNK = 64  # requests decoded (and journaled) together
@@ -65,6 +66,8 @@ class JournaledSampler(Sampler):
         keys = [request_key(r) for r in requests]
         todo = [i for i, k in enumerate(keys) if k not in self._done]
         self.replayed += len(requests) - len(todo)
+        pending = set(todo)
+        progress.sample_done(sum(r.params.n for i, r in enumerate(requests) if i not in pending))  # replayed
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
             outs = self.inner.generate([requests[i] for i in chunk])

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import progress
 from ..errors import UserError
 from .base import Completion, ModelInfo, Request, Sampler, choices_grammar
 
@@ -110,7 +111,11 @@ class LlamaCppSampler(Sampler):
                     f"prompt of {n_prompt} tokens + {req.params.max_tokens} new tokens exceeds the context "
                     f"({self.llama.n_ctx()}); raise engine.n_ctx"
                 )
-            results.append([self._complete(req.prompt, req.params, req.params.seed + i) for i in range(req.params.n)])
+            samples = []
+            for i in range(req.params.n):
+                samples.append(self._complete(req.prompt, req.params, req.params.seed + i))
+                progress.sample_done()
+            results.append(samples)
         return results
 
     def close(self) -> None:
