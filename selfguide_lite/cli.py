@@ -28,12 +28,13 @@ app = typer.Typer(
     help="Make a small language model better at a task using only data it writes itself.",
 )
 
-DEMO_MODEL_DIR = Path("models/demo-model")
+DEMO_MODEL_DIR = Path("models/demo-model")  # the tiny headline student (Self-Instruct demo, tests)
+WORLD_STUDENT_DIR = Path("models/world-student")  # the default demo's student (selfguide_lite/world.py)
 # The offline demo's counts: sized so two full rounds finish in a few minutes on 2 CPU cores.
 DEMO_OVERRIDES = {
-    "selfguide": {"num_inputs": 120, "wave_size": 40},
+    "selfguide": {"wave_size": 50},
     "train": {"quantization": "none", "batch_size": 8, "learning_rate": 1e-3, "epochs": 3},
-    "eval": {"limit": 60},
+    "eval": {"limit": 100},
     "engine": {"n_ctx": 2048},
 }
 
@@ -102,19 +103,24 @@ def loop(
     }
     preset = None
     if demo:
-        from .demo import build_demo_model, demo_task_path, seed_pool_path
-
-        _log("offline demo: a tiny (~1M parameter) Llama student built here, on a built-in headline-topic task.\n"
-             "It shows every stage running for real; it is not a useful model. For real use:\n"
-             "  python -m selfguide_lite loop --task TASK.json --model Qwen/Qwen2.5-0.5B-Instruct")
         preset = DEMO_OVERRIDES
-        overrides["model"] = str(build_demo_model(DEMO_MODEL_DIR, log=_log))
         if method == "self-instruct":
+            from .demo import build_demo_model, demo_task_path, seed_pool_path
+
+            _log("offline Self-Instruct demo: a tiny (~1M parameter) Llama student built here; it shows every stage "
+                 "running for real, it is not a useful model.")
+            overrides["model"] = str(build_demo_model(DEMO_MODEL_DIR, log=_log))
             overrides["seeds"] = seeds or str(seed_pool_path())
             overrides["eval_tasks"] = eval_tasks or [str(demo_task_path())]
             overrides["run_dir"] = run_dir or "runs/demo-self-instruct"
         else:
-            overrides["task"] = str(demo_task_path())
+            from .world import build_world_student, world_task_path
+
+            _log("offline demo: a small Llama student pretrained here on a procedural world of six sentence tasks "
+                 "(selfguide_lite/world.py),\nthen Self-Guide on the task it saw least (sentiment). For real use:\n"
+                 "  python -m selfguide_lite loop --task TASK.json --model Qwen/Qwen2.5-0.5B-Instruct")
+            overrides["model"] = str(build_world_student(WORLD_STUDENT_DIR, log=_log))
+            overrides["task"] = str(world_task_path())
             overrides["run_dir"] = run_dir or "runs/demo"
     cfg = load_config(config, overrides, preset)
     from .loop import default_run_dir, next_free_run_dir
@@ -131,10 +137,13 @@ def loop(
     summary = run_loop(cfg, _log, command="python -m selfguide_lite " + shlex.join(_ARGV))
     _log("")
     _log(f"done in {time.monotonic() - t0:.0f}s")
+    base = (summary["rounds"].get("0") or {}).get("metrics")
     for k, rec in sorted(summary["rounds"].items(), key=lambda kv: int(kv[0])):
         m = rec.get("metrics")
         score = f"exact match {m['exact_match']:.1f}, ROUGE-L {m['rougeL']:.1f}" if m else rec.get("status")
-        _log(f"  round {k}: train rows {rec.get('train_size', '-')}, {score}{'' if rec.get('promoted') else ' (not promoted)'}")
+        gain = f", {m['primary'] - base['primary']:+.1f} vs round 0" if m and base and k != "0" else ""
+        _log(f"  round {k}: train rows {rec.get('train_size', '-')}, {score}{gain}"
+             f"{'' if rec.get('promoted') else ' (not promoted)'}")
     _log(f"results: {summary['run_dir']}  (report: {summary['report']})")
     _log(f"final student GGUF (round {summary['final_round']}): {summary['final_gguf']}")
 

@@ -53,7 +53,9 @@ class SelfGuideConfig(_Section):
     length_filter: bool | None = _f(None, "drop inputs far longer/shorter than the examples (null: on for classification)")
     output_length_filter: bool = _f(True, "generation: drop outputs far from the examples' length")
     noise_patterns: list[str] = _f(lambda: list(DEFAULT_NOISE_PATTERNS), "regexes marking a generated input as noise")
+    input_filters: bool = _f(True, "drop noisy, duplicate and (classification) odd-length inputs; false: keep all")
     constrain_labels: bool = _f(True, "classification: decode only label strings (grammar-constrained)")
+    label_filter: bool = _f(True, "classification: only samples that are exactly a label count in the vote")
     balance: bool = _f(True, "classification: trim every label to the rarest label's count")
     max_tokens_factor: float = _f(2.0, "max new tokens = this x the longest example (in tokens)", gt=0)
 

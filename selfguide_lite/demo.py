@@ -93,19 +93,27 @@ def corpus(task: Task, n_docs: int, seed: int) -> list[str]:
     return docs
 
 
-def pretrain(model, tok, docs: list[str], seconds: float, log: Callable[[str], None], seed: int = 0) -> dict:
-    """Causal-LM pretraining on `docs` for a fixed wall-clock budget (AdamW, time-based decay)."""
+def pretrain(model, tok, docs: list[str], seconds: float | None, log: Callable[[str], None], seed: int = 0,
+             steps: int | None = None, batch_size: int = 16, lr: float = 3e-3) -> dict:
+    """Causal-LM pretraining on `docs` (AdamW, warmup then cosine decay) for a wall-clock budget
+    (`seconds`) or, reproducibly whatever the machine's load, a number of `steps`."""
     import torch
 
+    if (seconds is None) == (steps is None):
+        raise ValueError("give exactly one of seconds and steps")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     eos = tok.eos_token_id
     encoded = [tok(d, add_special_tokens=True)["input_ids"] + [eos] for d in docs]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     model.train()
     start, step, losses = time.monotonic(), 0, []
-    batch_size, warmup = 16, 30
-    while (elapsed := time.monotonic() - start) < seconds:
+    warmup = 30
+
+    def progress_share() -> float:
+        return step / steps if steps else (time.monotonic() - start) / seconds
+
+    while progress_share() < 1.0:
         batch = rng.sample(encoded, batch_size)
         width = max(map(len, batch))
         ids = torch.full((batch_size, width), eos, dtype=torch.long)
@@ -115,9 +123,9 @@ def pretrain(model, tok, docs: list[str], seconds: float, log: Callable[[str], N
             ids[row, : len(seq)] = torch.tensor(seq)
             labels[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        lr_scale = min(1.0, (step + 1) / warmup) * max(0.05, 0.5 * (1 + math.cos(math.pi * elapsed / seconds)))
+        lr_scale = min(1.0, (step + 1) / warmup) * max(0.05, 0.5 * (1 + math.cos(math.pi * progress_share())))
         for group in opt.param_groups:
-            group["lr"] = 3e-3 * lr_scale
+            group["lr"] = lr * lr_scale
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -125,8 +133,9 @@ def pretrain(model, tok, docs: list[str], seconds: float, log: Callable[[str], N
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         step += 1
-        if step % 50 == 0:
-            log(f"  pretrain step {step}  loss {sum(losses[-50:]) / 50:.3f}  {elapsed:.0f}s")
+        if step % 100 == 0:
+            log(f"  pretrain step {step}{f'/{steps}' if steps else ''}  loss {sum(losses[-100:]) / 100:.3f}  "
+                f"{time.monotonic() - start:.0f}s")
     model.eval()
     return {"steps": step, "seconds": round(time.monotonic() - start, 1), "final_loss": round(losses[-1], 4)}
 

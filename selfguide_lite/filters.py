@@ -91,10 +91,13 @@ class InputFilters:
     noise: NoiseFilter
     duplicates: DuplicateFilter
     length: LengthWindow | None = None
+    enabled: bool = True  # False: only empty inputs are dropped (the "no input filters" ablation)
 
     def check(self, text: str) -> tuple[str, str] | None:
         if not text.strip():
             return ("empty", "empty input")
+        if not self.enabled:
+            return None
         if self.length is not None and (why := self.length.check(text)):
             return ("length", why)
         if why := self.noise.check(text):

@@ -125,6 +125,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         noise=NoiseFilter(cfg.noise_patterns),
         duplicates=DuplicateFilter(d.input for d in task.demos),
         length=LengthWindow.from_examples([d.input for d in task.demos]) if use_length else None,
+        enabled=cfg.input_filters,
     )
     input_params = SamplingParams(
         temperature=cfg.input_temperature_classification if classification else cfg.input_temperature_generation,
@@ -187,7 +188,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     for cand, outs in zip(accepted, outputs, strict=True):
         vote = self_consistency_vote(
             [o.text for o in outs],
-            labels=task.labels if classification else None,
+            labels=task.labels if classification and cfg.label_filter else None,
             noise=filters.noise,
             length=out_length,
             threshold=cfg.vote_threshold,
