@@ -87,6 +87,7 @@ def loop(
     quant: Annotated[str | None, typer.Option(help="q4_k_m, q8_0, f16 or f32")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --run-dir (the default when it exists)")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over in a new run directory (NAME-2, NAME-3, ...)")] = False,
+    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="OpenAI-compatible server URL to sample from (repeatable)")] = None,
 ) -> None:
     """Run the whole loop. With no --task and no --model: the offline demo on a built-in task."""
     t0 = time.monotonic()
@@ -99,6 +100,7 @@ def loop(
         "selfguide": {"num_inputs": num_inputs},
         "selfinstruct": {"num_instructions": num_instructions},
         "export": {"quant": quant},
+        "engine": {"endpoints": endpoint},
         "loop": {"rounds": rounds, "method": method, "train_from": train_from, "data": data},
     }
     preset = None
@@ -175,12 +177,13 @@ def synth(
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
     labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
+    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="OpenAI-compatible server URL to sample from (repeatable)")] = None,
 ) -> None:
     """One Self-Guide synthesis: OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
     from .loop import run_synthesis
     from .tasks import load_task
 
-    cfg = _config(config, selfguide={"num_inputs": num_inputs})
+    cfg = _config(config, selfguide={"num_inputs": num_inputs}, engine={"endpoints": endpoint})
     t = load_task(task, task_type, [x.strip() for x in labels.split(",")] if labels else None)
     stats = run_synthesis(cfg, t, Path(model), out, seed)
     _log(json.dumps(stats, indent=2))
@@ -194,11 +197,12 @@ def instruct(
     num_instructions: Annotated[int | None, typer.Option(help="new instructions to accept [default: 200]")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
+    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="OpenAI-compatible server URL to sample from (repeatable)")] = None,
 ) -> None:
     """Self-Instruct bootstrap: OUT/instances.jsonl, OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
     from .loop import run_self_instruct
 
-    cfg = _config(config, selfinstruct={"num_instructions": num_instructions})
+    cfg = _config(config, selfinstruct={"num_instructions": num_instructions}, engine={"endpoints": endpoint})
     stats = run_self_instruct(cfg, seeds, Path(model), out, seed)
     _log(json.dumps(stats, indent=2))
 
@@ -248,6 +252,7 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(help="instances [default: 100]")] = None,
     out: Annotated[Path | None, typer.Option(help="write predictions + metrics here")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
+    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="OpenAI-compatible server URL to sample from (repeatable)")] = None,
 ) -> None:
     """Greedy predictions on the task's held-out instances, and their metrics."""
     from .engine import open_sampler
@@ -255,7 +260,7 @@ def eval_cmd(
     from .store import write_json
     from .tasks import load_task
 
-    cfg = _config(config, eval={"limit": limit})
+    cfg = _config(config, eval={"limit": limit}, engine={"endpoints": endpoint})
     t = load_task(task, cfg.task_type, cfg.labels)
     with open_sampler(model, cfg.engine) as sampler:
         result = evaluate(t, sampler, cfg.eval)
@@ -326,13 +331,16 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     n_ctx: Annotated[int, typer.Option(help="context length (0: the model's own)")] = 0,
+    threads: Annotated[int | None, typer.Option(help="llama.cpp threads [default: all cores]")] = None,
 ) -> None:
     """An OpenAI-compatible server (/v1/completions, /v1/chat/completions) on the student."""
     from .usage import serve as run_server
 
     if not 0 < port < 65536:
         raise UserError(f"--port must be 1-65535, not {port}")
-    run_server(model, host=host, port=port, n_ctx=n_ctx)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, not {threads}")
+    run_server(model, host=host, port=port, n_ctx=n_ctx, n_threads=threads)
 
 
 @app.command()

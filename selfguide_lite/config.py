@@ -35,6 +35,9 @@ class EngineConfig(_Section):
     n_ctx: int = _f(4096, "context length (tokens) per sequence", ge=64)
     n_threads: int | None = _f(None, "CPU threads for llama.cpp (null: all cores)")
     n_parallel: int = _f(16, "sequences the batched engine decodes together", ge=1)
+    endpoints: list[str] = _f(list, "OpenAI-compatible /v1/completions servers to sample from instead (--endpoint)")
+    timeout_s: float = _f(120.0, "endpoints: seconds before a request is retried elsewhere", gt=0)
+    retries: int = _f(4, "endpoints: attempts per request before giving up", ge=0)
 
 
 class SelfGuideConfig(_Section):

@@ -57,6 +57,15 @@ def _gguf_name(cfg: Config) -> str:
     return f"model-{cfg.export.quant}.gguf"
 
 
+def sampler_record(cfg: Config, sampler: Any) -> dict[str, Any]:
+    """Which model answered, for the manifest: local llama.cpp, or which servers and how many samples each."""
+    inner = getattr(sampler, "inner", sampler)
+    if cfg.engine.endpoints:
+        return {"sampler": "endpoints", "endpoints": list(cfg.engine.endpoints),
+                "served_by": dict(getattr(inner, "served_by", {}))}
+    return {"sampler": f"local llama.cpp ({cfg.engine.backend})"}
+
+
 def run_synthesis(cfg: Config, task: Task, student_gguf: Path, out_dir: Path, seed: int) -> dict[str, Any]:
     """One Self-Guide synthesis with the given student: writes train/dropped/stats under out_dir."""
     identity = value_hash([file_hash(student_gguf), cfg.selfguide.model_dump(), task.name, seed])
@@ -65,7 +74,7 @@ def run_synthesis(cfg: Config, task: Task, student_gguf: Path, out_dir: Path, se
         write_jsonl(out_dir / "dropped.jsonl", result.dropped)
         write_json(out_dir / "stats.json", result.stats)
         write_jsonl(out_dir / "train.jsonl", result.train)  # written last: its presence marks the stage done
-    return {**result.stats, "replayed_requests": sampler.replayed}
+    return {**result.stats, "replayed_requests": sampler.replayed, **sampler_record(cfg, sampler)}
 
 
 def run_self_instruct(cfg: Config, seeds_path: str, student_gguf: Path, out_dir: Path, seed: int) -> dict[str, Any]:
@@ -80,7 +89,7 @@ def run_self_instruct(cfg: Config, seeds_path: str, student_gguf: Path, out_dir:
         write_json(out_dir / "stats.json", result.stats)
         write_jsonl(out_dir / "instances.jsonl", result.train)
         write_jsonl(out_dir / "train.jsonl", selfinstruct_training_rows(result.train))
-    return {**result.stats, "replayed_requests": sampler.replayed}
+    return {**result.stats, "replayed_requests": sampler.replayed, **sampler_record(cfg, sampler)}
 
 
 def evaluate_student(cfg: Config, tasks: list[Task], gguf: Path, out_path: Path) -> dict[str, Any]:
@@ -96,6 +105,7 @@ def evaluate_student(cfg: Config, tasks: list[Task], gguf: Path, out_path: Path)
             kwargs["fmt"] = PromptFormat(None, sampler.info.bos_token, sampler.info.eos_token)
         for task in tasks:
             per_task.append(evaluate(task, sampler, cfg.eval, **kwargs))
+        answered = sampler_record(cfg, sampler)
     n = len(per_task)
     summary = {
         "model": str(gguf),
@@ -104,6 +114,7 @@ def evaluate_student(cfg: Config, tasks: list[Task], gguf: Path, out_path: Path)
         "primary_metric": per_task[0]["primary_metric"] if n == 1 else "rougeL",
     }
     summary["primary"] = summary[summary["primary_metric"]]
+    summary.update(answered)
     summary["tasks"] = per_task
     write_json(out_path, summary)
     return {k: v for k, v in summary.items() if k != "tasks"}
@@ -171,6 +182,11 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
     tasks_hash = value_hash([file_hash(p) for p in task_files] + [cfg.task_type, cfg.labels])
     eval_hash = value_hash(cfg.eval.model_dump())
     gguf_name = _gguf_name(cfg)
+    # --endpoint: the servers were started on the base model, so only the base student is sampled
+    # there; a student the loop exported itself is sampled locally (restart the servers with its GGUF
+    # and run `synth`/`eval` with --endpoint to use them; see docs/scaling-out.md).
+    local_cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"endpoints": []})})
+    engine_hash = value_hash(cfg.engine.model_dump(exclude={"endpoints", "timeout_s", "retries"}))
 
     log(f"run directory: {run_dir}")
     # Round 0: the base as it is.
@@ -191,17 +207,19 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
         rk = run_dir / f"round-{k}"
         synth_dir = rk / "synth"
         seed = cfg.seed + k
-        log(f"round {k}: synthesising with the round-{student.round} student")
+        stage_cfg = cfg if student.round == 0 else local_cfg
+        where = f"on {len(cfg.engine.endpoints)} server(s)" if stage_cfg.engine.endpoints else "locally"
+        log(f"round {k}: synthesising with the round-{student.round} student ({where})")
         if method == "self-guide":
-            synth_fn = partial(run_synthesis, cfg, tasks[0], student.gguf, synth_dir, seed)
+            synth_fn = partial(run_synthesis, stage_cfg, tasks[0], student.gguf, synth_dir, seed)
             synth_cfg = cfg.selfguide.model_dump()
         else:
-            synth_fn = partial(run_self_instruct, cfg, cfg.seeds, student.gguf, synth_dir, seed)
+            synth_fn = partial(run_self_instruct, stage_cfg, cfg.seeds, student.gguf, synth_dir, seed)
             synth_cfg = cfg.selfinstruct.model_dump()
         manifest.run_stage(
             f"round-{k}/synth",
             {"student": file_hash(student.gguf), "tasks": tasks_hash, "seeds": file_hash(cfg.seeds) if cfg.seeds else "",
-             "cfg": value_hash([synth_cfg, cfg.engine.model_dump()]), "seed": str(seed)},
+             "cfg": value_hash([synth_cfg, engine_hash]), "seed": str(seed)},
             [synth_dir / "train.jsonl", synth_dir / "stats.json"], synth_fn, log)
         stats = read_json(synth_dir / "stats.json")
         data = training_data(cfg, run_dir, k, synth_dir / "train.jsonl")
@@ -236,7 +254,7 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
             log)
         manifest.run_stage(
             f"round-{k}/eval", {"gguf": file_hash(gguf), "tasks": tasks_hash, "eval": eval_hash},
-            [rk / "eval.json"], partial(evaluate_student, cfg, tasks, gguf, rk / "eval.json"), log)
+            [rk / "eval.json"], partial(evaluate_student, local_cfg, tasks, gguf, rk / "eval.json"), log)
         scores = read_json(rk / "eval.json")
         promoted = should_promote(scores["primary"], best.score, cfg.loop.promote_tolerance)
         log(f"round {k}: exact match {scores['exact_match']:.1f}  ROUGE-L {scores['rougeL']:.1f}  "

@@ -6,10 +6,12 @@ opened with `samples=True` is also advanced by the sampling engines, one tick pe
 knowing which stage it serves. Three modes, chosen once per process:
 
 - `rich`: rich's live bars (description, bar, done/total, rate, elapsed, ETA, extra fields such as the
-  training loss), used when stdout is a terminal;
+  training loss), used when stderr is a terminal;
 - `plain`: a line per bar at most every 5 s (with 10 % more done) or 30 s, for logs and CI
-  (automatic when stdout is not a terminal);
+  (automatic when stderr is not a terminal);
 - `quiet`: bars and per-step lines off; stage summaries and errors still print.
+
+Everything here goes to stderr, so a command's result on stdout (`synth`, `eval` print JSON) stays clean.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ _state: dict[str, Any] = {"mode": None, "stack": [], "live": None}
 
 
 def set_mode(mode: Mode = "auto") -> None:
-    _state["mode"] = ("rich" if sys.stdout.isatty() else "plain") if mode == "auto" else mode
+    _state["mode"] = ("rich" if sys.stderr.isatty() else "plain") if mode == "auto" else mode
 
 
 def mode() -> str:
@@ -85,7 +87,7 @@ class Bar:
         of = f"/{self.total}" if self.total else ""
         eta = f", eta {_fmt_seconds((self.total - self.done) / rate)}" if self.total and rate > 0 and self.done < self.total else ""
         extra = f"  {self._info()}" if self.fields else ""
-        print(f"  {self.description}: {self.done}{of} {self.unit} ({rate:.1f}/s{eta}){extra}", flush=True)
+        print(f"  {self.description}: {self.done}{of} {self.unit} ({rate:.1f}/s{eta}){extra}", file=sys.stderr, flush=True)
 
     @property
     def seconds(self) -> float:
@@ -117,7 +119,7 @@ def bar(description: str, total: int | None = None, unit: str = "", samples: boo
 
 def summary(line: str) -> None:
     """A stage's one-line result; printed in every mode, quiet included."""
-    print(f"  {line}", flush=True)
+    print(f"  {line}", file=sys.stderr, flush=True)
 
 
 def sample_done(n: int = 1) -> None:
@@ -144,8 +146,10 @@ def _new_live():
         def render(self, task) -> Text:
             return Text(f"{task.speed:.1f}/s" if task.speed else "", style="progress.data.speed")
 
+    from rich.console import Console
+
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
         Rate(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-        transient=True,
+        transient=True, console=Console(stderr=True),
     )

@@ -76,7 +76,7 @@ def test_plain_progress_prints_heartbeats_with_rate_and_eta(monkeypatch, capsys)
                     clock["t"] += 0.2
                     progress.sample_done()  # skips the manual bar, reaches the samples bar
             assert bar.done == 50
-        lines = capsys.readouterr().out.splitlines()
+        lines = capsys.readouterr().err.splitlines()
     finally:
         progress.set_mode("auto")
     assert lines, "no heartbeat in 10 s of work"
@@ -92,7 +92,7 @@ def test_quiet_mode_prints_summaries_only(capsys):
         progress.summary("x: 10 done")
     finally:
         progress.set_mode("auto")
-    assert capsys.readouterr().out == "  x: 10 done\n"
+    assert capsys.readouterr().err == "  x: 10 done\n"
 
 
 # --- report in a real browser --------------------------------------------------------------------

@@ -13,13 +13,18 @@ __all__ = ["Completion", "ModelInfo", "Request", "Sampler", "SamplingParams", "o
 
 def open_sampler(model_path: str | Path, cfg: EngineConfig | None = None) -> Sampler:
     """The configured backend on a GGUF file: the batched engine by default, `backend: sequential` for
-    llama-cpp-python's one-sequence-at-a-time `create_completion` (the reference the batched engine is tested against)."""
+    llama-cpp-python's one-sequence-at-a-time `create_completion` (the reference the batched engine is
+    tested against), or, with `endpoints`, OpenAI-compatible servers that serve the same model."""
     cfg = cfg or EngineConfig()
     path = Path(model_path)
     if path.is_dir():
         raise UserError(f"{path} is a directory; sampling needs a GGUF file (see `export`, or let `loop` convert it)")
     if not path.is_file():
         raise UserError(f"GGUF model not found: {path}")
+    if cfg.endpoints:  # remote servers sample; the local GGUF only tokenizes and names the prompt format
+        from .http import HttpSampler
+
+        return HttpSampler(cfg.endpoints, tokenizer_gguf=path, timeout_s=cfg.timeout_s, retries=cfg.retries)
     if cfg.backend == "sequential":
         from .llamacpp import LlamaCppSampler
 
