@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -159,7 +160,7 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
         )
         load_kwargs["dtype"] = compute
         if on_gpu:
-            load_kwargs["device_map"] = {"": 0}
+            load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # DDP: one GPU per process
     else:
         load_kwargs["dtype"] = "auto"
     model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
@@ -313,25 +314,31 @@ def train_adapter(
             cfg = cfg.model_copy(update={"batch_size": cfg.batch_size // 2, "grad_accum": cfg.grad_accum * 2})
             log(f"out of GPU memory: retrying with micro-batch {cfg.batch_size} x {cfg.grad_accum} accumulation steps")
             shutil.rmtree(work_dir, ignore_errors=True)
-    with atomic_dir(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        info = {
-            "backend": backend,
-            "quantization": cfg.quantization,
-            "rows": len(rows),
-            "steps": int(result.global_step),
-            "batch_size": cfg.batch_size,
-            "grad_accum": cfg.grad_accum,
-            "train_loss": round(float(result.training_loss), 4),
-            "seconds": round(time.monotonic() - t0, 1),
-            "base_model": str(model),
-            "resumed": resumed,
-        }
-        (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(work_dir, ignore_errors=True)
-    log(f"training done: {info['steps']} steps, loss {info['train_loss']}, {info['seconds']}s")
+    info = {
+        "backend": backend,
+        "quantization": cfg.quantization,
+        "rows": len(rows),
+        "steps": int(result.global_step),
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "train_loss": round(float(result.training_loss), 4),
+        "seconds": round(time.monotonic() - t0, 1),
+        "base_model": str(model),
+        "resumed": resumed,
+    }
+    if _is_main_process():  # under DDP (accelerate launch / torchrun) only rank 0 writes the adapter
+        with atomic_dir(out_dir) as tmp:
+            trainer.model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+        shutil.rmtree(work_dir, ignore_errors=True)
+        log(f"training done: {info['steps']} steps, loss {info['train_loss']}, {info['seconds']}s")
     return info
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 CHECKPOINT_KEY = "selfguide_inputs.json"  # what the checkpoints in a work directory were trained on
@@ -341,9 +348,10 @@ def _train_once(rows, source: str, cfg: TrainConfig, work_dir: Path, backend: st
     """Build the trainer and train, resuming from the work directory's last epoch checkpoint only
     when it was made from the same rows, base and settings."""
     key = {"rows": value_hash(rows), "source": str(source), "cfg": cfg.model_dump(), "chat": use_chat_template}
+    main = _is_main_process()  # only rank 0 tidies the work directory; every rank reads it the same way
     resume = (work_dir / CHECKPOINT_KEY).is_file() and read_json(work_dir / CHECKPOINT_KEY) == key \
-        and _drop_incomplete_checkpoints(work_dir) > 0
-    if not resume:
+        and _drop_incomplete_checkpoints(work_dir, delete=main) > 0
+    if not resume and main:
         shutil.rmtree(work_dir, ignore_errors=True)
         work_dir.mkdir(parents=True)
         write_json(work_dir / CHECKPOINT_KEY, key)
@@ -363,7 +371,7 @@ def _train_once(rows, source: str, cfg: TrainConfig, work_dir: Path, backend: st
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth")
 
 
-def _drop_incomplete_checkpoints(work_dir: Path) -> int:
+def _drop_incomplete_checkpoints(work_dir: Path, delete: bool = True) -> int:
     """The trainer writes a checkpoint file by file; a kill can leave the newest one partial, and
     resuming from it would fail. Delete those; return how many complete checkpoints remain."""
     complete = 0
@@ -371,7 +379,7 @@ def _drop_incomplete_checkpoints(work_dir: Path) -> int:
         has_weights = any(ckpt.glob("adapter_model.*")) or any(ckpt.glob("model*.safetensors"))
         if has_weights and all((ckpt / name).is_file() for name in CHECKPOINT_FILES):
             complete += 1
-        else:
+        elif delete:
             shutil.rmtree(ckpt, ignore_errors=True)
     return complete
 

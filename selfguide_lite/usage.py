@@ -26,17 +26,9 @@ def gguf_info(gguf: str | Path) -> ModelInfo:
     """Chat template and special tokens from a GGUF, loading only its vocabulary (fast)."""
     import llama_cpp
 
-    from .engine.llamacpp import model_info, quiet_llama
+    from .engine.llamacpp import load_vocab_only, model_info
 
-    path = Path(gguf)
-    if not path.is_file():
-        raise UserError(f"GGUF model not found: {path}")
-    quiet_llama()
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        raise UserError(f"llama.cpp could not load {path} (not a GGUF file, or truncated)")
+    model = load_vocab_only(gguf)
     try:
         return model_info(model)
     finally:

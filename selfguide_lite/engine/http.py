@@ -147,16 +147,9 @@ class HttpSampler(Sampler):
     def _load_vocab(self, path: Path) -> None:
         import llama_cpp
 
-        from .llamacpp import model_info, quiet_llama
+        from .llamacpp import load_vocab_only, model_info
 
-        if not path.is_file():
-            raise UserError(f"GGUF model not found: {path}")
-        quiet_llama()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.vocab_only = True
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
-        if not model:
-            raise UserError(f"llama.cpp could not load {path} (not a GGUF file, or truncated)")
+        model = load_vocab_only(path)
         self._vocab_model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self._info = model_info(model)

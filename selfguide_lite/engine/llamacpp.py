@@ -44,6 +44,23 @@ def load_llama(model_path: str | Path, n_ctx: int, n_threads: int | None, **kwar
         raise UserError(f"llama.cpp could not load {path}: {exc}") from None
 
 
+def load_vocab_only(model_path: str | Path):
+    """A GGUF's vocabulary and metadata without its weights (fast): a `llama_model` pointer that the
+    caller frees with `llama_model_free`. For tokenizing and reading the chat template."""
+    import llama_cpp
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise UserError(f"GGUF model not found: {path}")
+    quiet_llama()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise UserError(f"llama.cpp could not load {path} (not a GGUF file, or truncated)")
+    return model
+
+
 def model_info(model) -> ModelInfo:
     """Chat template and special-token texts of a loaded llama.cpp model (a `llama_model` pointer),
     read from its GGUF metadata and vocabulary. Both backends describe the student through this."""
