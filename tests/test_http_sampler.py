@@ -485,3 +485,34 @@ def test_synth_and_eval_commands_take_endpoints_and_match_local_sampling(servers
     remote_eval = json.loads(cli("eval", *common, *remote).strip().splitlines()[-1])
     local_eval = json.loads(cli("eval", *common).strip().splitlines()[-1])
     assert remote_eval["exact_match"] == local_eval["exact_match"] and remote_eval["n"] == local_eval["n"] == 10
+
+
+@pytest.mark.slow
+def test_loop_samples_the_base_student_on_the_servers_and_its_own_students_locally(student, tmp_path):
+    """`loop --endpoint`: the servers serve round 0's GGUF, so round-0 eval and round-1 synthesis go
+    there; the round-1 student (exported by the loop) is evaluated locally. The manifest says so."""
+    from selfguide_lite.demo import demo_task_path
+    from selfguide_lite.export import gguf_from_hf
+    from tests.conftest import CONFIG
+
+    run = tmp_path / "run"
+    base_gguf = gguf_from_hf(student, run / "round-0" / "model-q8_0.gguf", "q8_0")  # what the loop makes first
+    (tmp_path / "logs").mkdir()
+    procs = start_servers(base_gguf, tmp_path / "logs", 2)
+    try:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(CONFIG.replace("engine: {n_ctx: 2048}", "engine: {n_ctx: 2048, n_threads: 1}"))
+        res = subprocess.run([sys.executable, "-m", "selfguide_lite", "loop", "--task", str(demo_task_path()),
+                              "--model", str(student), "--rounds", "1", "--run-dir", str(run), "--config", str(cfg),
+                              "--endpoint", procs[0].url, "--endpoint", procs[1].url],
+                             capture_output=True, text=True, timeout=600)
+    finally:
+        stop_servers(procs)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "synthesising with the round-0 student (on 2 server(s))" in res.stdout
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    synth = stages["round-1/synth"]
+    assert synth["sampler"] == "endpoints" and sum(synth["served_by"].values()) > 0
+    assert len([n for n in synth["served_by"].values() if n > 0]) == 2
+    assert json.loads((run / "round-0" / "eval.json").read_text())["sampler"] == "endpoints"
+    assert json.loads((run / "round-1" / "eval.json").read_text())["sampler"].startswith("local llama.cpp")
