@@ -1,10 +1,11 @@
-"""The built-in offline demo: a small headline-topic task and a tiny student that knows its format.
+"""The tiny headline-topic student: a fast, real model for tests and the offline Self-Instruct demo.
 
-The demo student is a ~1M-parameter Llama pretrained for a few minutes on a procedurally generated
-corpus written in the task's own prompt formats (input-generation prompts followed by a headline of
-the asked topic, and task prompts followed by a label that is right only ~75% of the time). That
-gives every stage of the loop real material to work on; it is not a good model, and it is not meant
-to be. For real use pass `--model Qwen/Qwen2.5-0.5B-Instruct` or a local checkpoint.
+A ~1M-parameter Llama pretrained for a few minutes (or seconds, in tests) on a procedurally generated
+corpus in the headline task's own prompt formats (input-generation prompts followed by a headline of
+the asked topic, and task prompts followed by a label that is right only ~75% of the time). It gives
+every stage of the loop real material to work on quickly; it is not a good model, and its corpus
+is shaped like the pipeline's prompts, so it says nothing about whether self-training helps. The
+default Self-Guide demo uses `selfguide_lite.world` instead. `pretrain` here serves both students.
 """
 
 from __future__ import annotations
