@@ -40,7 +40,11 @@ DEMO_OVERRIDES = {
 
 
 _DEBUG = {"on": bool(os.environ.get("SELFGUIDE_DEBUG"))}
-_ARGV: list[str] = []  # this invocation's arguments, recorded in the run's manifest
+_ARGV: list[str] = []
+# `--endpoint`, shared by every command that samples (synth, instruct, eval, loop).
+EndpointOption = Annotated[
+    list[str] | None, typer.Option("--endpoint", help="OpenAI-compatible server URL to sample from (repeatable)")
+]  # this invocation's arguments, recorded in the run's manifest
 
 
 @app.callback()
@@ -87,7 +91,7 @@ def loop(
     quant: Annotated[str | None, typer.Option(help="q4_k_m, q8_0, f16 or f32")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --run-dir (the default when it exists)")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over in a new run directory (NAME-2, NAME-3, ...)")] = False,
-    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="OpenAI-compatible server URL to sample from (repeatable)")] = None,
+    endpoint: EndpointOption = None,
 ) -> None:
     """Run the whole loop. With no --task and no --model: the offline demo on a built-in task."""
     t0 = time.monotonic()
@@ -177,7 +181,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
     labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
-    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="OpenAI-compatible server URL to sample from (repeatable)")] = None,
+    endpoint: EndpointOption = None,
 ) -> None:
     """One Self-Guide synthesis: OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
     from .loop import run_synthesis
@@ -197,7 +201,7 @@ def instruct(
     num_instructions: Annotated[int | None, typer.Option(help="new instructions to accept [default: 200]")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
-    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="OpenAI-compatible server URL to sample from (repeatable)")] = None,
+    endpoint: EndpointOption = None,
 ) -> None:
     """Self-Instruct bootstrap: OUT/instances.jsonl, OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
     from .loop import run_self_instruct
@@ -252,7 +256,7 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(help="instances [default: 100]")] = None,
     out: Annotated[Path | None, typer.Option(help="write predictions + metrics here")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
-    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="OpenAI-compatible server URL to sample from (repeatable)")] = None,
+    endpoint: EndpointOption = None,
 ) -> None:
     """Greedy predictions on the task's held-out instances, and their metrics."""
     from .engine import open_sampler
