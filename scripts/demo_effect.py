@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfguide_lite import progress  # noqa: E402
-from selfguide_lite.cli import DEMO_OVERRIDES  # noqa: E402
 from selfguide_lite.config import load_config  # noqa: E402
+from selfguide_lite.demo import WORLD_PRESET  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
 from selfguide_lite.world import build_world_student, world_task_path  # noqa: E402
 
@@ -69,13 +69,13 @@ def main() -> int:
             run_dir = args.work / f"{variant}-seed{seed}"
             cfg = load_config(None, {"task": str(world_task_path()), "model": str(student), "run_dir": str(run_dir),
                                      "seed": seed, "loop": {"rounds": args.rounds}},
-                              _merge(DEMO_OVERRIDES, ABLATIONS[variant]))
+                              _merge(WORLD_PRESET, ABLATIONS[variant]))
             started = time.monotonic()
             summary = run_loop(cfg, log=lambda m: None)
             for k in range(args.rounds + 1):
                 rec = summary["rounds"].get(str(k), {})
                 m = rec.get("metrics")
-                em[variant][str(k)].append(m["exact_match"] if m else float("nan"))
+                em[variant][str(k)].append(m["test"]["exact_match"] if m and m.get("test") else float("nan"))
             print(f"{variant:>17} seed {seed}: " + "  ".join(
                 f"round {k} {em[variant][str(k)][-1]:5.1f}" for k in range(args.rounds + 1))
                 + f"  ({time.monotonic() - started:.0f}s)", flush=True)
@@ -83,7 +83,7 @@ def main() -> int:
     def gains(variant: str, k: int = 1) -> list[float]:
         return [b - a for a, b in zip(em[variant]["0"], em[variant][str(k)], strict=True)]
 
-    print(f"\nexact match on the held-out target task (world_sentiment, 100 instances), mean ± spread over "
+    print(f"\nexact match on the held-out target task (world_sentiment, its 50 test instances), mean ± spread over "
           f"seeds {args.seeds}")
     header = "".join(f"{f'round {k}':>16}" for k in range(args.rounds + 1))
     print(f"{'variant':>17}{header}{'round 1 - round 0':>20}")

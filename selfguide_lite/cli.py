@@ -20,6 +20,7 @@ import typer
 
 from .config import Config, load_config
 from .errors import UserError
+from .models import BUILTIN_STUDENTS
 
 app = typer.Typer(
     add_completion=False,
@@ -29,14 +30,9 @@ app = typer.Typer(
 )
 
 DEMO_MODEL_DIR = Path("models/demo-model")  # the tiny headline student (Self-Instruct demo, tests)
-WORLD_STUDENT_DIR = Path("models/world-student")  # the default demo's student (selfguide_lite/world.py)
-# The offline demo's counts: sized so two full rounds finish in a few minutes on 2 CPU cores.
-DEMO_OVERRIDES = {
-    "selfguide": {"wave_size": 50},
-    "train": {"quantization": "none", "batch_size": 8, "learning_rate": 1e-3, "epochs": 3},
-    "eval": {"limit": 100},
-    "engine": {"n_ctx": 2048},
-}
+WORLD_STUDENT_DIR = Path("models/world-student")  # the procedural world's student (selfguide_lite/world.py)
+STUDENT_HELP = (f"student: a built-in name ({', '.join(BUILTIN_STUDENTS)}), a GGUF file, a local HF checkpoint "
+                "directory, or a hub id")
 
 
 _DEBUG = {"on": bool(os.environ.get("SELFGUIDE_DEBUG"))}
@@ -74,7 +70,7 @@ def _config(config: Path | None, **overrides) -> Config:
 @app.command()
 def loop(
     task: Annotated[str | None, typer.Option(help="task file (Natural Instructions JSON or own YAML/JSON)")] = None,
-    model: Annotated[str | None, typer.Option(help="student: hub id or local HF checkpoint directory")] = None,
+    model: Annotated[str | None, typer.Option(help=STUDENT_HELP)] = None,
     rounds: Annotated[int | None, typer.Option(help="rounds after round 0 [default: 2]")] = None,
     run_dir: Annotated[str | None, typer.Option(help="run directory [default: runs/<task name>]")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
@@ -92,10 +88,14 @@ def loop(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --run-dir (the default when it exists)")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over in a new run directory (NAME-2, NAME-3, ...)")] = False,
     endpoint: EndpointOption = None,
+    demo: Annotated[str | None, typer.Option(help="with no --task/--model: smollm2 (the default) or world")] = None,
 ) -> None:
-    """Run the whole loop. With no --task and no --model: the offline demo on a built-in task."""
+    """Run the whole loop. With no --task and no --model: the offline demo (SmolLM2-135M-Instruct on a
+    Natural Instructions task shipped with the package)."""
     t0 = time.monotonic()
-    demo = task is None and model is None
+    is_demo = task is None and model is None
+    if demo is not None and not is_demo:
+        raise UserError("--demo runs a built-in demo: leave out --task and --model")
     _check_loop_options(method, task, seeds, eval_tasks, task_type, labels, num_inputs, num_instructions, resume, fresh)
     overrides = {
         "task": task, "model": model, "run_dir": run_dir, "seed": seed, "seeds": seeds,
@@ -108,26 +108,10 @@ def loop(
         "loop": {"rounds": rounds, "method": method, "train_from": train_from, "data": data},
     }
     preset = None
-    if demo:
-        preset = DEMO_OVERRIDES
-        if method == "self-instruct":
-            from .demo import build_demo_model, demo_task_path, seed_pool_path
+    if is_demo:
+        from .demo import demo_setup
 
-            _log("offline Self-Instruct demo: a tiny (~1M parameter) Llama student built here; it shows every stage "
-                 "running for real, it is not a useful model.")
-            overrides["model"] = str(build_demo_model(DEMO_MODEL_DIR, log=_log))
-            overrides["seeds"] = seeds or str(seed_pool_path())
-            overrides["eval_tasks"] = eval_tasks or [str(demo_task_path())]
-            overrides["run_dir"] = run_dir or "runs/demo-self-instruct"
-        else:
-            from .world import build_world_student, world_task_path
-
-            _log("offline demo: a small Llama student pretrained here on a procedural world of six sentence tasks "
-                 "(selfguide_lite/world.py),\nthen Self-Guide on the task it saw least (sentiment). For real use:\n"
-                 "  python -m selfguide_lite loop --task TASK.json --model Qwen/Qwen2.5-0.5B-Instruct")
-            overrides["model"] = str(build_world_student(WORLD_STUDENT_DIR, log=_log))
-            overrides["task"] = str(world_task_path())
-            overrides["run_dir"] = run_dir or "runs/demo"
+        preset = demo_setup(demo, method, overrides, log=_log, tiny_dir=DEMO_MODEL_DIR, world_dir=WORLD_STUDENT_DIR)
     cfg = load_config(config, overrides, preset)
     from .loop import default_run_dir, next_free_run_dir
 
@@ -143,15 +127,38 @@ def loop(
     summary = run_loop(cfg, _log, command="python -m selfguide_lite " + shlex.join(_ARGV))
     _log("")
     _log(f"done in {time.monotonic() - t0:.0f}s")
-    base = (summary["rounds"].get("0") or {}).get("metrics")
-    for k, rec in sorted(summary["rounds"].items(), key=lambda kv: int(kv[0])):
+    for line in summary_lines(summary):
+        _log(line)
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """Per round: training rows, validation and test scores (the primary metric first), promotion."""
+    rounds = sorted(summary["rounds"].items(), key=lambda kv: int(kv[0]))
+    metrics0 = (summary["rounds"].get("0") or {}).get("metrics") or {}
+    metric = metrics0.get("primary_metric", "exact_match")
+    name = {"exact_match": "exact match", "rougeL": "ROUGE-L"}[metric]
+    lines = [f"{name} per round (validation decides promotion; test is only reported):"]
+
+    def cell(m: dict | None, split: str) -> str:
+        s = (m or {}).get(split)
+        if not s:
+            return "-"
+        base = (metrics0.get(split) or {}).get("primary")
+        gain = f" ({s['primary'] - base:+.1f})" if base is not None and m is not metrics0 else ""
+        return f"{s['primary']:.1f}{gain}"
+
+    for k, rec in rounds:
         m = rec.get("metrics")
-        score = f"exact match {m['exact_match']:.1f}, ROUGE-L {m['rougeL']:.1f}" if m else rec.get("status")
-        gain = f", {m['primary'] - base['primary']:+.1f} vs round 0" if m and base and k != "0" else ""
-        _log(f"  round {k}: train rows {rec.get('train_size', '-')}, {score}{gain}"
-             f"{'' if rec.get('promoted') else ' (not promoted)'}")
-    _log(f"results: {summary['run_dir']}  (report: {summary['report']})")
-    _log(f"final student GGUF (round {summary['final_round']}): {summary['final_gguf']}")
+        state = "" if rec.get("promoted") else f"  not promoted ({rec.get('status')})"
+        rows = "" if k == "0" else f", {rec.get('train_size', 0)} training rows"
+        lines.append(f"  round {k}: validation {cell(m, 'validation')}, test {cell(m, 'test')}{rows}{state}")
+    gguf = Path(summary["final_gguf"])
+    modelfile = gguf.with_suffix(".Modelfile")
+    lines.append(f"final student (round {summary['final_round']}): {gguf}")
+    if modelfile.is_file():
+        lines.append(f"Ollama Modelfile: {modelfile}")
+    lines.append(f"report: {summary['report']}")
+    return lines
 
 
 def _check_loop_options(method, task, seeds, eval_tasks, task_type, labels, num_inputs, num_instructions,
@@ -214,7 +221,7 @@ def instruct(
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="training rows (JSON Lines with prompt, completion)")],
-    model: Annotated[str, typer.Option(help="base: hub id or local HF checkpoint")],
+    model: Annotated[str, typer.Option(help=STUDENT_HELP)],
     out: Annotated[Path, typer.Option(help="adapter output directory")],
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
     quantization: Annotated[str | None, typer.Option(help="nf4 (QLoRA) or none (16-bit LoRA)")] = None,
@@ -231,7 +238,7 @@ def train(
 
 @app.command()
 def export(
-    model: Annotated[str, typer.Option(help="base: hub id or local HF checkpoint")],
+    model: Annotated[str, typer.Option(help="the base the adapter was trained on: " + STUDENT_HELP[len("student: "):])],
     adapter: Annotated[Path, typer.Option(help="LoRA adapter directory")],
     out: Annotated[Path, typer.Option(help="output GGUF file")],
     quant: Annotated[str, typer.Option(help="q4_k_m, q8_0, f16 or f32")] = "q4_k_m",
@@ -239,38 +246,49 @@ def export(
     """Merge the adapter into the 16-bit base, convert to GGUF, quantize."""
     from .export import QUANT_TYPES
     from .export import export as do_export
-    from .train import resolve_model_source
+    from .models import resolve_model_source
 
     if quant not in QUANT_TYPES:
         raise UserError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"not a LoRA adapter directory (no adapter_config.json): {adapter}")
-    path = do_export(resolve_model_source(model), adapter, out, quant)
+    path = do_export(resolve_model_source(model, _log), adapter, out, quant)
     _log(f"wrote {path}")
 
 
 @app.command(name="eval")
 def eval_cmd(
     task: Annotated[str, typer.Option(help="task file")],
-    model: Annotated[str, typer.Option(help="student GGUF file")],
-    limit: Annotated[int | None, typer.Option(help="instances [default: 100]")] = None,
+    model: Annotated[str, typer.Option(help="student GGUF file, or a built-in student's name")],
+    split: Annotated[str, typer.Option(help="validation (for choosing anything) or test (only for reporting)")] = "test",
+    limit: Annotated[int | None, typer.Option(help="instances of the split [default: 100]")] = None,
     out: Annotated[Path | None, typer.Option(help="write predictions + metrics here")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
     endpoint: EndpointOption = None,
 ) -> None:
-    """Greedy predictions on the task's held-out instances, and their metrics."""
+    """Greedy predictions on one split of the task's held-out instances, and their metrics."""
     from .engine import open_sampler
     from .evaluate import evaluate
+    from .models import sampling_gguf
     from .store import write_json
-    from .tasks import load_task
+    from .tasks import SPLITS, load_task
 
-    cfg = _config(config, eval={"limit": limit}, engine={"endpoints": endpoint})
+    if split not in SPLITS:
+        raise UserError(f"--split must be validation or test, not {split!r}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, not {limit}")
+    size = {"validation_size": limit} if split == "validation" else {"test_size": limit}
+    cfg = _config(config, eval=size, engine={"endpoints": endpoint})
     t = load_task(task, cfg.task_type, cfg.labels)
-    with open_sampler(model, cfg.engine) as sampler:
-        result = evaluate(t, sampler, cfg.eval)
+    with open_sampler(sampling_gguf(model), cfg.engine) as sampler:
+        result = evaluate(t, sampler, cfg.eval, splits=(split,))
+    if result[split] is None:
+        raise UserError(f"task {t.name} has no {split} instances")
     if out:
         write_json(out, result)
-    _log(json.dumps({k: v for k, v in result.items() if k != "predictions"}))
+    scores = result[split]
+    _log(json.dumps({"task": t.name, "split": split, "n": scores["n"], "exact_match": scores["exact_match"],
+                     "rougeL": scores["rougeL"], "primary_metric": result["primary_metric"]}))
 
 
 @app.command()
@@ -278,9 +296,10 @@ def score(
     task: Annotated[str, typer.Option(help="task file")],
     predictions: Annotated[Path, typer.Option(help='JSON Lines rows {"id", "prediction"}')],
 ) -> None:
-    """Metrics over the instances named in the predictions file; prints one JSON object."""
+    """Metrics over the instances named in the predictions file; prints one JSON object, with the split
+    those instances belong to (validation, test, mixed, or other: held out but in neither split)."""
     from .evaluate import score_rows
-    from .tasks import load_task
+    from .tasks import SPLITS, load_task
 
     t = load_task(task)
     if not predictions.is_file():
@@ -297,7 +316,12 @@ def score(
             raise UserError(f'{predictions}:{n}: each row needs an "id"')
         rows.append(row)
     s = score_rows(t, rows)
-    print(json.dumps({"task": s["task"], "n": s["n"], "exact_match": s["exact_match"], "rougeL": s["rougeL"]}))
+    cfg = load_config(None)
+    member = {inst.id: name for name in SPLITS for inst in t.split(name, cfg.eval.validation_size, cfg.eval.test_size)}
+    found = {member.get(r["id"], "other") for r in rows}
+    split = found.pop() if len(found) == 1 else "mixed"
+    print(json.dumps({"task": s["task"], "split": split, "n": s["n"], "exact_match": s["exact_match"],
+                      "rougeL": s["rougeL"]}))
 
 
 @app.command(name="demo-model")

@@ -115,7 +115,8 @@ class ExportConfig(_Section):
 class EvalConfig(_Section):
     """Evaluation (SPEC 5)."""
 
-    limit: int = _f(100, "held-out instances scored per task", ge=1)
+    validation_size: int = _f(100, "validation instances per task (they decide promotion and settings)", ge=1)
+    test_size: int = _f(100, "test instances per task, disjoint from validation (only reported)", ge=0)
     constrain_labels: bool = _f(False, "decode only label strings (off: measure what the model writes)")
     max_tokens: int | None = _f(None, "max new tokens (null: 2x the longest reference, in tokens)")
 
@@ -127,7 +128,7 @@ class LoopConfig(_Section):
     method: Literal["self-guide", "self-instruct"] = _f("self-guide", "self-guide (one task) or self-instruct (general)")
     train_from: Literal["base", "previous"] = _f("base", "base: a fresh adapter on the original weights; previous: on the last student")
     data: Literal["latest", "accumulate"] = _f("latest", "latest: this round's rows; accumulate: every round's so far")
-    promote_tolerance: float = _f(1.0, "a round this many points below the best is kept but not promoted", ge=0)
+    promote_tolerance: float = _f(1.0, "a round this many validation points below the best is kept but not promoted", ge=0)
 
 
 class Config(_Section):

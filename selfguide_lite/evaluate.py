@@ -12,24 +12,29 @@ from .engine.base import Request, Sampler, SamplingParams
 from .errors import UserError
 from .metrics import score_predictions
 from .prompts import PromptFormat, task_prompt
-from .tasks import Task
+from .tasks import SPLITS, Instance, Task
+
+
+def split_instances(task: Task, cfg: EvalConfig, splits: tuple[str, ...] = SPLITS) -> dict[str, list[Instance]]:
+    """The task's held-out instances per split, sized by the config (validation decides, test reports)."""
+    return {name: task.split(name, cfg.validation_size, cfg.test_size) for name in splits}
 
 
 def predict(
     task: Task,
     sampler: Sampler,
+    instances: list[Instance],
     cfg: EvalConfig | None = None,
     prompt_fn: Callable[[Task, str], str] = task_prompt,
     fmt: PromptFormat | None = None,
     extra_stops: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """One greedy prediction per evaluation instance; all requests go to the sampler at once.
+    """One greedy prediction per instance; all requests go to the sampler at once.
 
     `fmt` defaults to the student's own format (its chat template when it has one).
     """
     cfg = cfg or EvalConfig()
     fmt = fmt or PromptFormat.from_info(sampler.info)
-    instances = task.eval_instances(cfg.limit)
     if not instances:
         raise UserError(f"task {task.name} has no evaluation instances")
     if cfg.max_tokens is not None:
@@ -53,7 +58,8 @@ def predict(
 
 def score_rows(task: Task, rows: list[dict[str, Any]], known: list | None = None) -> dict[str, Any]:
     """Metrics over the instances named in `rows`; an id not in the task is a user error."""
-    by_id = {inst.id: inst for inst in (known if known is not None else task.instances)}
+    pool = known if known is not None else task.instances + (task.validation_instances or [])
+    by_id = {inst.id: inst for inst in pool}
     unknown = [r["id"] for r in rows if r["id"] not in by_id]
     if unknown:
         raise UserError(f"prediction id {unknown[0]!r} is not an instance of task {task.name}")
@@ -63,16 +69,36 @@ def score_rows(task: Task, rows: list[dict[str, Any]], known: list | None = None
     return {"task": task.name, **scores}
 
 
+def primary_metric(task: Task) -> str:
+    return "exact_match" if task.is_classification else "rougeL"
+
+
 def evaluate(task: Task, sampler: Sampler, cfg: EvalConfig | None = None,
              prompt_fn: Callable[[Task, str], str] = task_prompt, fmt: PromptFormat | None = None,
-             extra_stops: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Predict and score; `primary` is exact match for classification, ROUGE-L for generation."""
-    n = len(task.eval_instances((cfg or EvalConfig()).limit))
-    with progress.bar(f"evaluating {task.name}", n, "instances", samples=True) as bar:
-        rows = predict(task, sampler, cfg, prompt_fn, fmt, extra_stops)
-    scores = score_rows(task, rows)
-    scores["primary_metric"] = "exact_match" if task.is_classification else "rougeL"
-    scores["primary"] = scores[scores["primary_metric"]]
-    progress.summary(f"evaluation of {task.name}: exact match {scores['exact_match']:.1f}, ROUGE-L "
-                     f"{scores['rougeL']:.1f} on {scores['n']} instances in {bar.seconds:.0f}s")
-    return {**scores, "predictions": rows}
+             extra_stops: tuple[str, ...] = (), splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
+    """Predict on every requested split in one batch, score each split apart.
+
+    Returns `{"task", "primary_metric", <split>: {n, exact_match, rougeL, primary, predictions}}`;
+    an empty split (a task with too few instances for a test set) is `None`. `primary` is exact match
+    for classification, ROUGE-L for generation."""
+    cfg = cfg or EvalConfig()
+    parts = split_instances(task, cfg, splits)
+    instances = [inst for name in splits for inst in parts[name]]
+    with progress.bar(f"evaluating {task.name}", len(instances), "instances", samples=True) as bar:
+        rows = predict(task, sampler, instances, cfg, prompt_fn, fmt, extra_stops)
+    metric = primary_metric(task)
+    result: dict[str, Any] = {"task": task.name, "primary_metric": metric}
+    start, said = 0, []
+    for name in splits:
+        n = len(parts[name])
+        chunk, start = rows[start:start + n], start + n
+        if not chunk:
+            result[name] = None
+            said.append(f"{name}: no instances")
+            continue
+        scores = score_rows(task, chunk)
+        result[name] = {"n": scores["n"], "exact_match": scores["exact_match"], "rougeL": scores["rougeL"],
+                        "primary": scores[metric], "predictions": chunk}
+        said.append(f"{name} ({scores['n']}): exact match {scores['exact_match']:.1f}, ROUGE-L {scores['rougeL']:.1f}")
+    progress.summary(f"evaluation of {task.name}: {'; '.join(said)} in {bar.seconds:.0f}s")
+    return result

@@ -27,7 +27,7 @@ from .store import atomic_dir, ensure_free_space, publish_mode
 
 QUANT_TYPES = ("q4_k_m", "q8_0", "f16", "f32")
 # Size of a GGUF relative to the f16 one it is quantized from (for the free-space check; a bit generous).
-QUANT_SIZE = {"q4_k_m": 0.36, "q8_0": 0.55, "f16": 1.0, "f32": 2.0}
+QUANT_SIZE = {"q4_k_m": 0.36, "q4_0": 0.3, "q8_0": 0.55, "f16": 1.0, "f32": 2.0}
 
 
 def _gguf_bytes(hf_dir: Path, outtype: str) -> int:
@@ -98,9 +98,10 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
     """Load the base in its own (16-bit or 32-bit) dtype, never 4-bit, merge the LoRA, save safetensors."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from .train import quiet_libraries, resolve_model_source
+    from .models import load_tokenizer, resolve_model_source
+    from .train import quiet_libraries
 
     quiet_libraries()
     source = resolve_model_source(base_model)
@@ -113,7 +114,7 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
     except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch, target modules absent, ...
         first = " ".join(str(exc).split())[:300]
         raise UserError(f"adapter {adapter_dir} does not match base {base_model}: {first}") from None
-    tok = AutoTokenizer.from_pretrained(str(adapter_dir) if (Path(adapter_dir) / "tokenizer_config.json").is_file() else source)
+    tok = load_tokenizer(str(adapter_dir) if (Path(adapter_dir) / "tokenizer_config.json").is_file() else source)
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -186,7 +187,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str = "q4_k_m", n_thr
     from .engine.llamacpp import quiet_llama
 
     quiet_llama()
-    ftypes = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+    ftypes = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
               "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16, "f32": llama_cpp.LLAMA_FTYPE_ALL_F32}
     if quant not in ftypes:
         raise UserError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
@@ -239,7 +240,7 @@ def export(base_model: str | Path, adapter_dir: str | Path, out_path: str | Path
     """Merge, convert, quantize: the GGUF at `out_path` is the next round's student."""
     out_path = Path(out_path)
     merged_dir = Path(merged_dir) if merged_dir else out_path.with_suffix("").with_name(out_path.stem + "-merged")
-    from .train import resolve_model_source
+    from .models import resolve_model_source
 
     check_exportable(resolve_model_source(base_model))
     with progress.bar("merging the adapter", 1, "steps") as bar:

@@ -25,6 +25,7 @@ from .engine.journal import JournaledSampler
 from .errors import UserError
 from .evaluate import evaluate
 from .export import export, gguf_from_hf
+from .models import fidelity_line, resolve_student
 from .prompts import PromptFormat
 from .report import write_report
 from .selfguide import synthesize
@@ -38,8 +39,8 @@ from .store import (
     write_json,
     write_jsonl,
 )
-from .tasks import Task, load_seed_pool, load_task
-from .train import TrainingDiverged, resolve_model_source, train_adapter
+from .tasks import SPLITS, Task, load_seed_pool, load_task
+from .train import TrainingDiverged, train_adapter
 
 Log = Callable[[str], None]
 JOURNAL = "journal.jsonl"  # every request's completions, keyed by request id; replayed on resume, kept as the record
@@ -93,7 +94,8 @@ def run_self_instruct(cfg: Config, seeds_path: str, student_gguf: Path, out_dir:
 
 
 def evaluate_student(cfg: Config, tasks: list[Task], gguf: Path, out_path: Path) -> dict[str, Any]:
-    """Evaluate on one task (Self-Guide) or several zero-shot (Self-Instruct); writes eval.json."""
+    """Evaluate on one task (Self-Guide) or several zero-shot (Self-Instruct), validation and test
+    apart; writes eval.json. Validation scores decide promotion; test scores are only reported."""
     kwargs: dict[str, Any] = {}
     if cfg.loop.method == "self-instruct":
         from .selfinstruct import zero_shot_prompt
@@ -106,23 +108,45 @@ def evaluate_student(cfg: Config, tasks: list[Task], gguf: Path, out_path: Path)
         for task in tasks:
             per_task.append(evaluate(task, sampler, cfg.eval, **kwargs))
         answered = sampler_record(cfg, sampler)
-    n = len(per_task)
-    summary = {
+    summary: dict[str, Any] = {
         "model": str(gguf),
-        "exact_match": sum(r["exact_match"] for r in per_task) / n,
-        "rougeL": sum(r["rougeL"] for r in per_task) / n,
-        "primary_metric": per_task[0]["primary_metric"] if n == 1 else "rougeL",
+        "primary_metric": per_task[0]["primary_metric"] if len(per_task) == 1 else "rougeL",
     }
-    summary["primary"] = summary[summary["primary_metric"]]
+    for split in SPLITS:
+        scored = [r[split] for r in per_task if r.get(split)]
+        summary[split] = None if not scored else {
+            "n": sum(r["n"] for r in scored),
+            "exact_match": sum(r["exact_match"] for r in scored) / len(scored),
+            "rougeL": sum(r["rougeL"] for r in scored) / len(scored),
+        }
+        if summary[split]:
+            summary[split]["primary"] = summary[split][summary["primary_metric"]]
+    if summary["validation"] is None:
+        raise UserError(f"no validation instances to evaluate on ({', '.join(t.name for t in tasks)})")
     summary.update(answered)
     summary["tasks"] = per_task
     write_json(out_path, summary)
     return {k: v for k, v in summary.items() if k != "tasks"}
 
 
-def should_promote(score: float, best_score: float, tolerance: float) -> bool:
-    """SPEC 4: a round more than `tolerance` points below the best so far is kept but not promoted."""
-    return score >= best_score - tolerance
+def score_line(scores: dict[str, Any]) -> str:
+    """'validation EM 52.0 / R-L 60.1, test EM 50.0 / R-L 58.3' for logs and summaries."""
+    parts = []
+    for split in SPLITS:
+        m = scores.get(split)
+        parts.append(f"{split} exact match {m['exact_match']:.1f}, ROUGE-L {m['rougeL']:.1f}" if m else f"{split} -")
+    return "; ".join(parts)
+
+
+def should_promote(validation_score: float, best_validation_score: float, tolerance: float) -> bool:
+    """A round more than `tolerance` validation points below the best so far is kept but not promoted.
+    Only validation scores come in here: the test set never chooses the student."""
+    return validation_score >= best_validation_score - tolerance
+
+
+def promoted_on_validation(scores: dict[str, Any], best_validation: float, tolerance: float) -> bool:
+    """The loop's promotion decision from a round's eval summary: its validation score, never its test score."""
+    return should_promote(scores["validation"]["primary"], best_validation, tolerance)
 
 
 def _use_chat_template(cfg: Config) -> bool:
@@ -177,7 +201,13 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
     manifest.data.update(method=method, model=cfg.model, task=cfg.task, seeds=cfg.seeds)
     if command:
         manifest.data.setdefault("commands", []).append(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {command}")
-    base = resolve_model_source(cfg.model)
+    source = resolve_student(cfg.model, log)  # a GGUF student is imported here, once (cached)
+    base = source.hf_dir
+    if source.imported and manifest.data.get("import", {}).get("sha256") != source.imported["sha256"]:
+        record = {k: v for k, v in source.imported.items() if k != "cached"}
+        manifest.data["import"] = record  # recorded with the run; printed once (a fresh import printed it)
+        if source.imported["cached"]:
+            log(fidelity_line(Path(record["source"]).name, record["fidelity"]))
     base_hash = file_hash(base)
     tasks_hash = value_hash([file_hash(p) for p in task_files] + [cfg.task_type, cfg.labels])
     eval_hash = value_hash(cfg.eval.model_dump())
@@ -189,19 +219,23 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
     engine_hash = value_hash(cfg.engine.model_dump(exclude={"endpoints", "timeout_s", "retries"}))
 
     log(f"run directory: {run_dir}")
-    # Round 0: the base as it is.
+    # Round 0: the base as it is. A student given as a GGUF is sampled from that very file (no second
+    # quantization); a checkpoint is converted and quantized first.
     r0 = run_dir / "round-0"
-    base_gguf = r0 / gguf_name
-    manifest.run_stage("round-0/export", {"model": base_hash, "quant": cfg.export.quant}, [base_gguf],
-                       partial(_base_export_stage, base, base_gguf, cfg), log)
+    if source.gguf is not None:
+        base_gguf = source.gguf
+    else:
+        base_gguf = r0 / gguf_name
+        manifest.run_stage("round-0/export", {"model": base_hash, "quant": cfg.export.quant}, [base_gguf],
+                           partial(_base_export_stage, base, base_gguf, cfg), log)
     rec = manifest.run_stage("round-0/eval", {"gguf": file_hash(base_gguf), "tasks": tasks_hash, "eval": eval_hash},
                              [r0 / "eval.json"], partial(evaluate_student, cfg, tasks, base_gguf, r0 / "eval.json"), log)
     score0 = read_json(r0 / "eval.json")
-    log(f"round 0 (base): exact match {score0['exact_match']:.1f}  ROUGE-L {score0['rougeL']:.1f}")
-    manifest.data["rounds"]["0"] = {"status": "done", "gguf": str(base_gguf.relative_to(run_dir)),
+    log(f"round 0 (base): {score_line(score0)}")
+    manifest.data["rounds"]["0"] = {"status": "done", "gguf": _in_run(base_gguf, run_dir),
                                     "metrics": _metrics(score0), "promoted": True, "seconds": rec.get("seconds")}
     manifest.save()
-    student = best = Student(0, base_gguf, base, score0["primary"])
+    student = best = Student(0, base_gguf, base, score0["validation"]["primary"])
 
     for k in range(1, cfg.loop.rounds + 1):
         rk = run_dir / f"round-{k}"
@@ -256,19 +290,20 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
             f"round-{k}/eval", {"gguf": file_hash(gguf), "tasks": tasks_hash, "eval": eval_hash},
             [rk / "eval.json"], partial(evaluate_student, local_cfg, tasks, gguf, rk / "eval.json"), log)
         scores = read_json(rk / "eval.json")
-        promoted = should_promote(scores["primary"], best.score, cfg.loop.promote_tolerance)
-        log(f"round {k}: exact match {scores['exact_match']:.1f}  ROUGE-L {scores['rougeL']:.1f}  "
-            f"({'promoted' if promoted else f'not promoted: below best {best.score:.1f} by more than {cfg.loop.promote_tolerance}'})")
-        manifest.data["rounds"][str(k)] = {**round_rec, "status": "done", "gguf": str(gguf.relative_to(run_dir)),
+        promoted = promoted_on_validation(scores, best.score, cfg.loop.promote_tolerance)
+        log(f"round {k}: {score_line(scores)}  ("
+            + ("promoted" if promoted else f"not promoted: validation below the best {best.score:.1f} by more than "
+               f"{cfg.loop.promote_tolerance}") + ")")
+        manifest.data["rounds"][str(k)] = {**round_rec, "status": "done", "gguf": _in_run(gguf, run_dir),
                                            "metrics": _metrics(scores), "promoted": promoted}
         if promoted:
-            student = Student(k, gguf, str(merged), scores["primary"])
+            student = Student(k, gguf, str(merged), scores["validation"]["primary"])
             if student.score > best.score:
                 best = student
         manifest.save()
 
     manifest.data["final"] = {"round": student.round, "gguf": str(student.gguf),
-                              "best_round": best.round, "best_score": best.score}
+                              "best_round": best.round, "best_validation_score": best.score}
     manifest.save()
     report = write_report(run_dir)
     return {"run_dir": str(run_dir), "final_gguf": str(student.gguf), "final_round": student.round,
@@ -298,8 +333,17 @@ def _export_stage(base: str, adapter: Path, gguf: Path, merged: Path, cfg: Confi
     return {"gguf": str(export(base, adapter, gguf, cfg.export.quant, merged, cfg.export.keep_f16_gguf))}
 
 
+def _in_run(path: Path, run_dir: Path) -> str:
+    """A path relative to the run directory when inside it (the run can move), else absolute."""
+    try:
+        return str(path.relative_to(run_dir))
+    except ValueError:
+        return str(path.resolve())
+
+
 def _metrics(scores: dict[str, Any]) -> dict[str, Any]:
-    return {k: scores[k] for k in ("exact_match", "rougeL", "primary_metric", "primary")}
+    """A round's scores in the manifest: the primary metric's name, then validation and test apart."""
+    return {"primary_metric": scores["primary_metric"], **{split: scores[split] for split in SPLITS}}
 
 
 def clean_partial(run_dir: Path) -> None:

@@ -56,16 +56,20 @@ def _table(header: list[str], rows: list[list[Any]], raw: bool = False) -> str:
 
 
 def scores_plot(rounds: list[tuple[int, dict[str, Any]]]) -> str:
-    points = [(k, rec) for k, rec in rounds if rec.get("metrics")]
+    """The primary metric per round, validation (decides promotion) and test (only reported)."""
+    points = [(k, rec) for k, rec in rounds if (rec.get("metrics") or {}).get("validation")]
     if not points:
         return "<p>no round has been evaluated yet</p>"
     fig, ax = _figure(6.4, 3.2)
     xs = [k for k, _ in points]
-    for key, label, colour in (("exact_match", "exact match", BLUE), ("rougeL", "ROUGE-L", GREY)):
-        ax.plot(xs, [rec["metrics"][key] for _, rec in points], marker="o", color=colour, label=label)
     primary = points[0][1]["metrics"]["primary_metric"]
+    for split, colour in (("validation", BLUE), ("test", GREY)):
+        ys = [(rec["metrics"].get(split) or {}).get("primary") for _, rec in points]
+        if all(y is None for y in ys):
+            continue
+        ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", color=colour, label=split)
     for k, rec in points:
-        y = rec["metrics"][primary]
+        y = rec["metrics"]["validation"]["primary"]
         ax.annotate(f"{y:.1f}", (k, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
         if not rec.get("promoted"):
             ax.plot([k], [y], marker="x", color=RED, markersize=11, mew=2)
@@ -74,7 +78,7 @@ def scores_plot(rounds: list[tuple[int, dict[str, Any]]]) -> str:
     ax.set_ylabel("score")
     ax.plot([], [], marker="x", color=RED, linestyle="none", label="not promoted")
     ax.legend(loc="lower right", fontsize=8, frameon=False)
-    ax.set_title(f"scores per round (primary: {primary})", fontsize=10)
+    ax.set_title(f"{primary} per round (validation decides promotion; test only reported)", fontsize=10)
     return _png(fig)
 
 
@@ -179,10 +183,14 @@ def write_report(run_dir: str | Path) -> Path:
     score_rows = []
     for k, rec in rounds:
         m = rec.get("metrics") or {}
+
+        def cell(split: str, key: str, m: dict = m) -> str:
+            return f"{m[split][key]:.1f}" if m.get(split) else "-"
+
         score_rows.append([
             k, rec.get("status", ""), rec.get("train_size", "-"),
-            f"{m['exact_match']:.1f}" if m else "-", f"{m['rougeL']:.1f}" if m else "-",
-            "yes" if rec.get("promoted") else "no", rec.get("gguf", "-"),
+            cell("validation", "exact_match"), cell("validation", "rougeL"), cell("test", "exact_match"),
+            cell("test", "rougeL"), "yes" if rec.get("promoted") else "no", rec.get("gguf", "-"),
         ])
 
     funnels, balances, examples = [], [], []
@@ -208,7 +216,14 @@ def write_report(run_dir: str | Path) -> Path:
                   for name, s in stages.items()]
     commands = manifest.get("commands") or []
     summary = (f"final student: round {final.get('round')} ({_esc(final.get('gguf'))}); best round "
-               f"{final.get('best_round')} with {final.get('best_score', 0):.1f}") if final else "the run has not finished"
+               f"{final.get('best_round')} with {final.get('best_validation_score', 0):.1f} on validation") \
+        if final else "the run has not finished"
+    imported = manifest.get("import")
+    import_note = "" if not imported else "<p>" + _esc(
+        f"student imported from {Path(imported['source']).name} ({imported['quantization']}) in {imported['seconds']}s; "
+        f"fidelity against llama.cpp on that file: top-1 agreement {imported['fidelity']['top1_agreement'] * 100:.1f}% "
+        f"over {imported['fidelity']['positions']} positions, largest logit difference "
+        f"{imported['fidelity']['max_abs_logit_diff']:.3g}") + "</p>"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>selfguide_lite run {_esc(run_dir.name)}</title>
 <style>
@@ -224,7 +239,9 @@ task <b>{_esc(manifest.get('task') or manifest.get('seeds'))}</b></p>
 <nav><a href="#scores">scores</a><a href="#funnel">data funnel</a><a href="#balance">class balance</a>
 <a href="#examples">examples</a><a href="#time">time</a><a href="#config">command &amp; configuration</a></nav>
 <h2 id="scores">Scores per round</h2>
-{_table(["round", "status", "train rows", "exact match", "ROUGE-L", "promoted", "GGUF"], score_rows)}
+{_table(["round", "status", "train rows", "validation exact match", "validation ROUGE-L", "test exact match",
+         "test ROUGE-L", "promoted", "GGUF"], score_rows)}
+{import_note}
 {scores_plot(rounds)}
 <h2 id="funnel">Data funnel</h2>
 {''.join(funnels) or '<p>no synthesis yet</p>'}

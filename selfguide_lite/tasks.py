@@ -18,7 +18,9 @@ from .errors import UserError
 
 TaskType = Literal["classification", "generation"]
 MAX_LABELS = 10
-DEFAULT_EVAL_LIMIT = 100
+DEFAULT_VALIDATION_SIZE = 100
+DEFAULT_TEST_SIZE = 100
+SPLITS = ("validation", "test")
 
 
 @dataclass(frozen=True)
@@ -42,16 +44,46 @@ class Task:
     type: TaskType
     labels: list[str] = field(default_factory=list)
     instances: list[Instance] = field(default_factory=list)
+    # An own task file may give its validation instances apart (`validation:`); otherwise the
+    # held-out `instances` are split (see `split`).
+    validation_instances: list[Instance] | None = None
 
     @property
     def is_classification(self) -> bool:
         return self.type == "classification"
 
-    def eval_instances(self, limit: int | None = DEFAULT_EVAL_LIMIT) -> list[Instance]:
-        """The official protocol: the first `limit` instances, skipping any that repeat a demo input."""
-        demo_inputs = {d.input.strip() for d in self.demos}
-        kept = [i for i in self.instances if i.input.strip() not in demo_inputs]
-        return kept if limit is None else kept[:limit]
+    def split(self, name: str, validation_size: int = DEFAULT_VALIDATION_SIZE,
+              test_size: int = DEFAULT_TEST_SIZE) -> list[Instance]:
+        """Held-out instances of one split, deterministic and disjoint.
+
+        Instances repeating a demo input are skipped. Validation is the first `validation_size` of
+        them and test the next `test_size`, skipping any whose input already is a validation input
+        (or, when the file gives `validation:` apart, the first `test_size` of `instances` not in
+        validation). Validation decides (promotion, settings); test is only reported."""
+        if name not in SPLITS:
+            raise UserError(f"unknown split {name!r}: validation or test")
+        demo_inputs = {_norm(d.input) for d in self.demos}
+        pool = [i for i in self.instances if _norm(i.input) not in demo_inputs]
+        if self.validation_instances is not None:
+            validation = [i for i in self.validation_instances if _norm(i.input) not in demo_inputs][:validation_size]
+            rest = pool
+        else:
+            validation, rest = pool[:validation_size], pool[validation_size:]
+        if name == "validation":
+            return validation
+        seen = {_norm(i.input) for i in validation}
+        test = []
+        for inst in rest:
+            if len(test) >= test_size:
+                break
+            if _norm(inst.input) not in seen:
+                seen.add(_norm(inst.input))
+                test.append(inst)
+        return test
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
 
 
 @dataclass(frozen=True)
@@ -163,21 +195,28 @@ def _load_own(data: dict, path: Path, task_type: str | None, labels: list[str] |
     demos = [Demo(str(e["input"]), str(e["output"])) for e in _examples(data.get("examples"), f"{path}: examples")]
     if not demos:
         raise UserError(f"{path}: 'examples' is empty (a task needs at least one input/output example)")
-    instances = []
-    for n, item in enumerate(_examples(data.get("eval"), f"{path}: eval")):
-        outs = tuple(str(o) for o in item["outputs"]) if "outputs" in item else (str(item["output"]),)
-        instances.append(Instance(str(item.get("id", f"{name}-{n}")), str(item["input"]), outs))
+    instances = _own_instances(data.get("eval"), f"{path}: eval", name)
+    validation = _own_instances(data["validation"], f"{path}: validation", f"{name}-validation") \
+        if data.get("validation") is not None else None
     declared_type = task_type or data.get("type")
     declared_labels = labels or data.get("labels")
     if declared_labels is not None and not (isinstance(declared_labels, list) and all(isinstance(x, str | int | float) for x in declared_labels)):
         raise UserError(f"{path}: 'labels' must be a list of strings")
     declared_labels = [str(x) for x in declared_labels] if declared_labels else None
     try:
-        first_refs = [i.outputs[0] for i in instances if i.outputs]
+        first_refs = [i.outputs[0] for i in (validation or []) + instances if i.outputs]
         ttype, labs = _infer_type_and_labels(first_refs, [d.output for d in demos], declared_type, declared_labels)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
-    return Task(str(data.get("name", name)), instruction.strip(), demos, ttype, labs, instances)
+    return Task(str(data.get("name", name)), instruction.strip(), demos, ttype, labs, instances, validation)
+
+
+def _own_instances(items: object, where: str, prefix: str) -> list[Instance]:
+    instances = []
+    for n, item in enumerate(_examples(items, where)):
+        outs = tuple(str(o) for o in item["outputs"]) if "outputs" in item else (str(item["output"]),)
+        instances.append(Instance(str(item.get("id", f"{prefix}-{n}")), str(item["input"]), outs))
+    return instances
 
 
 def load_task(path: str | Path, task_type: str | None = None, labels: list[str] | None = None) -> Task:

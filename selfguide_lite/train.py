@@ -27,6 +27,7 @@ from typing import Any
 from . import progress
 from .config import TrainConfig
 from .errors import UserError
+from .models import load_tokenizer, resolve_model_source
 from .prompts import PromptFormat
 from .store import atomic_dir, read_json, read_jsonl, value_hash, write_json
 
@@ -39,40 +40,6 @@ class EmptyTrainingSet(UserError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN/inf or exploded: the adapter is worthless and no adapter is written."""
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-
-
-def resolve_model_source(model: str | Path) -> str:
-    """A local checkpoint directory, or a hub id fetched (safetensors + tokenizer only) to the HF cache."""
-    path = Path(model)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} is not a Hugging Face checkpoint (no config.json)")
-        if not any(path.glob("*.safetensors")):
-            raise UserError(f"{path} has no .safetensors weights (only safetensors are loaded)")
-        if not any((path / name).is_file() for name in TOKENIZER_FILES):
-            raise UserError(f"{path} has no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})")
-        return str(path)
-    if str(model).endswith(".gguf"):
-        raise UserError(f"{model}: training needs the 16-bit HF checkpoint, not a GGUF file")
-    if path.exists() or str(model).startswith((".", "/")) or str(model).count("/") != 1:
-        raise UserError(f"model not found: {model} (give a local checkpoint directory or a hub id like org/name)")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(
-            str(model),
-            allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"],
-        )
-    except Exception as exc:  # network, auth, missing repo: all user-facing
-        kind = exc.__class__.__name__
-        if kind in ("LocalEntryNotFoundError", "ConnectError", "ConnectionError", "OfflineModeIsEnabled") \
-                or "offline" in str(exc).lower() or "connect" in str(exc).lower():
-            raise UserError(f"could not reach the Hugging Face hub for {model} ({kind}); offline? download it on a "
-                            "connected machine (huggingface-cli download ...) and pass the local directory") from None
-        raise UserError(f"could not fetch {model} from the Hugging Face hub: {kind}: {' '.join(str(exc).split())[:200]}") from None
 
 
 def choose_backend(cfg: TrainConfig) -> str:
@@ -141,12 +108,12 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
     import torch
     from datasets import Dataset
     from peft import LoraConfig, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
-    tok = AutoTokenizer.from_pretrained(source)
+    tok = load_tokenizer(source)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     fmt = _format_for(tok, use_chat_template)
@@ -161,8 +128,8 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
         load_kwargs["dtype"] = compute
         if on_gpu:
             load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # DDP: one GPU per process
-    else:
-        load_kwargs["dtype"] = "auto"
+    else:  # 16-bit weights train in float32 on a CPU (fast kernels; stable fp16-free optimizer state)
+        load_kwargs["dtype"] = "auto" if on_gpu else torch.float32
     model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
     if cfg.quantization == "nf4":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -223,11 +190,14 @@ def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainCon
 
 def quiet_libraries() -> None:
     """Training should print our one-line progress, not progress bars and deprecation notices."""
+    import logging
     import warnings
 
     import datasets
     import transformers
 
+    # bitsandbytes logs a missing optional CPU kernel package at import, though 16-bit LoRA never uses it
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
@@ -291,7 +261,7 @@ def train_adapter(
     """
     cfg = cfg or TrainConfig()
     rows = load_rows(data_path)
-    source = resolve_model_source(model)
+    source = resolve_model_source(model, log)
     backend = choose_backend(cfg)
     out_dir = Path(out_dir)
     work_dir = out_dir.with_name(out_dir.name + ".checkpoints")

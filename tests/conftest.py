@@ -69,7 +69,7 @@ def tiny_qwen2(tmp_path_factory) -> Path:
 CONFIG = (
     "selfguide: {num_inputs: 36, wave_size: 12, num_samples: 4, length_filter: false, balance: false}\n"
     "train: {quantization: none, epochs: 3, batch_size: 2, learning_rate: 1.0e-3}\n"
-    "eval: {limit: 8}\nengine: {n_ctx: 2048}\nexport: {quant: q8_0}\n"
+    "eval: {validation_size: 8, test_size: 4}\nengine: {n_ctx: 2048}\nexport: {quant: q8_0}\n"
 )
 
 

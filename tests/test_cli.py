@@ -50,7 +50,8 @@ def test_score_prints_one_json_object_and_rejects_unknown_ids(tmp_path):
     out = run_cli("score", "--task", str(task), "--predictions", str(preds))
     assert out.returncode == 0, out.stderr
     obj = json.loads(out.stdout)
-    assert obj == {"task": "task190_snli_classification", "n": 4, "exact_match": 50.0, "rougeL": 50.0}
+    # the first instances of an NI file are its validation split
+    assert obj == {"task": "task190_snli_classification", "split": "validation", "n": 4, "exact_match": 50.0, "rougeL": 50.0}
     preds.write_text(json.dumps({"id": "nope", "prediction": "E"}) + "\n")
     bad = run_cli("score", "--task", str(task), "--predictions", str(preds))
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "nope" in bad.stderr
@@ -66,7 +67,7 @@ def test_loop_one_round_end_to_end(tmp_path):
     cfg.write_text(
         "selfguide: {num_inputs: 24, wave_size: 12, num_samples: 4}\n"
         "train: {quantization: none, epochs: 1, batch_size: 4, learning_rate: 1.0e-3}\n"
-        "eval: {limit: 12}\nengine: {n_ctx: 2048}\n"
+        "eval: {validation_size: 12, test_size: 6}\nengine: {n_ctx: 2048}\n"
         # Keep every candidate: this test checks the plumbing, not the tiny model's quality.
         "selfguide:\n  num_inputs: 24\n  wave_size: 12\n  num_samples: 4\n  length_filter: false\n  balance: false\n"
     )
@@ -85,7 +86,8 @@ def test_loop_one_round_end_to_end(tmp_path):
     assert len(train_rows) == manifest["rounds"]["1"]["train_size"] > 0
     for r in (0, 1):
         ev = json.loads((run_dir / f"round-{r}" / "eval.json").read_text())
-        assert {"exact_match", "rougeL"} <= set(ev) and ev["tasks"][0]["n"] == 12
+        assert ev["validation"]["n"] == 12 and ev["test"]["n"] == 6
+        assert {"exact_match", "rougeL", "primary"} <= set(ev["validation"]) and ev["tasks"][0]["validation"]["n"] == 12
     gguf = run_dir / "round-1" / "model-q4_k_m.gguf"
     from selfguide_lite.engine.llamacpp import load_llama
 
@@ -135,7 +137,7 @@ def test_self_instruct_loop_survives_a_round_without_data(demo_student_gguf, tmp
 
     model, _ = demo_student_gguf
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("selfinstruct: {num_instructions: 4, wave_size: 4, max_tokens: 64}\neval: {limit: 6}\n"
+    cfg.write_text("selfinstruct: {num_instructions: 4, wave_size: 4, max_tokens: 64}\neval: {validation_size: 6, test_size: 0}\n"
                    "export: {quant: q8_0}\nengine: {n_ctx: 2048}\n")
     res = run_cli("loop", "--method", "self-instruct", "--seeds", str(seed_pool_path()), "--eval-tasks",
                   str(demo_task_path()), "--model", str(model), "--rounds", "1", "--run-dir", str(tmp_path / "run"),

@@ -467,7 +467,7 @@ def test_synth_and_eval_commands_take_endpoints_and_match_local_sampling(servers
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("selfguide: {num_inputs: 16, wave_size: 8, num_samples: 3, length_filter: false}\n"
-                   "engine: {n_ctx: 2048, n_threads: 1}\neval: {limit: 10}\n")
+                   "engine: {n_ctx: 2048, n_threads: 1}\neval: {validation_size: 10, test_size: 10}\n")
 
     def cli(*args: str) -> str:
         res = subprocess.run([sys.executable, "-m", "selfguide_lite", *args, "--config", str(cfg)],
@@ -485,6 +485,7 @@ def test_synth_and_eval_commands_take_endpoints_and_match_local_sampling(servers
     remote_eval = json.loads(cli("eval", *common, *remote).strip().splitlines()[-1])
     local_eval = json.loads(cli("eval", *common).strip().splitlines()[-1])
     assert remote_eval["exact_match"] == local_eval["exact_match"] and remote_eval["n"] == local_eval["n"] == 10
+    assert remote_eval["split"] == local_eval["split"] == "test"
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ def test_natural_instructions_generation_and_override():
     assert forced.type == "classification" and forced.labels == ["a", "b"]
 
 
-def test_eval_instances_skip_demo_inputs_and_limit(tmp_path):
+def test_splits_skip_demo_inputs_and_take_their_sizes(tmp_path):
     doc = {
         "instruction": "Say yes or no.",
         "examples": [{"input": "is it?", "output": "yes"}],
@@ -37,9 +37,10 @@ def test_eval_instances_skip_demo_inputs_and_limit(tmp_path):
     path.write_text(json.dumps(doc))
     task = load_task(path)
     assert task.type == "classification" and task.labels == ["yes", "no"]
-    inst = task.eval_instances(3)
+    inst = task.split("validation", 3, 2)
     assert [i.input for i in inst] == ["q0", "q1", "q2"]
     assert inst[0].outputs == ("no", "nope")
+    assert [i.input for i in task.split("test", 3, 2)] == ["q3", "q4"]
 
 
 def test_own_yaml_task_with_declared_type(tmp_path):

