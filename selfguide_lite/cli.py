@@ -295,6 +295,7 @@ def eval_cmd(
 def score(
     task: Annotated[str, typer.Option(help="task file")],
     predictions: Annotated[Path, typer.Option(help='JSON Lines rows {"id", "prediction"}')],
+    config: Annotated[Path | None, typer.Option(help="YAML configuration file (its eval split sizes)")] = None,
 ) -> None:
     """Metrics over the instances named in the predictions file; prints one JSON object, with the split
     those instances belong to (validation, test, mixed, or other: held out but in neither split)."""
@@ -316,7 +317,7 @@ def score(
             raise UserError(f'{predictions}:{n}: each row needs an "id"')
         rows.append(row)
     s = score_rows(t, rows)
-    cfg = load_config(None)
+    cfg = load_config(config)
     member = {inst.id: name for name in SPLITS for inst in t.split(name, cfg.eval.validation_size, cfg.eval.test_size)}
     found = {member.get(r["id"], "other") for r in rows}
     split = found.pop() if len(found) == 1 else "mixed"

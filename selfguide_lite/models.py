@@ -43,6 +43,7 @@ BUILTIN_STUDENTS = {
 DEFAULT_STUDENT = "smollm2-135m-instruct"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 IMPORT_RECORD = "selfguide_import.json"  # written last into an imported checkpoint: its presence marks it complete
+IMPORTER_VERSION = 2  # bump when the importer's output changes: older imports are then redone
 
 
 def models_dir() -> Path:
@@ -168,7 +169,7 @@ def import_gguf(gguf_path: str | Path, cache: Path | None = None, log: Log | Non
     record_path = dest / IMPORT_RECORD
     if record_path.is_file():
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("sha256") == digest:
+        if record.get("sha256") == digest and record.get("importer") == IMPORTER_VERSION:
             return dest, {**record, "cached": True}
     f = GGUFFile(path)
     if f.architecture not in SUPPORTED_ARCHITECTURES:
@@ -176,7 +177,7 @@ def import_gguf(gguf_path: str | Path, cache: Path | None = None, log: Log | Non
                         f"{', '.join(SUPPORTED_ARCHITECTURES)}); give its Hugging Face checkpoint instead")
     (log or (lambda m: None))(f"importing {path.name} into a 16-bit checkpoint (once; cached in {dest})")
     t0 = time.monotonic()
-    record = write_checkpoint(f, dest, digest)
+    record = {**write_checkpoint(f, dest, digest), "importer": IMPORTER_VERSION}
     record["seconds"] = round(time.monotonic() - t0, 1)
     from .store import atomic_write_text
 

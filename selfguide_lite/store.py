@@ -21,7 +21,7 @@ from typing import Any
 from .errors import UserError
 
 BIG_FILE = 64 * 1024 * 1024  # above this, hash size + head + tail instead of every byte
-RUN_FORMAT = 1  # layout version of a run directory; bump when an old run cannot be resumed as is
+RUN_FORMAT = 2  # layout version of a run directory; bump when an old run cannot be resumed as is
 DISK_MARGIN = 64 * 1024 * 1024  # kept free beyond an estimate, for logs, manifests and rounding
 
 

@@ -82,7 +82,7 @@ def test_sigkill_mid_synthesis_training_and_export_then_resume(student, referenc
     llama = load_llama(r1 / "model-q8_0.gguf", n_ctx=256, n_threads=2)
     assert llama.n_vocab() > 0
     llama.close()
-    assert json.loads((r1 / "eval.json").read_text())["tasks"][0]["n"] == 8
+    assert json.loads((r1 / "eval.json").read_text())["tasks"][0]["validation"]["n"] == 8
 
 
 @pytest.mark.slow
