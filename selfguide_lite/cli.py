@@ -21,6 +21,7 @@ import typer
 from .config import Config, load_config
 from .errors import UserError
 from .models import BUILTIN_STUDENTS
+from .store import output_dir, output_file
 
 app = typer.Typer(
     add_completion=False,
@@ -113,16 +114,9 @@ def loop(
 
         preset = demo_setup(demo, method, overrides, log=_log, tiny_dir=DEMO_MODEL_DIR, world_dir=WORLD_STUDENT_DIR)
     cfg = load_config(config, overrides, preset)
-    from .loop import default_run_dir, next_free_run_dir
+    from .loop import resolve_run_dir, run_loop
 
-    chosen = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
-    if fresh and chosen.exists() and any(chosen.iterdir()):
-        chosen = next_free_run_dir(chosen)
-        _log(f"--fresh: starting over in {chosen}")
-    if resume and not (chosen / "manifest.json").is_file():
-        raise UserError(f"--resume: no run to resume in {chosen} (no manifest.json)")
-    cfg = cfg.model_copy(update={"run_dir": str(chosen)})
-    from .loop import run_loop
+    cfg = cfg.model_copy(update={"run_dir": str(resolve_run_dir(cfg, fresh=fresh, resume=resume, log=_log))})
 
     summary = run_loop(cfg, _log, command="python -m selfguide_lite " + shlex.join(_ARGV))
     _log("")
@@ -194,6 +188,7 @@ def synth(
     from .loop import run_synthesis
     from .tasks import load_task
 
+    output_dir(out)
     cfg = _config(config, selfguide={"num_inputs": num_inputs}, engine={"endpoints": endpoint})
     t = load_task(task, task_type, [x.strip() for x in labels.split(",")] if labels else None)
     stats = run_synthesis(cfg, t, Path(model), out, seed)
@@ -213,6 +208,7 @@ def instruct(
     """Self-Instruct bootstrap: OUT/instances.jsonl, OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
     from .loop import run_self_instruct
 
+    output_dir(out)
     cfg = _config(config, selfinstruct={"num_instructions": num_instructions}, engine={"endpoints": endpoint})
     stats = run_self_instruct(cfg, seeds, Path(model), out, seed)
     _log(json.dumps(stats, indent=2))
@@ -231,6 +227,7 @@ def train(
     """QLoRA (or 16-bit LoRA) with completion-only loss."""
     from .train import train_adapter
 
+    output_dir(out, "adapter directory")
     cfg = _config(config, train={"quantization": quantization, "backend": backend, "epochs": epochs})
     info = train_adapter(data, model, out, cfg.train, _log)
     _log(json.dumps(info, indent=2))
@@ -250,6 +247,7 @@ def export(
 
     if quant not in QUANT_TYPES:
         raise UserError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    output_file(out, "output GGUF")
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"not a LoRA adapter directory (no adapter_config.json): {adapter}")
     path = do_export(resolve_model_source(model, _log), adapter, out, quant)
@@ -277,13 +275,16 @@ def eval_cmd(
         raise UserError(f"--split must be validation or test, not {split!r}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, not {limit}")
+    if out:
+        output_file(out)
     size = {"validation_size": limit} if split == "validation" else {"test_size": limit}
     cfg = _config(config, eval=size, engine={"endpoints": endpoint})
     t = load_task(task, cfg.task_type, cfg.labels)
     with open_sampler(sampling_gguf(model), cfg.engine) as sampler:
+        if not t.split(split, cfg.eval.validation_size, cfg.eval.test_size):
+            raise UserError(f"task {t.name} has no {split} instances ({len(t.instances)} held out; validation "
+                            f"takes the first {cfg.eval.validation_size}, test the next {cfg.eval.test_size})")
         result = evaluate(t, sampler, cfg.eval, splits=(split,))
-    if result[split] is None:
-        raise UserError(f"task {t.name} has no {split} instances")
     if out:
         write_json(out, result)
     scores = result[split]
@@ -300,22 +301,11 @@ def score(
     """Metrics over the instances named in the predictions file; prints one JSON object, with the split
     those instances belong to (validation, test, mixed, or other: held out but in neither split)."""
     from .evaluate import score_rows
+    from .store import read_jsonl
     from .tasks import SPLITS, load_task
 
     t = load_task(task)
-    if not predictions.is_file():
-        raise UserError(f"predictions file not found: {predictions}")
-    rows = []
-    for n, line in enumerate(predictions.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{predictions}:{n}: not valid JSON") from None
-        if not isinstance(row, dict) or "id" not in row:
-            raise UserError(f'{predictions}:{n}: each row needs an "id"')
-        rows.append(row)
+    rows = read_jsonl(predictions, "predictions file", required={"id": str})
     s = score_rows(t, rows)
     cfg = load_config(config)
     member = {inst.id: name for name in SPLITS for inst in t.split(name, cfg.eval.validation_size, cfg.eval.test_size)}
@@ -339,6 +329,7 @@ def demo_model(
         raise UserError(f"--size must be one of {', '.join(SHAPES)}")
     if not 0 < seconds <= 3600:
         raise UserError("--seconds must be in (0, 3600]")
+    output_dir(out)
     _log(f"demo student at {build_demo_model(out, size=size, seconds=seconds, log=_log)}")
 
 

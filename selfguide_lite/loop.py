@@ -33,6 +33,7 @@ from .store import (
     Manifest,
     atomic_write_text,
     file_hash,
+    output_dir,
     read_json,
     read_jsonl,
     value_hash,
@@ -193,7 +194,7 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
         tasks = [load_task(p) for p in task_files]
         load_seed_pool(cfg.seeds, cfg.selfinstruct.bad_seed_lines, warn=log)  # fail early on a bad seed file
 
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    run_dir = resolve_run_dir(cfg, log=log)
     manifest = Manifest(run_dir / "manifest.json")  # refuses a run directory it cannot resume, before any write
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_partial(run_dir)
@@ -308,6 +309,19 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
     report = write_report(run_dir)
     return {"run_dir": str(run_dir), "final_gguf": str(student.gguf), "final_round": student.round,
             "report": str(report), "rounds": manifest.data["rounds"]}
+
+
+def resolve_run_dir(cfg: Config, fresh: bool = False, resume: bool = False, log: Log = print) -> Path:
+    """The one rule for where a run lives: `run_dir`, else runs/<task name> (Self-Guide) or
+    runs/self-instruct; `fresh` moves an existing run aside to NAME-2, NAME-3...; `resume` insists on
+    a run to resume. A path that is (or lies under) a file is a user error, not a crash."""
+    chosen = output_dir(Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg), "run directory")
+    if fresh and chosen.exists() and any(chosen.iterdir()):
+        chosen = next_free_run_dir(chosen)
+        log(f"--fresh: starting over in {chosen}")
+    if resume and not (chosen / "manifest.json").is_file():
+        raise UserError(f"--resume: no run to resume in {chosen} (no manifest.json)")
+    return chosen
 
 
 def default_run_dir(cfg: Config) -> Path:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
-from .store import atomic_write_text, read_json
+from .store import atomic_write_text, read_json, read_jsonl
 
 SAMPLES_SHOWN = 6  # kept examples shown per round; dropped: up to 2 per drop stage
 BLUE, GREY, RED, GREEN = "#2a6fdb", "#9aa5b1", "#d64545", "#2f9e44"
@@ -146,10 +145,8 @@ def stage_time_plot(stages: dict[str, dict[str, Any]]) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """A run file's records, or none when the stage has not written it."""
+    return read_jsonl(path) if path.is_file() else []
 
 
 def _examples_section(k: int, synth: Path) -> str:

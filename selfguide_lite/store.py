@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -79,9 +79,64 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A user-named file's text, or a one-line error saying why it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{what} is a directory, not a file: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def output_dir(path: str | Path, what: str = "output directory") -> Path:
+    """A directory we are about to write into: refused up front (one error line) when it, or a folder
+    above it, is an existing file."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{what} {path}: {blocker} is a file, not a directory")
+    return path
+
+
+def output_file(path: str | Path, what: str = "output file") -> Path:
+    """A file we are about to write: refused up front when it is a directory or a folder above it is a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory; give a file name")
+    output_dir(path.parent, f"{what} {path}: folder")
+    return path
+
+
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) for every non-blank line. Splits at "\n" only: `str.splitlines` would also
+    split inside a record at U+2028, U+2029, U+0085 or form feeds, which JSON strings may hold raw."""
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield n, line
+
+
+def read_jsonl(path: str | Path, what: str = "JSON Lines file", required: dict[str, type] | None = None) -> list[dict[str, Any]]:
+    """Every record of a JSON Lines file; a bad line, or a record lacking a `required` field of its
+    type, is one error naming the file and line."""
+    rows = []
+    for n, line in jsonl_lines(read_text(path, what)):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        for key, kind in (required or {}).items():
+            if not isinstance(row.get(key), kind):
+                raise UserError(f"{path}:{n}: needs a {kind.__name__} field {key!r}")
+        rows.append(row)
+    return rows
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 
 from .errors import UserError
+from .store import jsonl_lines, read_text
 
 TaskType = Literal["classification", "generation"]
 MAX_LABELS = 10
@@ -95,23 +96,9 @@ class SeedTask:
     is_classification: bool
 
 
-def _read_text(path: Path, what: str) -> str:
-    """A user-named file's text, or a one-line error saying why it cannot be read."""
-    if not path.exists():
-        raise UserError(f"{what} not found: {path}")
-    if path.is_dir():
-        raise UserError(f"{what} is a directory, not a file: {path}")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
 def _read_structured(path: Path) -> object:
     """JSON when the text starts like JSON, YAML otherwise; a syntax error names its line."""
-    text = _read_text(path, "task file")
+    text = read_text(path, "task file")
     if text.lstrip().startswith(("{", "[")):
         try:
             return json.loads(text)
@@ -245,12 +232,10 @@ def load_seed_pool(path: str | Path, bad_lines: str = "stop", warn=None) -> list
     through `warn` and skipped (`bad_lines="skip"`).
     """
     path = Path(path)
-    text = _read_text(path, "seed file")
+    text = read_text(path, "seed file")
     seeds: list[SeedTask] = []
     skipped: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(text):
         try:
             seeds.append(_seed_task(json.loads(line), lineno))
         except json.JSONDecodeError as exc:

@@ -53,15 +53,10 @@ def choose_backend(cfg: TrainConfig) -> str:
 
 
 def load_rows(data_path: str | Path) -> list[dict[str, str]]:
-    path = Path(data_path)
-    if not path.is_file():
-        raise UserError(f"training data not found: {path}")
-    rows = read_jsonl(path)
-    bad = [n for n, r in enumerate(rows, 1) if not isinstance(r.get("prompt"), str) or not isinstance(r.get("completion"), str)]
-    if bad:
-        raise UserError(f"{path}:{bad[0]}: each row needs string 'prompt' and 'completion' fields")
+    """Training rows `{"prompt", "completion"}`; a bad line is one error naming it."""
+    rows = read_jsonl(data_path, "training data", required={"prompt": str, "completion": str})
     if not rows:
-        raise EmptyTrainingSet(f"{path} holds no training rows")
+        raise EmptyTrainingSet(f"{data_path} holds no training rows")
     return rows
 
 

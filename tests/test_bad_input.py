@@ -246,3 +246,55 @@ def test_a_bug_is_one_line_unless_debug(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and "ZeroDivisionError: synthetic bug" in err and "--debug" in err
     assert main(["--debug", "score", "--task", str(task), "--predictions", str(tmp_path / "p.jsonl")]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_training_data_that_is_not_json_lines_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\nnot json\n')
+    fails_cleanly(["train", "--data", str(bad), "--model", str(tmp_path / "none"), "--out", str(tmp_path / "a")],
+                  capsys, "rows.jsonl:2:", "not valid JSON")
+    bad.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "a"}\n')
+    fails_cleanly(["train", "--data", str(bad), "--model", str(tmp_path / "none"), "--out", str(tmp_path / "a")],
+                  capsys, "rows.jsonl:3:", "'completion'")
+    no_leftovers(tmp_path)
+
+
+def test_output_paths_that_are_files_or_directories(tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    task = tmp_path / "t.yaml"
+    task.write_text("instruction: Say it.\nexamples:\n  - {input: a, output: b}\n")
+    gguf = tmp_path / "none.gguf"
+    fails_cleanly(["loop", "--task", str(task), "--model", str(gguf), "--run-dir", str(a_file)], capsys,
+                  "run directory", "is a file, not a directory")
+    fails_cleanly(["loop", "--task", str(task), "--model", str(gguf), "--run-dir", str(a_file / "sub")], capsys,
+                  "is a file, not a directory")
+    fails_cleanly(["synth", "--task", str(task), "--model", str(gguf), "--out", str(a_file)], capsys, "is a file")
+    fails_cleanly(["demo-model", "--out", str(a_file)], capsys, "is a file")
+    fails_cleanly(["eval", "--task", str(task), "--model", str(gguf), "--out", str(tmp_path)], capsys, "is a directory")
+    fails_cleanly(["train", "--data", str(task), "--model", str(gguf), "--out", str(a_file)], capsys, "is a file")
+    assert a_file.read_text() == "x"
+    no_leftovers(tmp_path)
+
+
+def test_predictions_with_unicode_line_separators_score(tmp_path):
+    """A predictions file our own write_jsonl wrote, holding U+2028 / U+0085 inside a string, scores
+    (splitting lines at those characters used to break it)."""
+    import json
+    import subprocess
+    import sys
+
+    from selfguide_lite.store import write_jsonl
+
+    task = tmp_path / "t.json"
+    task.write_text(json.dumps({"instruction": "Say it.", "examples": [{"input": "a", "output": "b"}],
+                                "eval": [{"id": "x1", "input": "q", "output": "yes\u2028no"},
+                                         {"id": "x2", "input": "r", "output": "no"}]}))
+    preds = tmp_path / "p.jsonl"
+    write_jsonl(preds, [{"id": "x1", "prediction": "yes\u2028no"}, {"id": "x2", "prediction": "n\u0085o"}])
+    assert "\u2028" in preds.read_text(encoding="utf-8")  # written raw, so the reader must cope
+    out = subprocess.run([sys.executable, "-m", "selfguide_lite", "score", "--task", str(task), "--predictions",
+                          str(preds)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["n"] == 2 and got["split"] == "validation" and got["exact_match"] == 50.0

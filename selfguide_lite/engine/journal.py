@@ -46,13 +46,15 @@ class JournaledSampler(Sampler):
         if not text.endswith("\n"):  # the crash cut the last line: drop it so appends start clean
             text = text[: text.rfind("\n") + 1]
             self.path.write_text(text, encoding="utf-8")
-        lines = text.splitlines()
+        lines = text.split("\n")  # not splitlines(): records may hold raw U+2028 and friends
         try:
             if not lines or json.loads(lines[0]).get("identity") != identity:
                 return
         except json.JSONDecodeError:
             return
         for line in lines[1:]:
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
                 self._done[row["key"]] = [Completion(*c) for c in row["completions"]]
