@@ -29,6 +29,7 @@ from selfguide_lite import progress  # noqa: E402
 from selfguide_lite.config import load_config  # noqa: E402
 from selfguide_lite.demo import WORLD_PRESET  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
+from selfguide_lite.runs import rounds_of  # noqa: E402
 from selfguide_lite.world import build_world_student, world_task_path  # noqa: E402
 
 ABLATIONS = {
@@ -72,10 +73,10 @@ def main() -> int:
                               _merge(WORLD_PRESET, ABLATIONS[variant]))
             started = time.monotonic()
             summary = run_loop(cfg, log=lambda m: None)
+            rounds = rounds_of(summary)
             for k in range(args.rounds + 1):
-                rec = summary["rounds"].get(str(k), {})
-                m = rec.get("metrics")
-                em[variant][str(k)].append(m["test"]["exact_match"] if m and m.get("test") else float("nan"))
+                test = rounds[k].metrics.test if k in rounds and rounds[k].metrics else None
+                em[variant][str(k)].append(test.exact_match if test else float("nan"))
             print(f"{variant:>17} seed {seed}: " + "  ".join(
                 f"round {k} {em[variant][str(k)][-1]:5.1f}" for k in range(args.rounds + 1))
                 + f"  ({time.monotonic() - started:.0f}s)", flush=True)

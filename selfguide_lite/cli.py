@@ -44,6 +44,12 @@ EndpointOption = Annotated[
 ]  # this invocation's arguments, recorded in the run's manifest
 
 
+# `--method` on the commands that render prompts outside a loop (train, eval): the same rule as the loop.
+MethodOption = Annotated[
+    str | None, typer.Option(help="self-guide or self-instruct: render prompts as that method's loop does [default: self-guide]")
+]
+
+
 @app.callback()
 def _global_options(
     debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks for every error")] = False,
@@ -89,7 +95,7 @@ def loop(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --run-dir (the default when it exists)")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over in a new run directory (NAME-2, NAME-3, ...)")] = False,
     endpoint: EndpointOption = None,
-    demo: Annotated[str | None, typer.Option(help="with no --task/--model: smollm2 (the default) or world")] = None,
+    demo: Annotated[str | None, typer.Option(help="with no --task/--model: smollm2 (the default), world, or self-instruct")] = None,
 ) -> None:
     """Run the whole loop. With no --task and no --model: the offline demo (SmolLM2-135M-Instruct on a
     Natural Instructions task shipped with the package)."""
@@ -97,7 +103,9 @@ def loop(
     is_demo = task is None and model is None
     if demo is not None and not is_demo:
         raise UserError("--demo runs a built-in demo: leave out --task and --model")
-    _check_loop_options(method, task, seeds, eval_tasks, task_type, labels, num_inputs, num_instructions, resume, fresh)
+    _check_loop_options(method, resume, fresh, {"--labels": labels, "--task-type": task_type, "--num-inputs": num_inputs,
+                                                "--seeds": seeds, "--eval-tasks": eval_tasks,
+                                                "--num-instructions": num_instructions})
     overrides = {
         "task": task, "model": model, "run_dir": run_dir, "seed": seed, "seeds": seeds,
         "eval_tasks": eval_tasks, "task_type": task_type,
@@ -126,26 +134,25 @@ def loop(
 
 
 def summary_lines(summary: dict) -> list[str]:
-    """Per round: training rows, validation and test scores (the primary metric first), promotion."""
-    rounds = sorted(summary["rounds"].items(), key=lambda kv: int(kv[0]))
-    metrics0 = (summary["rounds"].get("0") or {}).get("metrics") or {}
-    metric = metrics0.get("primary_metric", "exact_match")
-    name = {"exact_match": "exact match", "rougeL": "ROUGE-L"}[metric]
+    """Per round: training rows, validation and test scores of the primary metric, promotion."""
+    from .runs import rounds_of
+
+    rounds = rounds_of(summary)
+    first = rounds[0].metrics if 0 in rounds else None
+    name = {"exact_match": "exact match", "rougeL": "ROUGE-L"}[first.primary_metric if first else "exact_match"]
     lines = [f"{name} per round (validation decides promotion; test is only reported):"]
 
-    def cell(m: dict | None, split: str) -> str:
-        s = (m or {}).get(split)
-        if not s:
+    def cell(k: int, split: str) -> str:
+        s = rounds[k].metrics.get(split) if rounds[k].metrics else None
+        if s is None:
             return "-"
-        base = (metrics0.get(split) or {}).get("primary")
-        gain = f" ({s['primary'] - base:+.1f})" if base is not None and m is not metrics0 else ""
-        return f"{s['primary']:.1f}{gain}"
+        base = first.get(split) if first else None
+        return f"{s.primary:.1f}" + (f" ({s.primary - base.primary:+.1f})" if base and k != 0 else "")
 
-    for k, rec in rounds:
-        m = rec.get("metrics")
-        state = "" if rec.get("promoted") else f"  not promoted ({rec.get('status')})"
-        rows = "" if k == "0" else f", {rec.get('train_size', 0)} training rows"
-        lines.append(f"  round {k}: validation {cell(m, 'validation')}, test {cell(m, 'test')}{rows}{state}")
+    for k, rec in rounds.items():
+        state = "" if rec.promoted else f"  not promoted ({rec.status})"
+        rows = "" if k == 0 else f", {rec.train_size or 0} training rows"
+        lines.append(f"  round {k}: validation {cell(k, 'validation')}, test {cell(k, 'test')}{rows}{state}")
     gguf = Path(summary["final_gguf"])
     modelfile = gguf.with_suffix(".Modelfile")
     lines.append(f"final student (round {summary['final_round']}): {gguf}")
@@ -155,21 +162,17 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
-def _check_loop_options(method, task, seeds, eval_tasks, task_type, labels, num_inputs, num_instructions,
-                        resume, fresh) -> None:
-    """Options that contradict each other are refused before anything runs."""
+def _check_loop_options(method: str | None, resume: bool, fresh: bool, given: dict[str, object]) -> None:
+    """Options that contradict each other are refused before anything runs: a flag that only another
+    method reads (the registry says which) is an error, not silently ignored."""
+    from .methods.base import all_flags, method_class
+
     if resume and fresh:
         raise UserError("--resume and --fresh contradict each other: pick one")
-    if method == "self-instruct":
-        for flag, value in (("--labels", labels), ("--task-type", task_type), ("--num-inputs", num_inputs)):
-            if value is not None:
-                raise UserError(f"{flag} applies to --method self-guide, not self-instruct")
-    elif method in (None, "self-guide"):
-        for flag, value in (("--seeds", seeds), ("--eval-tasks", eval_tasks), ("--num-instructions", num_instructions)):
-            if value:
-                raise UserError(f"{flag} applies to --method self-instruct, not self-guide")
-    else:
-        raise UserError(f"--method must be self-guide or self-instruct, not {method!r}")
+    chosen = method_class(method or "self-guide").name
+    for flag, owner in all_flags().items():
+        if owner != chosen and given.get(flag) not in (None, [], ""):
+            raise UserError(f"{flag} applies to --method {owner}, not {chosen}")
 
 
 @app.command()
@@ -179,19 +182,23 @@ def synth(
     out: Annotated[Path, typer.Option(help="output directory")],
     num_inputs: Annotated[int | None, typer.Option(help="input candidates [default: 400]")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
-    seed: Annotated[int, typer.Option(help="seed")] = 0,
+    seed: Annotated[int | None, typer.Option(help="seed [default: the config's seed]")] = None,
     task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
     labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
     endpoint: EndpointOption = None,
 ) -> None:
     """One Self-Guide synthesis: OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
     from .loop import run_synthesis
-    from .tasks import load_task
+    from .methods import method_for
+    from .models import sampling_gguf
 
     output_dir(out)
-    cfg = _config(config, selfguide={"num_inputs": num_inputs}, engine={"endpoints": endpoint})
-    t = load_task(task, task_type, [x.strip() for x in labels.split(",")] if labels else None)
-    stats = run_synthesis(cfg, t, Path(model), out, seed)
+    cfg = _config(config, task=task, task_type=task_type, labels=[x.strip() for x in labels.split(",")] if labels else None,
+                  selfguide={"num_inputs": num_inputs}, engine={"endpoints": endpoint}, loop={"method": "self-guide"})
+    method = method_for(cfg)
+    method.check_inputs()
+    method.eval_tasks()  # a bad task file fails here, before the model loads
+    stats = run_synthesis(cfg, method, sampling_gguf(model), out, cfg.seed if seed is None else seed)
     _log(json.dumps(stats, indent=2))
 
 
@@ -202,15 +209,20 @@ def instruct(
     out: Annotated[Path, typer.Option(help="output directory")],
     num_instructions: Annotated[int | None, typer.Option(help="new instructions to accept [default: 200]")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
-    seed: Annotated[int, typer.Option(help="seed")] = 0,
+    seed: Annotated[int | None, typer.Option(help="seed [default: the config's seed]")] = None,
     endpoint: EndpointOption = None,
 ) -> None:
     """Self-Instruct bootstrap: OUT/instances.jsonl, OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
-    from .loop import run_self_instruct
+    from .loop import run_synthesis
+    from .methods import method_for
+    from .models import sampling_gguf
+    from .tasks import load_seed_pool
 
     output_dir(out)
-    cfg = _config(config, selfinstruct={"num_instructions": num_instructions}, engine={"endpoints": endpoint})
-    stats = run_self_instruct(cfg, seeds, Path(model), out, seed)
+    cfg = _config(config, seeds=seeds, selfinstruct={"num_instructions": num_instructions}, engine={"endpoints": endpoint},
+                  loop={"method": "self-instruct"})
+    load_seed_pool(seeds, cfg.selfinstruct.bad_seed_lines)  # a bad seed file fails here, before the model loads
+    stats = run_synthesis(cfg, method_for(cfg), sampling_gguf(model), out, cfg.seed if seed is None else seed)
     _log(json.dumps(stats, indent=2))
 
 
@@ -223,13 +235,16 @@ def train(
     quantization: Annotated[str | None, typer.Option(help="nf4 (QLoRA) or none (16-bit LoRA)")] = None,
     backend: Annotated[str | None, typer.Option(help="auto, unsloth or hf")] = None,
     epochs: Annotated[float | None, typer.Option(help="epochs [default: 3]")] = None,
+    method: MethodOption = None,
 ) -> None:
-    """QLoRA (or 16-bit LoRA) with completion-only loss."""
+    """QLoRA (or 16-bit LoRA) with completion-only loss, prompts rendered as the method's loop renders them."""
+    from .methods import method_for
     from .train import train_adapter
 
     output_dir(out, "adapter directory")
-    cfg = _config(config, train={"quantization": quantization, "backend": backend, "epochs": epochs})
-    info = train_adapter(data, model, out, cfg.train, _log)
+    cfg = _config(config, train={"quantization": quantization, "backend": backend, "epochs": epochs},
+                  loop={"method": method})
+    info = train_adapter(data, model, out, cfg.train, _log, method_for(cfg).uses_chat_template())
     _log(json.dumps(info, indent=2))
 
 
@@ -250,8 +265,10 @@ def export(
     output_file(out, "output GGUF")
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"not a LoRA adapter directory (no adapter_config.json): {adapter}")
+    from .usage import write_modelfile
+
     path = do_export(resolve_model_source(model, _log), adapter, out, quant)
-    _log(f"wrote {path}")
+    _log(f"wrote {path} and its Ollama Modelfile {write_modelfile(path).name}")
 
 
 @app.command(name="eval")
@@ -263,10 +280,13 @@ def eval_cmd(
     out: Annotated[Path | None, typer.Option(help="write predictions + metrics here")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
     endpoint: EndpointOption = None,
+    method: MethodOption = None,
 ) -> None:
-    """Greedy predictions on one split of the task's held-out instances, and their metrics."""
+    """Greedy predictions on one split of the task's held-out instances, and their metrics, with the
+    prompt the method's loop evaluates with."""
     from .engine import open_sampler
     from .evaluate import evaluate
+    from .methods import method_for
     from .models import sampling_gguf
     from .store import write_json
     from .tasks import SPLITS, load_task
@@ -278,13 +298,15 @@ def eval_cmd(
     if out:
         output_file(out)
     size = {"validation_size": limit} if split == "validation" else {"test_size": limit}
-    cfg = _config(config, eval=size, engine={"endpoints": endpoint})
+    cfg = _config(config, eval=size, engine={"endpoints": endpoint}, loop={"method": method})
     t = load_task(task, cfg.task_type, cfg.labels)
+    prompt_fn, extra_stops = method_for(cfg).eval_prompt()
     with open_sampler(sampling_gguf(model), cfg.engine) as sampler:
         if not t.split(split, cfg.eval.validation_size, cfg.eval.test_size):
             raise UserError(f"task {t.name} has no {split} instances ({len(t.instances)} held out; validation "
                             f"takes the first {cfg.eval.validation_size}, test the next {cfg.eval.test_size})")
-        result = evaluate(t, sampler, cfg.eval, splits=(split,))
+        result = evaluate(t, sampler, cfg.eval, prompt_fn=prompt_fn, fmt=method_for(cfg).prompt_format(sampler.info),
+                          extra_stops=extra_stops, splits=(split,))
     if out:
         write_json(out, result)
     scores = result[split]

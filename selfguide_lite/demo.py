@@ -76,7 +76,9 @@ WORLD_PRESET = {
     "eval": {"validation_size": 50, "test_size": 50},
     "engine": {"n_ctx": 2048},
 }
-DEMOS = ("smollm2", "world")
+DEMO_METHOD = {"smollm2": "self-guide", "world": "self-guide", "self-instruct": "self-instruct"}  # demo -> method
+DEMOS = tuple(DEMO_METHOD)
+DEFAULT_DEMO = {"self-guide": "smollm2", "self-instruct": "self-instruct"}  # per method, with no --demo
 
 
 def real_demo_task_path() -> Path:
@@ -86,9 +88,16 @@ def real_demo_task_path() -> Path:
 def demo_setup(name: str | None, method: str | None, overrides: dict, log: Callable[[str], None],
                tiny_dir: Path, world_dir: Path) -> dict:
     """Fill `overrides` (student, task, run directory) for a built-in demo; returns its settings preset."""
-    if method == "self-instruct":
-        if name is not None:
-            raise UserError("--demo applies to Self-Guide; the Self-Instruct demo has one form")
+    from .methods import method_class
+
+    if name is not None and name not in DEMOS:
+        raise UserError(f"--demo must be one of {', '.join(DEMOS)}, not {name!r}")
+    method_name = method_class(method or (DEMO_METHOD[name] if name else "self-guide")).name
+    name = name or DEFAULT_DEMO[method_name]
+    if DEMO_METHOD[name] != method_name:
+        raise UserError(f"--demo {name} runs --method {DEMO_METHOD[name]}, not {method_name}")
+    overrides["loop"]["method"] = method_name
+    if name == "self-instruct":
         log("offline Self-Instruct demo: a tiny (~1M parameter) Llama student built here; it shows every stage "
             "running for real, it is not a useful model.")
         overrides["model"] = str(build_demo_model(tiny_dir, log=log))
@@ -96,7 +105,7 @@ def demo_setup(name: str | None, method: str | None, overrides: dict, log: Calla
         overrides["eval_tasks"] = overrides.get("eval_tasks") or [str(demo_task_path())]
         overrides["run_dir"] = overrides.get("run_dir") or "runs/demo-self-instruct"
         return WORLD_PRESET
-    if name in (None, "smollm2"):
+    if name == "smollm2":
         from .models import DEFAULT_STUDENT
 
         log("offline demo: Self-Guide with the built-in student SmolLM2-135M-Instruct on Natural Instructions "
@@ -114,8 +123,7 @@ def demo_setup(name: str | None, method: str | None, overrides: dict, log: Calla
         overrides["model"] = str(build_world_student(world_dir, log=log))
         overrides["task"] = str(world_task_path())
         overrides["run_dir"] = overrides.get("run_dir") or "runs/demo-world"
-        return WORLD_PRESET
-    raise UserError(f"--demo must be one of {', '.join(DEMOS)}, not {name!r}")
+    return WORLD_PRESET
 
 
 def demo_task_path() -> Path:

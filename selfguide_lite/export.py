@@ -227,11 +227,7 @@ def gguf_from_hf(hf_dir: str | Path, out_path: str | Path, quant: str = "q4_k_m"
             finally:
                 if not keep_f16:
                     f16.unlink(missing_ok=True)
-    from .usage import write_modelfile
-
-    modelfile = write_modelfile(out_path)
-    progress.summary(f"GGUF: {out_path} ({out_path.stat().st_size / 2**20:.1f} MiB) in {bar.seconds:.0f}s; "
-                     f"Ollama: {modelfile.name}")
+    progress.summary(f"GGUF: {out_path} ({out_path.stat().st_size / 2**20:.1f} MiB) in {bar.seconds:.0f}s")
     return out_path
 
 

@@ -16,6 +16,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from .methods import method_of_stats
+from .runs import RoundRecord, rounds_of
 from .store import atomic_write_text, read_json, read_jsonl
 
 SAMPLES_SHOWN = 6  # kept examples shown per round; dropped: up to 2 per drop stage
@@ -54,23 +56,23 @@ def _table(header: list[str], rows: list[list[Any]], raw: bool = False) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def scores_plot(rounds: list[tuple[int, dict[str, Any]]]) -> str:
+def scores_plot(rounds: list[tuple[int, RoundRecord]]) -> str:
     """The primary metric per round, validation (decides promotion) and test (only reported)."""
-    points = [(k, rec) for k, rec in rounds if (rec.get("metrics") or {}).get("validation")]
+    points = [(k, rec) for k, rec in rounds if rec.metrics is not None]
     if not points:
         return "<p>no round has been evaluated yet</p>"
     fig, ax = _figure(6.4, 3.2)
     xs = [k for k, _ in points]
-    primary = points[0][1]["metrics"]["primary_metric"]
+    primary = points[0][1].metrics.primary_metric
     for split, colour in (("validation", BLUE), ("test", GREY)):
-        ys = [(rec["metrics"].get(split) or {}).get("primary") for _, rec in points]
+        ys = [s.primary if (s := rec.metrics.get(split)) else None for _, rec in points]
         if all(y is None for y in ys):
             continue
         ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", color=colour, label=split)
     for k, rec in points:
-        y = rec["metrics"]["validation"]["primary"]
+        y = rec.metrics.validation.primary
         ax.annotate(f"{y:.1f}", (k, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
-        if not rec.get("promoted"):
+        if not rec.promoted:
             ax.plot([k], [y], marker="x", color=RED, markersize=11, mew=2)
     ax.set_xticks(xs, [f"round {k}" for k in xs])
     ax.set_ylim(0, 105)
@@ -82,28 +84,8 @@ def scores_plot(rounds: list[tuple[int, dict[str, Any]]]) -> str:
 
 
 def funnel_steps(stats: dict[str, Any]) -> list[tuple[str, int]]:
-    """(step, rows remaining after it), from the synthesis stats of either method."""
-    if stats.get("method") == "self-instruct":
-        steps = [("instruction candidates", stats.get("candidates", 0))]
-        left = stats.get("candidates", 0)
-        for stage, n in (stats.get("instruction_dropped") or {}).items():
-            left -= n
-            steps.append((f"- {stage}", left))
-        steps += [("with instances", stats.get("instructions_with_instances", 0)), ("training rows", stats.get("train", 0))]
-        return steps
-    left = stats.get("candidates", 0)
-    steps = [("candidate inputs", left)]
-    for stage, n in (stats.get("input_dropped") or {}).items():
-        left -= n
-        steps.append((f"- {stage}", left))
-    for stage, n in (stats.get("annotation_dropped") or {}).items():
-        left -= n
-        steps.append((f"- {stage.replace('_', ' ')}", left))
-    if stats.get("balance_dropped"):
-        left -= stats["balance_dropped"]
-        steps.append(("- balance", left))
-    steps.append(("training rows", stats.get("train", left)))
-    return steps
+    """(step, rows remaining after it): the method that wrote the stats says how its funnel reads."""
+    return method_of_stats(stats).funnel_steps(stats)
 
 
 def funnel_plot(k: int, stats: dict[str, Any]) -> str:
@@ -173,26 +155,25 @@ def _examples_section(k: int, synth: Path) -> str:
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     manifest = read_json(run_dir / "manifest.json")
-    rounds = sorted(((int(k), rec) for k, rec in manifest.get("rounds", {}).items()), key=lambda kv: kv[0])
+    rounds = list(rounds_of(manifest).items())
     config = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else "(missing)"
     final = manifest.get("final") or {}
 
     score_rows = []
     for k, rec in rounds:
-        m = rec.get("metrics") or {}
-
-        def cell(split: str, key: str, m: dict = m) -> str:
-            return f"{m[split][key]:.1f}" if m.get(split) else "-"
+        def cell(split: str, key: str, rec: RoundRecord = rec) -> str:
+            s = rec.metrics.get(split) if rec.metrics else None
+            return f"{getattr(s, key):.1f}" if s else "-"
 
         score_rows.append([
-            k, rec.get("status", ""), rec.get("train_size", "-"),
+            k, rec.status, "-" if rec.train_size is None else rec.train_size,
             cell("validation", "exact_match"), cell("validation", "rougeL"), cell("test", "exact_match"),
-            cell("test", "rougeL"), "yes" if rec.get("promoted") else "no", rec.get("gguf", "-"),
+            cell("test", "rougeL"), "yes" if rec.promoted else "no", rec.gguf or "-",
         ])
 
     funnels, balances, examples = [], [], []
     for k, rec in rounds:
-        stats = rec.get("synth_stats")
+        stats = rec.synth_stats
         if not stats:
             continue
         steps = funnel_steps(stats)

@@ -11,25 +11,19 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import progress
 from .config import SelfGuideConfig
 from .engine.base import Request, Sampler, SamplingParams
 from .filters import DuplicateFilter, InputFilters, LengthWindow, NoiseFilter
+from .methods.base import SynthResult, stage_seed
 from .metrics import normalize
 from .prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
 from .tasks import Task
 
 INPUT_STAGES = ("empty", "length", "noise", "duplicate")
-
-
-@dataclass
-class SynthResult:
-    train: list[dict[str, Any]] = field(default_factory=list)
-    dropped: list[dict[str, Any]] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,11 +33,6 @@ class Vote:
     reason: str
     counts: dict[str, int]
     rejected: dict[str, int]
-
-
-def stage_seed(base: int, stage: int, index: int) -> int:
-    """A per-request seed that depends only on the run seed and the request's identity."""
-    return (base * 1_000_003 + stage * 100_003 + index) % (2**31 - 1)
 
 
 def max_tokens_for(sampler: Sampler, texts: Sequence[str], factor: float, floor: int = 8) -> int:
@@ -228,6 +217,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
 
     per_label = Counter(r["output"] for r in final) if classification else {}
     result.stats = {
+        "method": "self-guide",
         "task": task.name,
         "type": task.type,
         "labels": list(task.labels),

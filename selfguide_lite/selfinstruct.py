@@ -21,6 +21,7 @@ from . import progress
 from .config import SelfInstructConfig
 from .engine.base import Request, Sampler, SamplingParams, truncate_at_stop
 from .filters import InstructionFilters, conflicting_inputs, instance_check
+from .methods.base import SynthResult, stage_seed
 from .prompts import (
     PromptFormat,
     classification_check_prompt,
@@ -30,7 +31,6 @@ from .prompts import (
     output_first_prompt,
 )
 from .rouge import RougePool
-from .selfguide import SynthResult, stage_seed
 from .tasks import SeedTask, Task
 
 LAST_LIST_ITEM = 16  # SPEC 3.1: the model continues the list up to item 16

@@ -27,3 +27,121 @@ def test_training_data_latest_or_accumulated_without_duplicates(tmp_path):
     out = training_data(acc, tmp_path, 2, r2)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rows == [a, b, c] and out != r1
+
+
+# --- the loop's rules, with fake stages (no model, no subprocess) ---------------------------------
+
+import pytest  # noqa: E402
+
+from selfguide_lite import loop  # noqa: E402
+from selfguide_lite.models import ResolvedStudent  # noqa: E402
+from selfguide_lite.runs import read_rounds  # noqa: E402
+from selfguide_lite.train import TrainingDiverged  # noqa: E402
+
+
+class FakeStages:
+    """Scripted stages: rows per round, which rounds diverge, and (validation, test) per round."""
+
+    def __init__(self, tmp_path, rows: dict[int, int], scores: dict[int, tuple[float, float]], diverge=()):
+        self.rows, self.scores, self.diverge = rows, scores, set(diverge)
+        self.synth_students: dict[int, str] = {}
+        self.trained_on: dict[int, int] = {}
+        base = tmp_path / "base"
+        base.mkdir()
+        (base / "w").write_text("weights")
+        gguf = tmp_path / "base.gguf"
+        gguf.write_text("round 0")
+        self.source = ResolvedStudent(str(base), gguf)
+
+    @staticmethod
+    def round_of(path) -> int:
+        parts = [p for p in str(path).split("/") if p.startswith("round-")]
+        return int(parts[-1].split("-")[1]) if parts else 0
+
+    def synth(self, cfg, method, gguf, out_dir, seed):
+        k = self.round_of(out_dir)
+        self.synth_students[k] = gguf.read_text()
+        _write(out_dir / "train.jsonl", [{"prompt": f"r{k}-{i}", "completion": "x"} for i in range(self.rows[k])])
+        (out_dir / "stats.json").write_text(json.dumps({"method": "self-guide", "candidates": self.rows[k],
+                                                        "train": self.rows[k]}))
+        return {}
+
+    def train(self, data, base, adapter, cfg, log, chat):
+        k = self.round_of(adapter)
+        self.trained_on[k] = len(data.read_text().splitlines())
+        if k in self.diverge:
+            raise TrainingDiverged("loss became nan")
+        adapter.mkdir(parents=True)
+        (adapter / "adapter.bin").write_text(f"adapter {k}")
+
+    def export(self, base, adapter, gguf, merged, cfg):
+        k = self.round_of(gguf)
+        gguf.write_text(f"round {k}")
+        merged.mkdir()
+        (merged / "w").write_text(f"merged {k}")
+        gguf.with_suffix(".Modelfile").write_text("FROM x")
+        return {}
+
+    def evaluate(self, cfg, method, tasks, gguf, out):
+        k = int(gguf.read_text().split()[-1])
+        val, test = self.scores[k]
+        split = {"n": 4, "exact_match": 0.0, "rougeL": 0.0}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"primary_metric": "exact_match", "validation": {**split, "primary": val},
+                                   "test": {**split, "primary": test}, "tasks": []}))
+        return {}
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(loop, "resolve_student", lambda model, log=None: self.source)
+        monkeypatch.setattr(loop, "run_synthesis", self.synth)
+        monkeypatch.setattr(loop, "train_adapter", self.train)
+        monkeypatch.setattr(loop, "_export", self.export)
+        monkeypatch.setattr(loop, "evaluate_student", self.evaluate)
+
+
+def _run(tmp_path, monkeypatch, fake: FakeStages, rounds: int, **loop_cfg):
+    fake.install(monkeypatch)
+    task = tmp_path / "t.yaml"
+    task.write_text("instruction: Say it.\nexamples:\n  - {input: a, output: b}\n")
+    cfg = Config.model_validate({"task": str(task), "model": "fake", "run_dir": str(tmp_path / "run"),
+                                 "loop": {"rounds": rounds, **loop_cfg}})
+    summary = loop.run_loop(cfg, log=lambda m: None)
+    return summary, read_rounds(tmp_path / "run")
+
+
+def test_loop_promotes_on_validation_and_synthesises_with_the_promoted_student(tmp_path, monkeypatch):
+    # round 1: worse on validation, better on test -> not promoted; round 2: the reverse -> promoted
+    fake = FakeStages(tmp_path, rows={1: 3, 2: 3, 3: 3}, scores={0: (50, 50), 1: (40, 90), 2: (60, 10), 3: (59.5, 0)})
+    summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=3)
+    assert [rounds[k].promoted for k in (0, 1, 2, 3)] == [True, False, True, True]  # 59.5 is within 1 of 60
+    assert fake.synth_students == {1: "round 0", 2: "round 0", 3: "round 2"}
+    assert rounds[3].student_round == 2 and summary["final_round"] == 3
+    assert rounds[1].metrics.test.primary == 90 and rounds[1].status == "done"
+
+
+def test_no_data_and_diverged_rounds_keep_the_student(tmp_path, monkeypatch):
+    fake = FakeStages(tmp_path, rows={1: 0, 2: 4, 3: 2}, scores={0: (50, 50), 3: (70, 70)}, diverge={2})
+    summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=3)
+    assert rounds[1].status == "no_data" and rounds[1].train_size == 0 and not rounds[1].promoted
+    assert rounds[2].status == "diverged" and "nan" in rounds[2].error and not rounds[2].promoted
+    assert 1 not in fake.trained_on and not (tmp_path / "run" / "round-2" / "model-q4_k_m.gguf").exists()
+    assert fake.synth_students == {1: "round 0", 2: "round 0", 3: "round 0"}
+    assert summary["final_round"] == 3 and rounds[3].promoted
+
+
+def test_accumulated_data_grows_over_rounds(tmp_path, monkeypatch):
+    fake = FakeStages(tmp_path, rows={1: 2, 2: 3}, scores={0: (50, 50), 1: (50, 50), 2: (50, 50)})
+    _run(tmp_path, monkeypatch, fake, rounds=2, data="accumulate")
+    assert fake.trained_on == {1: 2, 2: 5}
+
+
+def test_rerun_skips_every_finished_stage(tmp_path, monkeypatch):
+    fake = FakeStages(tmp_path, rows={1: 2}, scores={0: (50, 50), 1: (55, 55)})
+    _run(tmp_path, monkeypatch, fake, rounds=1)
+    fake.install(monkeypatch)
+    monkeypatch.setattr(loop, "run_synthesis", lambda *a: pytest.fail("synthesis ran again"))
+    monkeypatch.setattr(loop, "train_adapter", lambda *a: pytest.fail("training ran again"))
+    task = tmp_path / "t.yaml"
+    cfg = Config.model_validate({"task": str(task), "model": "fake", "run_dir": str(tmp_path / "run"), "loop": {"rounds": 1}})
+    summary = loop.run_loop(cfg, log=lambda m: None)
+    assert summary["final_round"] == 1

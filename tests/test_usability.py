@@ -146,8 +146,11 @@ def test_modelfile_uses_the_models_chat_template_and_stops(tmp_path):
                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     hf = tmp_path / "hf"
     build_tiny_model(hf, CORPUS, arch="qwen2", vocab_size=320, seed=4, chat_template=template)
+    from selfguide_lite.usage import write_modelfile
+
     gguf = gguf_from_hf(hf, tmp_path / "m.gguf", "q8_0")
-    text = gguf.with_suffix(".Modelfile").read_text()
+    assert not gguf.with_suffix(".Modelfile").exists()  # conversion alone writes no Modelfile: the loop's step does
+    text = write_modelfile(gguf).read_text()
     assert "FROM ./m.gguf" in text
     assert 'TEMPLATE """<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"""' in text
     assert "PARAMETER stop" in text

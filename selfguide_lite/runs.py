@@ -1,0 +1,91 @@
+"""Typed records of a run, written by the loop and read by the CLI summary, the report and scripts.
+
+A round's record lives in `manifest.json` under `rounds/<k>`; these dataclasses are the one place
+that knows its fields, so every reader sees the same names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .store import read_json
+from .tasks import SPLITS
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    """Scores on one split of the held-out instances (means over tasks for Self-Instruct)."""
+
+    n: int
+    exact_match: float
+    rougeL: float
+    primary: float
+
+
+@dataclass(frozen=True)
+class RoundScores:
+    """A round's evaluation: the primary metric's name, validation (decides) and test (only reported)."""
+
+    primary_metric: str
+    validation: SplitScores
+    test: SplitScores | None
+
+    @classmethod
+    def from_eval(cls, summary: dict[str, Any]) -> RoundScores:
+        """From an `eval.json` summary (or a manifest's `metrics`)."""
+        def split(name: str) -> SplitScores | None:
+            d = summary.get(name)
+            return SplitScores(**{f.name: d[f.name] for f in fields(SplitScores)}) if d else None
+
+        validation = split("validation")
+        if validation is None:
+            raise ValueError("an evaluation without validation scores")
+        return cls(summary["primary_metric"], validation, split("test"))
+
+    def get(self, split: str) -> SplitScores | None:
+        return self.validation if split == "validation" else self.test
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"primary_metric": self.primary_metric,
+                **{s: (asdict(self.get(s)) if self.get(s) else None) for s in SPLITS}}
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round: `status` is done, no_data (synthesis left nothing to train on) or diverged."""
+
+    status: str
+    promoted: bool
+    metrics: RoundScores | None = None
+    gguf: str | None = None
+    train_size: int | None = None
+    synth_stats: dict[str, Any] | None = None
+    student_round: int | None = None  # which student synthesised this round's data
+    seconds: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        if self.metrics is not None:
+            out["metrics"] = self.metrics.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoundRecord:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        if values.get("metrics"):
+            values["metrics"] = RoundScores.from_eval(values["metrics"])
+        return cls(**values)
+
+
+def read_rounds(run_dir: str | Path) -> dict[int, RoundRecord]:
+    """Every recorded round of a run directory, by round number."""
+    manifest = read_json(Path(run_dir) / "manifest.json")
+    return rounds_of(manifest)
+
+
+def rounds_of(manifest: dict[str, Any]) -> dict[int, RoundRecord]:
+    return {int(k): RoundRecord.from_dict(v) for k, v in sorted(manifest.get("rounds", {}).items(), key=lambda kv: int(kv[0]))}
