@@ -4,7 +4,7 @@ task (sentiment), over several seeds, for the full pipeline and three ablations,
 
 Every run uses the same cached world student (`models/world-student`, built on first use) and the
 demo's loop settings; only the loop seed and the ablated switches differ:
-- full:              SPEC 2 as configured (10-sample vote, label-exact decoding and filter, balance, input filters)
+- full:              contract §2 as configured (10-sample vote, label-exact decoding and filter, balance, input filters)
 - no_vote:           one greedy annotation per input (num_samples 1, temperature 0)
 - no_label_filter:   unconstrained annotation, any answer may win the vote, no class balancing
 - no_input_filters:  every non-empty generated input is kept (no length, noise or duplicate filter)

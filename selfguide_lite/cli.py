@@ -1,4 +1,4 @@
-"""Command line: thin typer commands, each parsing arguments and calling one function (SPEC 6).
+"""Command line: thin typer commands, each parsing arguments and calling one function (contract §6).
 
 User errors (`UserError`, bad options, a full disk) print one `error: ...` line and exit 2. Any other
 exception is a bug: one line and exit 1, or its full traceback with `--debug` (or SELFGUIDE_DEBUG=1).
@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from .config import Config, load_config
+from .config import Config, load_config, setting_help
 from .errors import UserError
 from .models import BUILTIN_STUDENTS
 from .store import output_dir, output_file
@@ -46,7 +46,7 @@ EndpointOption = Annotated[
 
 # `--method` on the commands that render prompts outside a loop (train, eval): the same rule as the loop.
 MethodOption = Annotated[
-    str | None, typer.Option(help="self-guide or self-instruct: render prompts as that method's loop does [default: self-guide]")
+    str | None, typer.Option(help="self-guide or self-instruct: render prompts as that method's loop does (default: self-guide)")
 ]
 
 
@@ -78,20 +78,20 @@ def _config(config: Path | None, **overrides) -> Config:
 def loop(
     task: Annotated[str | None, typer.Option(help="task file (Natural Instructions JSON or own YAML/JSON)")] = None,
     model: Annotated[str | None, typer.Option(help=STUDENT_HELP)] = None,
-    rounds: Annotated[int | None, typer.Option(help="rounds after round 0 [default: 2]")] = None,
-    run_dir: Annotated[str | None, typer.Option(help="run directory [default: runs/<task name>]")] = None,
+    rounds: Annotated[int | None, typer.Option(help=setting_help("loop.rounds"))] = None,
+    run_dir: Annotated[str | None, typer.Option(help="run directory (default: runs/<task name>)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
-    seed: Annotated[int | None, typer.Option(help="run seed")] = None,
-    method: Annotated[str | None, typer.Option(help="self-guide or self-instruct")] = None,
+    seed: Annotated[int | None, typer.Option(help=setting_help("seed"))] = None,
+    method: Annotated[str | None, typer.Option(help=setting_help("loop.method"))] = None,
     seeds: Annotated[str | None, typer.Option(help="Self-Instruct seed pool (JSON Lines)")] = None,
     eval_tasks: Annotated[list[str] | None, typer.Option(help="Self-Instruct: task files to evaluate on")] = None,
     task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
     labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
-    num_inputs: Annotated[int | None, typer.Option(help="Self-Guide input candidates per round")] = None,
-    num_instructions: Annotated[int | None, typer.Option(help="Self-Instruct instructions per round")] = None,
-    train_from: Annotated[str | None, typer.Option(help="base or previous")] = None,
-    data: Annotated[str | None, typer.Option(help="latest or accumulate")] = None,
-    quant: Annotated[str | None, typer.Option(help="q4_k_m, q8_0, f16 or f32")] = None,
+    num_inputs: Annotated[int | None, typer.Option(help=setting_help("selfguide.num_inputs"))] = None,
+    num_instructions: Annotated[int | None, typer.Option(help=setting_help("selfinstruct.num_instructions"))] = None,
+    train_from: Annotated[str | None, typer.Option(help=setting_help("loop.train_from"))] = None,
+    data: Annotated[str | None, typer.Option(help=setting_help("loop.data"))] = None,
+    quant: Annotated[str | None, typer.Option(help=setting_help("export.quant"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --run-dir (the default when it exists)")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over in a new run directory (NAME-2, NAME-3, ...)")] = False,
     endpoint: EndpointOption = None,
@@ -180,9 +180,9 @@ def synth(
     task: Annotated[str, typer.Option(help="task file")],
     model: Annotated[str, typer.Option(help="student GGUF file")],
     out: Annotated[Path, typer.Option(help="output directory")],
-    num_inputs: Annotated[int | None, typer.Option(help="input candidates [default: 400]")] = None,
+    num_inputs: Annotated[int | None, typer.Option(help=setting_help("selfguide.num_inputs"))] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed [default: the config's seed]")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed (default: the config's seed)")] = None,
     task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
     labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
     endpoint: EndpointOption = None,
@@ -207,9 +207,9 @@ def instruct(
     seeds: Annotated[str, typer.Option(help="seed pool (JSON Lines)")],
     model: Annotated[str, typer.Option(help="student GGUF file")],
     out: Annotated[Path, typer.Option(help="output directory")],
-    num_instructions: Annotated[int | None, typer.Option(help="new instructions to accept [default: 200]")] = None,
+    num_instructions: Annotated[int | None, typer.Option(help=setting_help("selfinstruct.num_instructions"))] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed [default: the config's seed]")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed (default: the config's seed)")] = None,
     endpoint: EndpointOption = None,
 ) -> None:
     """Self-Instruct bootstrap: OUT/instances.jsonl, OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
@@ -232,9 +232,9 @@ def train(
     model: Annotated[str, typer.Option(help=STUDENT_HELP)],
     out: Annotated[Path, typer.Option(help="adapter output directory")],
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
-    quantization: Annotated[str | None, typer.Option(help="nf4 (QLoRA) or none (16-bit LoRA)")] = None,
-    backend: Annotated[str | None, typer.Option(help="auto, unsloth or hf")] = None,
-    epochs: Annotated[float | None, typer.Option(help="epochs [default: 3]")] = None,
+    quantization: Annotated[str | None, typer.Option(help=setting_help("train.quantization"))] = None,
+    backend: Annotated[str | None, typer.Option(help=setting_help("train.backend"))] = None,
+    epochs: Annotated[float | None, typer.Option(help=setting_help("train.epochs"))] = None,
     method: MethodOption = None,
 ) -> None:
     """QLoRA (or 16-bit LoRA) with completion-only loss, prompts rendered as the method's loop renders them."""
@@ -276,7 +276,9 @@ def eval_cmd(
     task: Annotated[str, typer.Option(help="task file")],
     model: Annotated[str, typer.Option(help="student GGUF file, or a built-in student's name")],
     split: Annotated[str, typer.Option(help="validation (for choosing anything) or test (only for reporting)")] = "test",
-    limit: Annotated[int | None, typer.Option(help="instances of the split [default: 100]")] = None,
+    task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
+    labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
+    limit: Annotated[int | None, typer.Option(help="instances of the split (default: 100)")] = None,
     out: Annotated[Path | None, typer.Option(help="write predictions + metrics here")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
     endpoint: EndpointOption = None,
@@ -298,7 +300,8 @@ def eval_cmd(
     if out:
         output_file(out)
     size = {"validation_size": limit} if split == "validation" else {"test_size": limit}
-    cfg = _config(config, eval=size, engine={"endpoints": endpoint}, loop={"method": method})
+    cfg = _config(config, eval=size, engine={"endpoints": endpoint}, loop={"method": method}, task_type=task_type,
+                  labels=[x.strip() for x in labels.split(",")] if labels else None)
     t = load_task(task, cfg.task_type, cfg.labels)
     prompt_fn, extra_stops = method_for(cfg).eval_prompt()
     with open_sampler(sampling_gguf(model), cfg.engine) as sampler:
@@ -373,7 +376,7 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     n_ctx: Annotated[int, typer.Option(help="context length (0: the model's own)")] = 0,
-    threads: Annotated[int | None, typer.Option(help="llama.cpp threads [default: all cores]")] = None,
+    threads: Annotated[int | None, typer.Option(help="llama.cpp threads (default: all cores)")] = None,
 ) -> None:
     """An OpenAI-compatible server (/v1/completions, /v1/chat/completions) on the student."""
     from .usage import serve as run_server

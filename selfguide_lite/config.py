@@ -1,4 +1,4 @@
-"""One configuration model: defaults (SPEC's bold numbers), then a YAML file, then command-line flags.
+"""One configuration model: defaults (docs/contract.md), then a YAML file, then command-line flags.
 
 Every stage reads its own section; the loop writes the resolved whole to `config.yaml` in the run
 directory so a run can be read back and repeated.
@@ -41,7 +41,7 @@ class EngineConfig(_Section):
 
 
 class SelfGuideConfig(_Section):
-    """Self-Guide synthesis (SPEC 2)."""
+    """Self-Guide synthesis (contract §2)."""
 
     num_inputs: int = _f(400, "input candidates drawn per round", ge=1)
     context_inputs: int = _f(10, "accepted inputs shown back to the model when it writes new ones", ge=0)
@@ -64,7 +64,7 @@ class SelfGuideConfig(_Section):
 
 
 class SelfInstructConfig(_Section):
-    """Self-Instruct bootstrap (SPEC 3)."""
+    """Self-Instruct bootstrap (contract §3)."""
 
     num_instructions: int = _f(200, "new instructions to accept per round", ge=1)
     in_context: int = _f(8, "instructions shown per generation prompt", ge=1)
@@ -85,7 +85,7 @@ class SelfInstructConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """LoRA / QLoRA finetuning (SPEC 4)."""
+    """LoRA / QLoRA finetuning (contract §4)."""
 
     backend: Literal["auto", "unsloth", "hf"] = _f("auto", "auto: Unsloth on a CUDA GPU when installed, else transformers+peft+trl")
     quantization: Literal["nf4", "none"] = _f("nf4", "nf4: QLoRA (4-bit base); none: 16-bit LoRA (the sensible CPU choice)")
@@ -106,14 +106,14 @@ class TrainConfig(_Section):
 
 
 class ExportConfig(_Section):
-    """Merge, convert, quantize (SPEC 4)."""
+    """Merge, convert, quantize (contract §4)."""
 
     quant: Literal["q4_k_m", "q8_0", "f16", "f32"] = _f("q4_k_m", "quantization of each round's GGUF")
     keep_f16_gguf: bool = _f(False, "keep the intermediate f16 GGUF beside the quantized one")
 
 
 class EvalConfig(_Section):
-    """Evaluation (SPEC 5)."""
+    """Evaluation (contract §5)."""
 
     validation_size: int = _f(100, "validation instances per task (they decide promotion and settings)", ge=1)
     test_size: int = _f(100, "test instances per task, disjoint from validation (only reported)", ge=0)
@@ -122,7 +122,7 @@ class EvalConfig(_Section):
 
 
 class LoopConfig(_Section):
-    """The rounds (SPEC 4)."""
+    """The rounds (contract §4)."""
 
     rounds: int = _f(2, "rounds after round 0", ge=0)
     method: Literal["self-guide", "self-instruct"] = _f("self-guide", "self-guide (one task) or self-instruct (general)")
@@ -244,3 +244,15 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
         elif v is not None:
             out[k] = v
     return out
+
+
+def setting_help(dotted: str) -> str:
+    """A setting's one-line explanation and default, from the configuration model itself, for the
+    command-line options that override it (so help texts never drift from the defaults)."""
+    model: type[BaseModel] = Config
+    *sections, name = dotted.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation  # type: ignore[assignment]
+    field = model.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    return f"{field.description} (default: {default})"

@@ -5,24 +5,22 @@ corpus in the headline task's own prompt formats (input-generation prompts follo
 the asked topic, and task prompts followed by a label that is right only ~75% of the time). It gives
 every stage of the loop real material to work on quickly; it is not a good model, and its corpus
 is shaped like the pipeline's prompts, so it says nothing about whether self-training helps. The
-default Self-Guide demo uses `selfguide_lite.world` instead. `pretrain` here serves both students.
+default demo uses the built-in real student; `tiny.pretrain` trains this one and the world's.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import random
-import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
 from .prompts import PromptFormat, input_generation_prompt, task_prompt
+from .store import build_once
 from .tasks import Task, load_task
-from .tiny import SHAPES, build_tiny_model, save_checkpoint
+from .tiny import SHAPES, build_tiny_model, pretrain, save_checkpoint
 
 DEMO_LABELS = ("sports", "weather", "food")
 _PLACES = ["Leeds", "Porto", "Oslo", "Lyon", "Austin", "Kyoto", "Cork", "Perth", "Nantes", "Dayton"]
@@ -164,78 +162,21 @@ def corpus(task: Task, n_docs: int, seed: int) -> list[str]:
     return docs
 
 
-def pretrain(model, tok, docs: list[str], seconds: float | None, log: Callable[[str], None], seed: int = 0,
-             steps: int | None = None, batch_size: int = 16, lr: float = 3e-3) -> dict:
-    """Causal-LM pretraining on `docs` (AdamW, warmup then cosine decay) for a wall-clock budget
-    (`seconds`) or, reproducibly whatever the machine's load, a number of `steps`."""
-    import torch
-
-    if (seconds is None) == (steps is None):
-        raise ValueError("give exactly one of seconds and steps")
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    eos = tok.eos_token_id
-    encoded = [tok(d, add_special_tokens=True)["input_ids"] + [eos] for d in docs]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    model.train()
-    start, step, losses = time.monotonic(), 0, []
-    warmup = 30
-
-    def progress_share() -> float:
-        return step / steps if steps else (time.monotonic() - start) / seconds
-
-    while progress_share() < 1.0:
-        batch = rng.sample(encoded, batch_size)
-        width = max(map(len, batch))
-        ids = torch.full((batch_size, width), eos, dtype=torch.long)
-        labels = torch.full((batch_size, width), -100, dtype=torch.long)
-        mask = torch.zeros((batch_size, width), dtype=torch.long)
-        for row, seq in enumerate(batch):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            labels[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        lr_scale = min(1.0, (step + 1) / warmup) * max(0.05, 0.5 * (1 + math.cos(math.pi * progress_share())))
-        for group in opt.param_groups:
-            group["lr"] = lr * lr_scale
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        step += 1
-        if step % 100 == 0:
-            log(f"  pretrain step {step}{f'/{steps}' if steps else ''}  loss {sum(losses[-100:]) / 100:.3f}  "
-                f"{time.monotonic() - start:.0f}s")
-    model.eval()
-    return {"steps": step, "seconds": round(time.monotonic() - start, 1), "final_loss": round(losses[-1], 4)}
-
-
 def build_demo_model(out: Path, size: str = "tiny", seconds: float = 150.0, seed: int = 0,
                      log: Callable[[str], None] = print) -> Path:
     """Build (or reuse, when already built with the same settings) the demo student at `out`."""
-    out = Path(out)
-    recipe = {"size": size, "seconds": seconds, "seed": seed, "task": _task_digest(), "version": 1}
-    marker = out / "demo_recipe.json"
-    if marker.is_file() and json.loads(marker.read_text()) == recipe and (out / "model.safetensors").is_file():
-        log(f"demo student already built at {out}")
-        return out
-    task = demo_task()
-    docs = corpus(task, n_docs=6000, seed=seed + 1)
-    log(f"building the demo student ({size}) at {out}: tokenizer, random init, {seconds:.0f}s of pretraining")
-    tmp = out.with_name(out.name + ".partial")
-    model, tok = build_tiny_model(tmp, docs, arch="llama", shape=SHAPES[size], seed=seed)
-    stats = pretrain(model, tok, docs, seconds, log, seed=seed)
-    save_checkpoint(model, tok, tmp)
-    (tmp / "demo_recipe.json").write_text(json.dumps(recipe))
-    (tmp / "pretrain_stats.json").write_text(json.dumps(stats))
-    if out.exists():
-        import shutil
+    recipe = {"size": size, "seconds": seconds, "seed": seed, "task": _task_digest(), "version": 2}
 
-        shutil.rmtree(out)
-    tmp.rename(out)
-    log(f"demo student ready: {stats['steps']} steps, final loss {stats['final_loss']}")
-    return out
+    def build(tmp: Path) -> dict:
+        docs = corpus(demo_task(), n_docs=6000, seed=seed + 1)
+        log(f"building the demo student ({size}) at {out}: tokenizer, random init, {seconds:.0f}s of pretraining")
+        model, tok = build_tiny_model(tmp, docs, arch="llama", shape=SHAPES[size], seed=seed)
+        stats = pretrain(model, tok, docs, seconds, log, seed=seed)
+        save_checkpoint(model, tok, tmp)
+        log(f"demo student ready: {stats['steps']} steps, final loss {stats['final_loss']}")
+        return stats
+
+    return build_once(out, recipe, build, log, "demo student")
 
 
 def _task_digest() -> str:

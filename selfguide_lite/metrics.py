@@ -1,4 +1,4 @@
-"""The official Natural Instructions V2 metrics (SPEC 5).
+"""The official Natural Instructions V2 metrics (contract §5).
 
 normalize = lowercase, delete every `string.punctuation` character, collapse whitespace.
 Exact match and ROUGE-L (rouge_score with the Porter stemmer, on the raw strings) are each the

@@ -153,3 +153,22 @@ def _new_live():
         Rate(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
         transient=True, console=Console(stderr=True),
     )
+
+
+def quiet_libraries() -> None:
+    """Training should print our one-line progress, not progress bars and deprecation notices."""
+    import logging
+    import warnings
+
+    import datasets
+    import transformers
+
+    # bitsandbytes logs a missing optional CPU kernel package at import, though 16-bit LoRA never uses it
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
+    for module in ("transformers", "trl", "peft", "torch", "bitsandbytes"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=UserWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)

@@ -86,12 +86,12 @@ def _demo_block(demos: Sequence[Demo]) -> str:
 
 
 def task_prompt(task: Task, input_text: str) -> str:
-    """Annotation, training and evaluation prompt: instruction + all demos + the new input (SPEC 2.3, 2.5)."""
+    """Annotation, training and evaluation prompt: instruction + all demos + the new input (contract §2.3, 2.5)."""
     return f"{task.instruction}\n\n{_demo_block(task.demos)}Input: {input_text.strip()}\nOutput:"
 
 
 def input_generation_prompt(task: Task, accepted: Sequence[str], target_label: str | None) -> str:
-    """Ask for one new input, shown the demo inputs and recent accepted ones (SPEC 2.1)."""
+    """Ask for one new input, shown the demo inputs and recent accepted ones (contract §2.1)."""
     examples = [d.input.strip() for d in task.demos] + [a.strip() for a in accepted]
     shown = "".join(f"Input: {x}\n\n" for x in examples)
     ask = "Write one new input for this task, different from the ones above"
@@ -100,16 +100,16 @@ def input_generation_prompt(task: Task, accepted: Sequence[str], target_label: s
     return f"{task.instruction}\n\nExample inputs for this task:\n\n{shown}{ask}.\nInput:"
 
 
-# --- Self-Instruct (SPEC 3) -------------------------------------------------------------------
+# --- Self-Instruct (contract §3) -------------------------------------------------------------------
 
 def instruction_generation_prompt(instructions: Sequence[str]) -> str:
-    """A numbered list of tasks the model continues (SPEC 3.1)."""
+    """A numbered list of tasks the model continues (contract §3.1)."""
     lines = "".join(f"{i}. {text.strip()}\n" for i, text in enumerate(instructions, 1))
     return f"Come up with a series of tasks:\n{lines}{len(instructions) + 1}."
 
 
 def classification_check_prompt(examples: Sequence[tuple[str, bool]], instruction: str) -> str:
-    """Few-shot yes/no: is this instruction a classification task with a finite label set? (SPEC 3.3)"""
+    """Few-shot yes/no: is this instruction a classification task with a finite label set? (contract §3.3)"""
     shots = "".join(
         f"Task: {text.strip()}\nIs it classification? {'Yes' if flag else 'No'}\n\n" for text, flag in examples
     )
@@ -120,7 +120,7 @@ def classification_check_prompt(examples: Sequence[tuple[str, bool]], instructio
 
 
 def output_first_prompt(instruction: str) -> str:
-    """Classification instances: a class label first, then an input for it (SPEC 3.4)."""
+    """Classification instances: a class label first, then an input for it (contract §3.4)."""
     return (
         "Given the classification task definition and the class labels, generate an input that "
         "corresponds to each of the class labels. If the task doesn't require input, just generate "
@@ -137,7 +137,7 @@ def output_first_prompt(instruction: str) -> str:
 
 
 def input_first_prompt(instruction: str) -> str:
-    """Other instances: an input (or none), then the output (SPEC 3.4)."""
+    """Other instances: an input (or none), then the output (contract §3.4)."""
     return (
         "Come up with examples for the following tasks. Try to generate multiple examples when "
         "possible. If the task doesn't require additional input, you can generate the output directly.\n\n"
@@ -152,7 +152,7 @@ def input_first_prompt(instruction: str) -> str:
 
 
 def instruct_training_prompt(instruction: str, input_text: str = "") -> str:
-    """The one fixed instruction/input/response template Self-Instruct data is trained with (SPEC 3).
+    """The one fixed instruction/input/response template Self-Instruct data is trained with (contract §3).
 
     The input section is left out when the task needs none, so the model never learns to expect an
     empty field; the answer follows "### Response:" (after a space in plain text, as a separate

@@ -1,7 +1,7 @@
 """ROUGE-L near-duplicate filtering that agrees with `rouge_score` on every pair, thousands of times faster.
 
 Self-Instruct drops a new instruction when its ROUGE-L F-measure with anything already in the pool
-exceeds 0.7 (SPEC 3.2). Calling `RougeScorer.score` pair by pair re-tokenises both strings and runs a
+exceeds 0.7 (contract §3.2). Calling `RougeScorer.score` pair by pair re-tokenises both strings and runs a
 Python dynamic programme: about 20,000 pairs/s, hours for a 52k-instruction run. Here:
 
 * each text is tokenised once, with rouge_score's own tokenizer (so tokens can never differ), and the

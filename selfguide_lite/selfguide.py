@@ -1,4 +1,4 @@
-"""Self-Guide synthesis for one round (SPEC 2): the student writes inputs, labels them, we filter.
+"""Self-Guide synthesis for one round (contract §2): the student writes inputs, labels them, we filter.
 
 Pure logic over a `Sampler`: no files, no llama.cpp. Requests go out in waves so a batched
 backend decodes many at once while the "inputs already accepted" context still grows during the
@@ -18,12 +18,13 @@ from . import progress
 from .config import SelfGuideConfig
 from .engine.base import Request, Sampler, SamplingParams
 from .filters import DuplicateFilter, InputFilters, LengthWindow, NoiseFilter
-from .methods.base import SynthResult, stage_seed
+from .methods.base import SynthResult, funnel_counts, stage_seed
 from .metrics import normalize
 from .prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
 from .tasks import Task
 
 INPUT_STAGES = ("empty", "length", "noise", "duplicate")
+VOTE_STAGES = ("no_valid_samples", "no_consensus")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def self_consistency_vote(
     length: LengthWindow | None,
     threshold: float,
 ) -> Vote:
-    """SPEC 2.3: drop bad samples, then the most frequent normalised answer wins if its share of the
+    """contract §2.3: drop bad samples, then the most frequent normalised answer wins if its share of the
     surviving samples is at least `threshold` (ties: the shortest). Classification samples count
     only when they normalise to a label, and the winner is the label string itself."""
     label_of = {normalize(lab): lab for lab in labels} if labels else None
@@ -87,7 +88,7 @@ def self_consistency_vote(
 
 
 def balance_classes(records: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Down-sample every class present to the size of the smallest one (SPEC 2.4)."""
+    """Down-sample every class present to the size of the smallest one (contract §2.4)."""
     by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         by_label[rec["output"]].append(rec)
@@ -222,9 +223,9 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         "type": task.type,
         "labels": list(task.labels),
         "candidates": cfg.num_inputs,
-        "input_dropped": {stage: input_drops.get(stage, 0) for stage in INPUT_STAGES},
+        "input_dropped": funnel_counts(input_drops, INPUT_STAGES),
         "inputs_accepted": len(accepted),
-        "annotation_dropped": {s: vote_drops.get(s, 0) for s in ("no_valid_samples", "no_consensus")},
+        "annotation_dropped": funnel_counts(vote_drops, VOTE_STAGES),
         "samples_rejected": dict(sample_rejects),
         "annotated": len(annotated),
         "mean_agreement": round(sum(shares) / len(shares), 4) if shares else None,

@@ -1,4 +1,4 @@
-"""Self-Instruct bootstrap (SPEC 3): the student writes new instructions, then instances for them.
+"""Self-Instruct bootstrap (contract §3): the student writes new instructions, then instances for them.
 
 Pure logic over a `Sampler`, like `selfguide.synthesize`: no files, no llama.cpp. Instruction requests
 go out in waves, so a batched backend decodes many lists at once while the pool of generated
@@ -21,7 +21,7 @@ from . import progress
 from .config import SelfInstructConfig
 from .engine.base import Request, Sampler, SamplingParams, truncate_at_stop
 from .filters import InstructionFilters, conflicting_inputs, instance_check
-from .methods.base import SynthResult, stage_seed
+from .methods.base import SynthResult, funnel_counts, stage_seed
 from .prompts import (
     PromptFormat,
     classification_check_prompt,
@@ -33,7 +33,7 @@ from .prompts import (
 from .rouge import RougePool
 from .tasks import SeedTask, Task
 
-LAST_LIST_ITEM = 16  # SPEC 3.1: the model continues the list up to item 16
+LAST_LIST_ITEM = 16  # contract §3.1: the model continues the list up to item 16
 INSTRUCTION_STAGES = ("truncated", "length", "blacklist", "program", "start", "rouge", "surplus")
 INSTANCE_STAGES = (
     "truncated",
@@ -53,7 +53,7 @@ CLASSIFICATION_CHOICES = ("Yes", "No")
 def sample_context(
     seed_instructions: Sequence[str], generated: Sequence[str], cfg: SelfInstructConfig, rng: random.Random
 ) -> list[str]:
-    """SPEC 3.1: up to `in_context_generated` generated instructions, seeds for the rest, shuffled.
+    """contract §3.1: up to `in_context_generated` generated instructions, seeds for the rest, shuffled.
 
     Seeds keep the list anchored to human-written tasks; the few generated ones push for novelty
     without letting the model's own quirks take over the context.
@@ -101,7 +101,7 @@ def parse_instruction_list(text: str, first_number: int, last_item: int = LAST_L
 def classification_examples(
     seeds: Sequence[SeedTask], cfg: SelfInstructConfig, rng: random.Random
 ) -> list[tuple[str, bool]]:
-    """SPEC 3.3: the few-shot examples, drawn once per run from the seed pool's own flags.
+    """contract §3.3: the few-shot examples, drawn once per run from the seed pool's own flags.
 
     One fixed draw per run keeps the prompt prefix identical across requests (cache-friendly) and the
     decision consistent between instructions.
@@ -133,7 +133,7 @@ _CLASS_LABEL_RX = re.compile(r"(?:^|\n)[ \t]*Class label[ \t]*\d*[ \t]*:", re.IG
 
 
 def parse_input_first(text: str) -> list[tuple[str, str]]:
-    """(input, output) pairs from an input-first completion (SPEC 3.4).
+    """(input, output) pairs from an input-first completion (contract §3.4).
 
     Accepts "Example N" blocks of "<input lines>\\nOutput: <output lines>", explicit "Input:" /
     "Output:" pairs with or without "Example" headers, and a bare "Output: ..." or plain text when
@@ -201,7 +201,7 @@ def instance_stops(classification: bool, max_instances: int) -> tuple[str, ...]:
 def filter_instances(
     pairs: Sequence[tuple[str, str]], limit: int
 ) -> tuple[list[tuple[str, str]], list[tuple[int, str, str]]]:
-    """SPEC 3.5 over one instruction's parsed instances, in order: per-instance checks, then the
+    """contract §3.5 over one instruction's parsed instances, in order: per-instance checks, then the
     same-input-different-output rule (drops them all), exact duplicates, then the per-instruction cap.
 
     Returns the kept pairs and, for each dropped pair, (its index, stage, reason).
@@ -421,11 +421,11 @@ def bootstrap(
         "requests": n_requests,
         "empty_completions": empty_completions,
         "candidates": n_candidates,
-        "instruction_dropped": {s: drops.get(s, 0) for s in INSTRUCTION_STAGES},
+        "instruction_dropped": funnel_counts(drops, INSTRUCTION_STAGES),
         "instructions_accepted": len(accepted),
         "classification": {k: cls_counts.get(k, 0) for k in ("yes", "no", "unclear")},
         "instance_candidates": n_instance_candidates,
-        "instance_dropped": {s: inst_drops.get(s, 0) for s in INSTANCE_STAGES},
+        "instance_dropped": funnel_counts(inst_drops, INSTANCE_STAGES),
         "instructions_with_instances": with_instances,
         "instructions_without_instances": len(accepted) - with_instances,
         "train": len(result.train),

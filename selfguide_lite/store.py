@@ -2,7 +2,7 @@
 
 Every file a stage produces is written to a temporary name in the same folder and renamed into
 place, so a crash never leaves a half-written artifact under its final name. A stage whose recorded
-inputs' hashes match and whose outputs all exist is skipped on re-run (SPEC 7).
+inputs' hashes match and whose outputs all exist is skipped on re-run (contract §7).
 """
 
 from __future__ import annotations
@@ -154,6 +154,25 @@ def atomic_dir(path: str | Path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+RECIPE = "recipe.json"  # what a locally built model was made from; written last
+
+
+def build_once(out: str | Path, recipe: dict[str, Any], build: Callable[[Path], dict[str, Any]],
+               log: Callable[[str], None], what: str) -> Path:
+    """Build a model directory once per recipe: reuse `out` when its recorded recipe matches, else run
+    `build(tmp)` (which returns stats) in a temporary directory that replaces `out` only when done."""
+    out = Path(out)
+    marker = out / RECIPE
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == recipe:
+        log(f"{what} already built at {out}")
+        return out
+    with atomic_dir(out) as tmp:
+        stats = build(tmp)
+        (tmp / "build_stats.json").write_text(json.dumps(stats), encoding="utf-8")
+        (tmp / RECIPE).write_text(json.dumps(recipe), encoding="utf-8")
+    return out
 
 
 def file_hash(path: str | Path) -> str:

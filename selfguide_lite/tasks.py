@@ -1,4 +1,4 @@
-"""Tasks (Self-Guide) and seed pools (Self-Instruct), and their loaders (SPEC 1.1, 1.2).
+"""Tasks (Self-Guide) and seed pools (Self-Instruct), and their loaders (contract §1.1, 1.2).
 
 A task file's format is detected by its content, never by its name: a JSON object with a
 `Definition` key is a Natural Instructions V2 task; an object with an `instruction` key (YAML or
@@ -131,7 +131,7 @@ def _examples(items: object, where: str) -> list[dict]:
 def _infer_type_and_labels(
     first_refs: list[str], demo_outputs: list[str], task_type: str | None, labels: list[str] | None
 ) -> tuple[TaskType, list[str]]:
-    """SPEC 1.1: classification when the first references take at most 10 distinct values.
+    """contract §1.1: classification when the first references take at most 10 distinct values.
 
     The label set is those values in first-seen order; a label that only the demos show (instances
     are often a filtered sample) is appended after them so the student may still produce it.
@@ -226,7 +226,7 @@ def load_task(path: str | Path, task_type: str | None = None, labels: list[str] 
 
 
 def load_seed_pool(path: str | Path, bad_lines: str = "stop", warn=None) -> list[SeedTask]:
-    """SPEC 1.2: JSON Lines, one seed task a line.
+    """contract §1.2: JSON Lines, one seed task a line.
 
     A malformed line stops the load with its line number (`bad_lines="stop"`), or is reported
     through `warn` and skipped (`bad_lines="skip"`).

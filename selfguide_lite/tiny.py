@@ -1,15 +1,18 @@
 """Tiny Llama / Qwen2 models with a sentencepiece tokenizer, built locally with no download.
 
 Used by the demo student and by the tests. transformers 5.x needs the HF tokenizer built
-explicitly from the sentencepiece model (see NOTES): we extract vocab and merges and check that
+explicitly from the sentencepiece model (a bare LlamaTokenizer(vocab_file=...) silently gives a 3-token vocabulary): we extract vocab and merges and check that
 the HF ids equal sentencepiece's ids before saving. `add_dummy_prefix` is off so that sentencepiece,
 the HF tokenizer and llama.cpp agree on leading spaces too.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,3 +151,50 @@ def save_checkpoint(model, tok, out_dir: Path) -> None:
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     model.generation_config.save_pretrained(out_dir)
+
+
+def pretrain(model, tok, docs: list[str], seconds: float | None, log: Callable[[str], None], seed: int = 0,
+             steps: int | None = None, batch_size: int = 16, lr: float = 3e-3) -> dict:
+    """Causal-LM pretraining on `docs` (AdamW, warmup then cosine decay) for a wall-clock budget
+    (`seconds`) or, reproducibly whatever the machine's load, a number of `steps`."""
+    import torch
+
+    if (seconds is None) == (steps is None):
+        raise ValueError("give exactly one of seconds and steps")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    eos = tok.eos_token_id
+    encoded = [tok(d, add_special_tokens=True)["input_ids"] + [eos] for d in docs]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    model.train()
+    start, step, losses = time.monotonic(), 0, []
+    warmup = 30
+
+    def progress_share() -> float:
+        return step / steps if steps else (time.monotonic() - start) / seconds
+
+    while progress_share() < 1.0:
+        batch = rng.sample(encoded, batch_size)
+        width = max(map(len, batch))
+        ids = torch.full((batch_size, width), eos, dtype=torch.long)
+        labels = torch.full((batch_size, width), -100, dtype=torch.long)
+        mask = torch.zeros((batch_size, width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        lr_scale = min(1.0, (step + 1) / warmup) * max(0.05, 0.5 * (1 + math.cos(math.pi * progress_share())))
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_scale
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        step += 1
+        if step % 100 == 0:
+            log(f"  pretrain step {step}{f'/{steps}' if steps else ''}  loss {sum(losses[-100:]) / 100:.3f}  "
+                f"{time.monotonic() - start:.0f}s")
+    model.eval()
+    return {"steps": step, "seconds": round(time.monotonic() - start, 1), "final_loss": round(losses[-1], 4)}

@@ -1,4 +1,4 @@
-"""LoRA / QLoRA finetuning with completion-only loss (SPEC 4).
+"""LoRA / QLoRA finetuning with completion-only loss (contract §4).
 
 Two backends behind one function:
 - **unsloth** (chosen by `backend: auto` when Unsloth imports and a CUDA GPU is present): its
@@ -28,6 +28,7 @@ from . import progress
 from .config import TrainConfig
 from .errors import UserError
 from .models import load_tokenizer, resolve_model_source
+from .progress import quiet_libraries
 from .prompts import PromptFormat
 from .store import atomic_dir, read_json, read_jsonl, value_hash, write_json
 
@@ -181,25 +182,6 @@ def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainCon
         processing_class=tok,
     )
     return trainer, tok
-
-
-def quiet_libraries() -> None:
-    """Training should print our one-line progress, not progress bars and deprecation notices."""
-    import logging
-    import warnings
-
-    import datasets
-    import transformers
-
-    # bitsandbytes logs a missing optional CPU kernel package at import, though 16-bit LoRA never uses it
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
-    for module in ("transformers", "trl", "peft", "torch", "bitsandbytes"):
-        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
-        warnings.filterwarnings("ignore", category=UserWarning, module=module)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
 
 
 def _progress_callback(bar: progress.Bar, divergence_factor: float):

@@ -173,34 +173,25 @@ STUDENT_RECIPE = {"shape": "tiny", "docs": 20000, "steps": 3000, "batch_size": 1
 
 def build_world_student(out: Path, seed: int = 0, log: Callable[[str], None] = print, **recipe_overrides) -> Path:
     """Pretrain (or reuse, when built with the same recipe) the demo student on the world's corpus."""
-    import shutil
-
-    from .demo import pretrain
-    from .tiny import SHAPES, build_tiny_model, save_checkpoint
-    from .train import quiet_libraries
+    from .progress import quiet_libraries
+    from .store import build_once
+    from .tiny import SHAPES, build_tiny_model, pretrain, save_checkpoint
 
     quiet_libraries()
-    out = Path(out)
-    recipe = {**STUDENT_RECIPE, **recipe_overrides, "seed": seed}
-    marker = out / "world_recipe.json"
-    if marker.is_file() and json.loads(marker.read_text()) == recipe and (out / "model.safetensors").is_file():
-        log(f"world student already built at {out}")
-        return out
-    task = target_task()
-    exclude = {d.input for d in task.demos} | {i.input for i in task.instances}
-    docs = pretraining_corpus(recipe["docs"], seed + 1, exclude)
-    log(f"building the world student ({recipe['shape']}) at {out}: tokenizer, random init, "
-        f"{recipe['steps']} pretraining steps on {len(docs)} documents")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model, tok = build_tiny_model(tmp, docs, arch="llama", shape=SHAPES[recipe["shape"]], vocab_size=recipe["vocab"],
-                                  seed=seed)
-    stats = pretrain(model, tok, docs, None, log, seed=seed, steps=recipe["steps"], batch_size=recipe["batch_size"],
-                     lr=recipe["lr"])
-    save_checkpoint(model, tok, tmp)
-    (tmp / "pretrain_stats.json").write_text(json.dumps(stats))
-    (tmp / "world_recipe.json").write_text(json.dumps(recipe))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    log(f"world student ready: {stats['steps']} steps in {stats['seconds']:.0f}s, final loss {stats['final_loss']}")
-    return out
+    recipe = {**STUDENT_RECIPE, **recipe_overrides, "seed": seed, "version": 2}
+
+    def build(tmp: Path) -> dict:
+        task = target_task()
+        exclude = {d.input for d in task.demos} | {i.input for i in task.instances}
+        docs = pretraining_corpus(recipe["docs"], seed + 1, exclude)
+        log(f"building the world student ({recipe['shape']}) at {out}: tokenizer, random init, "
+            f"{recipe['steps']} pretraining steps on {len(docs)} documents")
+        model, tok = build_tiny_model(tmp, docs, arch="llama", shape=SHAPES[recipe["shape"]], vocab_size=recipe["vocab"],
+                                      seed=seed)
+        stats = pretrain(model, tok, docs, None, log, seed=seed, steps=recipe["steps"], batch_size=recipe["batch_size"],
+                         lr=recipe["lr"])
+        save_checkpoint(model, tok, tmp)
+        log(f"world student ready: {stats['steps']} steps in {stats['seconds']:.0f}s, final loss {stats['final_loss']}")
+        return stats
+
+    return build_once(out, recipe, build, log, "world student")

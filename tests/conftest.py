@@ -1,49 +1,13 @@
-"""Shared fixtures: tiny real models built on the fly (no downloads) and a scripted sampler."""
+"""Shared fixtures: tiny real models built on the fly (no downloads) and one finished tiny run."""
 
 from __future__ import annotations
 
-import re
 import subprocess
-import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from selfguide_lite.engine.base import Completion, ModelInfo, Request, Sampler
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CORPUS = [
-    f"Input: {w} number {i} is here\nOutput: {lab}"
-    for i, (w, lab) in enumerate(
-        [("the team wins the final", "sports"), ("heavy rain hits Leeds", "weather"), ("a bakery opens", "food")] * 60
-    )
-]
-
-
-def shared_file(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.is_file():
-        pytest.skip(f"shared data not present: {path}")
-    return path
-
-
-class ScriptedSampler(Sampler):
-    """A fake student for unit tests of prompt/filter/vote logic: `respond(prompt, sample_index, request)`."""
-
-    def __init__(self, respond: Callable[[str, int, Request], str], chat_template: str | None = None) -> None:
-        self.respond = respond
-        self.info = ModelInfo(chat_template, "<s>", "</s>")
-        self.requests: list[Request] = []
-
-    def count_tokens(self, text: str) -> int:
-        return max(1, len(re.findall(r"\w+|[^\w\s]", text)))
-
-    def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
-        self.requests.extend(requests)
-        return [
-            [Completion(self.respond(r.prompt, i, r), 1, "stop") for i in range(r.params.n)] for r in requests
-        ]
+from tests.helpers import CONFIG, CORPUS, loop_cmd
 
 
 @pytest.fixture(scope="session")
@@ -65,26 +29,11 @@ def tiny_qwen2(tmp_path_factory) -> Path:
     return out
 
 
-# A finished tiny run, shared by the resume, report and usage tests.
-CONFIG = (
-    "selfguide: {num_inputs: 36, wave_size: 12, num_samples: 4, length_filter: false, balance: false}\n"
-    "train: {quantization: none, epochs: 3, batch_size: 2, learning_rate: 1.0e-3}\n"
-    "eval: {validation_size: 8, test_size: 4}\nengine: {n_ctx: 2048}\nexport: {quant: q8_0}\n"
-)
-
-
 @pytest.fixture(scope="session")
 def student(tmp_path_factory) -> Path:
     from selfguide_lite.demo import build_demo_model
 
     return build_demo_model(tmp_path_factory.mktemp("student") / "hf", seconds=20, log=lambda m: None)
-
-
-def loop_cmd(student: Path, run_dir: Path, cfg: Path, seed: int = 0) -> list[str]:
-    from selfguide_lite.demo import demo_task_path
-
-    return [sys.executable, "-m", "selfguide_lite", "loop", "--task", str(demo_task_path()), "--model", str(student),
-            "--rounds", "1", "--run-dir", str(run_dir), "--config", str(cfg), "--seed", str(seed)]
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from selfguide_lite.cli import main
-from tests.conftest import shared_file
+from tests.helpers import shared_file
 
 
 def run_cli(*args, cwd=None):

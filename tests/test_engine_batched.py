@@ -219,3 +219,29 @@ def _lcp(seqs):
         if len({s[i] for s in seqs}) > 1:
             return i
     return n
+
+
+@pytest.mark.parametrize("backend", ["sequential", "batched"])
+def test_every_backend_keeps_the_sampler_contract(backend, model_path, monkeypatch):
+    """The duties in `Sampler`'s docstring: n per request in order, seed + i per sample whatever is decoded
+    beside it, cut at stop strings, one progress tick per sample."""
+    from selfguide_lite import progress
+
+    ticks = []
+    monkeypatch.setattr(progress, "sample_done", lambda n=1: ticks.append(n))
+    stop = ("\n",)
+    many = SamplingParams(temperature=0.9, top_k=40, max_tokens=12, n=3, seed=11, stop=stop)
+    requests = [Request(FEW_SHOT + "Sentence: the cat", many), Request(FEW_SHOT + "Sentence: a child", many),
+                Request(FEW_SHOT + "Sentence: our team", SamplingParams(max_tokens=6, n=1, seed=5, stop=stop))]
+    with open_sampler(model_path, EngineConfig(backend=backend, n_ctx=2048, n_threads=1)) as sampler:
+        out = sampler.generate(requests)
+        assert [len(o) for o in out] == [3, 3, 1]
+        assert sum(ticks) == 7
+        for completions in out:
+            for c in completions:
+                assert "\n" not in c.text and c.finish_reason in ("stop", "length")
+        # sample i of the first request equals that request alone with n=1 and seed 11 + i
+        for i in range(3):
+            alone = sampler.generate([Request(requests[0].prompt, SamplingParams(
+                temperature=0.9, top_k=40, max_tokens=12, n=1, seed=11 + i, stop=stop))])
+            assert alone[0][0].text == out[0][i].text, (backend, i)

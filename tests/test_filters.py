@@ -33,3 +33,13 @@ def test_input_filters_apply_in_order():
     assert f.check("a fine input") is None
     f.accept("a fine input")
     assert f.check("A fine input")[0] == "duplicate"
+
+
+def test_a_drop_stage_missing_from_the_stage_list_is_an_error_not_a_silent_gap():
+    import pytest
+
+    from selfguide_lite.methods.base import funnel_counts
+
+    assert funnel_counts({"noise": 2}, ("empty", "noise")) == {"empty": 0, "noise": 2}
+    with pytest.raises(ValueError, match="new_filter"):
+        funnel_counts({"new_filter": 1}, ("empty", "noise"))

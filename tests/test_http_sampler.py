@@ -494,7 +494,7 @@ def test_loop_samples_the_base_student_on_the_servers_and_its_own_students_local
     there; the round-1 student (exported by the loop) is evaluated locally. The manifest says so."""
     from selfguide_lite.demo import demo_task_path
     from selfguide_lite.export import gguf_from_hf
-    from tests.conftest import CONFIG
+    from tests.helpers import CONFIG
 
     run = tmp_path / "run"
     base_gguf = gguf_from_hf(student, run / "round-0" / "model-q8_0.gguf", "q8_0")  # what the loop makes first

@@ -6,7 +6,7 @@ from selfguide_lite.config import SelfGuideConfig
 from selfguide_lite.engine.journal import JournaledSampler
 from selfguide_lite.prompts import PromptFormat
 from selfguide_lite.selfguide import synthesize
-from tests.conftest import ScriptedSampler
+from tests.helpers import ScriptedSampler
 from tests.test_selfguide import TASK, scripted
 
 CFG = SelfGuideConfig(num_inputs=30, wave_size=6, num_samples=4)

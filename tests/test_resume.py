@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIG, loop_cmd
+from tests.helpers import CONFIG, loop_cmd
 
 
 def run_until(cmd: list[str], cwd: Path, condition: Callable[[], bool], timeout: float = 600) -> bool:

@@ -8,7 +8,7 @@ from selfguide_lite.filters import LengthWindow, NoiseFilter
 from selfguide_lite.prompts import PromptFormat
 from selfguide_lite.selfguide import balance_classes, self_consistency_vote, synthesize
 from selfguide_lite.tasks import Demo, Task
-from tests.conftest import ScriptedSampler
+from tests.helpers import ScriptedSampler
 
 TASK = Task(
     name="topics",

@@ -416,7 +416,7 @@ def test_bootstrap_end_to_end(seeds):
         assert set(r) >= {"id", "instruction", "input", "output", "is_classification"}
         assert r["output"] and r["input"] != r["output"]
 
-    # Sampling parameters (SPEC 3.1, 3.3, 3.4).
+    # Sampling parameters (contract §3.1, 3.3, 3.4).
     gen = [q for q in sampler.requests if kind_of(q.prompt) == "instructions"]
     assert {(q.params.temperature, q.params.top_p, q.params.presence_penalty) for q in gen} == {
         (0.7, 0.5, 2.0)

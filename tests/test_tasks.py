@@ -4,7 +4,7 @@ import pytest
 
 from selfguide_lite.errors import UserError
 from selfguide_lite.tasks import load_seed_pool, load_task
-from tests.conftest import shared_file
+from tests.helpers import shared_file
 
 
 def test_natural_instructions_classification_labels_in_first_seen_order():

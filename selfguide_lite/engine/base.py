@@ -59,7 +59,21 @@ class ModelInfo:
 
 
 class Sampler(ABC):
-    """A student that can complete prompts. Backends: llama.cpp (sequential or batched)."""
+    """A student that can complete prompts. Backends: llama.cpp sequential (`llamacpp.py`) and batched
+    (`batched.py`), OpenAI-compatible servers (`http.py`); tests use a scripted one.
+
+    Every backend owes its callers these duties (checked for each backend by
+    `tests/test_engine_batched.py::test_every_backend_keeps_the_sampler_contract`):
+    - `generate` returns exactly `request.params.n` completions per request, in request order;
+    - sample i of a request is drawn with seed `params.seed + i`, so a request's samples do not depend
+      on what else is decoded beside it (a request alone or in a batch gives the same text);
+    - a completion is cut at the earliest stop string in `params.stop` (the stop text excluded) and
+      then reports `finish_reason == "stop"`; running out of `max_tokens` reports "length";
+    - `params.choices`, when set, yields exactly one of those strings (leading whitespace allowed);
+    - `progress.sample_done(1)` is called once per finished sample, so progress bars move during one
+      long `generate` call;
+    - `info` describes the student's prompt format; `count_tokens` counts in its own tokenizer.
+    """
 
     info: ModelInfo
 

@@ -37,6 +37,15 @@ def stage_seed(base: int, stage: int, index: int) -> int:
     return (base * 1_000_003 + stage * 100_003 + index) % (2**31 - 1)
 
 
+def funnel_counts(counts: dict[str, int], stages: tuple[str, ...]) -> dict[str, int]:
+    """Drops per stage, in the stage list's order, for `stats.json` and the report's funnel. A drop under
+    a stage missing from the list is a programming error, raised rather than silently left out."""
+    unknown = sorted(set(counts) - set(stages))
+    if unknown:
+        raise ValueError(f"drop stage(s) {unknown} missing from the stage list {stages}")
+    return {stage: counts.get(stage, 0) for stage in stages}
+
+
 class Method(ABC):
     """One self-training method. Instances hold the run's configuration."""
 
