@@ -30,8 +30,6 @@ app = typer.Typer(
     help="Make a small language model better at a task using only data it writes itself.",
 )
 
-DEMO_MODEL_DIR = Path("models/demo-model")  # the tiny headline student (Self-Instruct demo, tests)
-WORLD_STUDENT_DIR = Path("models/world-student")  # the procedural world's student (selfguide_lite/world.py)
 STUDENT_HELP = (f"student: a built-in name ({', '.join(BUILTIN_STUDENTS)}), a GGUF file, a local HF checkpoint "
                 "directory, or a hub id")
 
@@ -120,7 +118,7 @@ def loop(
     if is_demo:
         from .demo import demo_setup
 
-        preset = demo_setup(demo, method, overrides, log=_log, tiny_dir=DEMO_MODEL_DIR, world_dir=WORLD_STUDENT_DIR)
+        preset = demo_setup(demo, method, overrides, log=_log)
     cfg = load_config(config, overrides, preset)
     from .loop import resolve_run_dir, run_loop
 
@@ -342,18 +340,19 @@ def score(
 
 @app.command(name="demo-model")
 def demo_model(
-    out: Annotated[Path, typer.Option(help="output directory")] = DEMO_MODEL_DIR,
+    out: Annotated[Path | None, typer.Option(help="output directory (default: models/demo-model)")] = None,
     size: Annotated[str, typer.Option(help="tiny or small")] = "tiny",
     seconds: Annotated[float, typer.Option(help="pretraining wall-clock budget")] = 150.0,
 ) -> None:
     """Build the local demo student (a tiny Llama pretrained on the demo task's formats)."""
-    from .demo import build_demo_model
+    from .demo import build_demo_model, demo_model_dir
     from .tiny import SHAPES
 
     if size not in SHAPES:
         raise UserError(f"--size must be one of {', '.join(SHAPES)}")
     if not 0 < seconds <= 3600:
         raise UserError("--seconds must be in (0, 3600]")
+    out = out or demo_model_dir()
     output_dir(out)
     _log(f"demo student at {build_demo_model(out, size=size, seconds=seconds, log=_log)}")
 

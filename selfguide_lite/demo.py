@@ -83,8 +83,20 @@ def real_demo_task_path() -> Path:
     return Path(str(resources.files("selfguide_lite") / "data" / REAL_DEMO_TASK))
 
 
-def demo_setup(name: str | None, method: str | None, overrides: dict, log: Callable[[str], None],
-               tiny_dir: Path, world_dir: Path) -> dict:
+def demo_model_dir() -> Path:
+    """Where the tiny headline student is built (Self-Instruct demo, `demo-model`)."""
+    from .models import models_dir
+
+    return models_dir() / "demo-model"
+
+
+def world_student_dir() -> Path:
+    from .models import models_dir
+
+    return models_dir() / "world-student"
+
+
+def demo_setup(name: str | None, method: str | None, overrides: dict, log: Callable[[str], None]) -> dict:
     """Fill `overrides` (student, task, run directory) for a built-in demo; returns its settings preset."""
     from .methods import method_class
 
@@ -98,7 +110,7 @@ def demo_setup(name: str | None, method: str | None, overrides: dict, log: Calla
     if name == "self-instruct":
         log("offline Self-Instruct demo: a tiny (~1M parameter) Llama student built here; it shows every stage "
             "running for real, it is not a useful model.")
-        overrides["model"] = str(build_demo_model(tiny_dir, log=log))
+        overrides["model"] = str(build_demo_model(demo_model_dir(), log=log))
         overrides["seeds"] = overrides.get("seeds") or str(seed_pool_path())
         overrides["eval_tasks"] = overrides.get("eval_tasks") or [str(demo_task_path())]
         overrides["run_dir"] = overrides.get("run_dir") or "runs/demo-self-instruct"
@@ -118,7 +130,7 @@ def demo_setup(name: str | None, method: str | None, overrides: dict, log: Calla
 
         log("procedural-world demo: a small Llama student pretrained here on six sentence tasks "
             "(selfguide_lite/world.py), then Self-Guide on the task it saw least (sentiment).")
-        overrides["model"] = str(build_world_student(world_dir, log=log))
+        overrides["model"] = str(build_world_student(world_student_dir(), log=log))
         overrides["task"] = str(world_task_path())
         overrides["run_dir"] = overrides.get("run_dir") or "runs/demo-world"
     return WORLD_PRESET

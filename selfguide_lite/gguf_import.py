@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
+from .models import gguf_add_bos, gguf_tokenize, load_tokenizer
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 # llama.cpp's pre-tokenizer names -> the regular expressions it splits text with before BPE (its
@@ -267,40 +268,11 @@ def check_tokenizer(hf_tok, gguf_path: Path) -> int:
     texts = [*PROBE_TEXTS, *rendered_prompts(hf_tok)]
     for text in texts:
         ours = hf_tok(text)["input_ids"]
-        theirs = llama_tokenize(gguf_path, text)
+        theirs = gguf_tokenize(gguf_path, text)
         if ours != theirs:
             raise UserError(f"{gguf_path}: the imported tokenizer disagrees with llama.cpp on {text[:40]!r} "
                             f"({ours[:12]} vs {theirs[:12]}); this GGUF's tokenizer cannot be imported faithfully")
     return len(texts)
-
-
-def llama_tokenize(gguf_path: Path, text: str, add_special: bool = True) -> list[int]:
-    """llama.cpp's ids for `text` (BOS when the model wants it; special-token text parsed)."""
-    import llama_cpp
-
-    from .engine.llamacpp import load_vocab_only
-
-    model = load_vocab_only(gguf_path)
-    try:
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        raw = text.encode("utf-8")
-        buf = (llama_cpp.llama_token * (len(raw) + 8))()
-        n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), add_special, True)
-        return list(buf[:n])
-    finally:
-        llama_cpp.llama_model_free(model)
-
-
-def llama_add_bos(gguf_path: Path) -> bool:
-    import llama_cpp
-
-    from .engine.llamacpp import load_vocab_only
-
-    model = load_vocab_only(gguf_path)
-    try:
-        return bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(model)))
-    finally:
-        llama_cpp.llama_model_free(model)
 
 
 FIDELITY_PROMPTS = (
@@ -328,11 +300,10 @@ def measure_fidelity(hf_dir: Path, gguf_path: Path, prompts: tuple[str, ...] = F
     from transformers import AutoModelForCausalLM
 
     from .engine.llamacpp import load_llama
-    from .models import load_tokenizer
     from .progress import quiet_libraries
 
     quiet_libraries()
-    ids = [llama_tokenize(gguf_path, t) for t in rendered_prompts(load_tokenizer(hf_dir), prompts)]
+    ids = [gguf_tokenize(gguf_path, t) for t in rendered_prompts(load_tokenizer(hf_dir), prompts)]
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     llm = load_llama(gguf_path, n_ctx=max(len(x) for x in ids) + 8, n_threads=None, logits_all=True)
@@ -369,7 +340,7 @@ def write_checkpoint(f: GGUFFile, dest: Path, digest: str) -> dict[str, Any]:
     ids["pad"] = ids.pop("padding") if ids.get("padding") is not None else ids["eos"]
     tied = "output.weight" not in f.tensors
     cfg = hf_config(f, len(tokens), tied, ids)
-    tok = build_tokenizer(f, llama_add_bos(f.path))
+    tok = build_tokenizer(f, gguf_add_bos(f.path))
     n_params = sum(int(t.n_elements) for t in f.tensors.values())
     ensure_free_space(dest.parent, n_params * 2, "the imported 16-bit checkpoint")
     with progress.bar(f"importing {f.path.name}", len(f.tensors), "tensors") as bar:
@@ -388,7 +359,6 @@ def write_checkpoint(f: GGUFFile, dest: Path, digest: str) -> dict[str, Any]:
                                  ("pad_token_id", cfg["pad_token_id"])) if v is not None}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
         tok.save_pretrained(tmp)
-        from .models import load_tokenizer
 
         probes = check_tokenizer(load_tokenizer(tmp), f.path)  # as training will load it
         fidelity = {**measure_fidelity(tmp, f.path), "tokenizer_probes": probes}

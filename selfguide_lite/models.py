@@ -17,10 +17,12 @@ import json
 import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .engine.base import ModelInfo
 from .errors import UserError
 
 Log = Callable[[str], None]
@@ -144,6 +146,94 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+# --- GGUF files: the one place that checks, opens (vocabulary only), describes and tokenizes them ---
+
+def existing_gguf(path: str | Path) -> Path:
+    """A GGUF path a command was given, or the one error line saying why it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; sampling needs a GGUF file (see `export`, or let `loop` convert it)")
+    if not path.is_file():
+        raise UserError(f"GGUF model not found: {path}")
+    return path
+
+
+def load_vocab_only(model_path: str | Path):
+    """A GGUF's vocabulary and metadata without its weights (fast): a `llama_model` pointer that the
+    caller frees with `llama_model_free`. For tokenizing and reading the chat template."""
+    import llama_cpp
+
+    from .engine.llamacpp import quiet_llama
+
+    path = existing_gguf(model_path)
+    quiet_llama()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise UserError(f"llama.cpp could not load {path} (not a GGUF file, or truncated)")
+    return model
+
+
+def model_info(model) -> ModelInfo:
+    """Chat template and special-token texts of a loaded llama.cpp model (a `llama_model` pointer),
+    read from its GGUF metadata and vocabulary. Both backends describe the student through this."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(model)
+
+    def text(token: int) -> str:
+        if token < 0:
+            return ""
+        raw = llama_cpp.llama_vocab_get_text(vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    template = llama_cpp.llama_model_chat_template(model, None)
+    return ModelInfo(
+        chat_template=template.decode("utf-8") if template else None,
+        bos_token=text(llama_cpp.llama_vocab_bos(vocab)),
+        eos_token=text(llama_cpp.llama_vocab_eos(vocab)),
+    )
+
+
+@contextmanager
+def gguf_vocab(path: str | Path):
+    """The GGUF's `llama_model` (vocabulary and metadata only), freed when the block ends."""
+    import llama_cpp
+
+    model = load_vocab_only(path)
+    try:
+        yield model
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def gguf_model_info(path: str | Path) -> ModelInfo:
+    """Chat template and special tokens of a GGUF, loading only its vocabulary (fast)."""
+    with gguf_vocab(path) as model:
+        return model_info(model)
+
+
+def gguf_tokenize(path: str | Path, text: str, add_special: bool = True) -> list[int]:
+    """llama.cpp's ids for `text` (with BOS when the model wants one; special-token text parsed)."""
+    import llama_cpp
+
+    with gguf_vocab(path) as model:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        raw = text.encode("utf-8")
+        buf = (llama_cpp.llama_token * (len(raw) + 8))()
+        n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), add_special, True)
+        return list(buf[:n])
+
+
+def gguf_add_bos(path: str | Path) -> bool:
+    """Whether llama.cpp puts BOS before a prompt for this model."""
+    import llama_cpp
+
+    with gguf_vocab(path) as model:
+        return bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(model)))
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -161,9 +251,7 @@ def import_gguf(gguf_path: str | Path, cache: Path | None = None, log: Log | Non
     its fidelity once."""
     from .gguf_import import SUPPORTED_ARCHITECTURES, GGUFFile, write_checkpoint
 
-    path = Path(gguf_path)
-    if not path.is_file():
-        raise UserError(f"GGUF model not found: {path}")
+    path = existing_gguf(gguf_path)
     digest = sha256_file(path)
     dest = (cache or models_dir()) / "imported" / f"{path.stem}-{digest[:12]}"
     record_path = dest / IMPORT_RECORD

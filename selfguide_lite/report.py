@@ -178,15 +178,11 @@ def write_report(run_dir: str | Path) -> Path:
             continue
         steps = funnel_steps(stats)
         funnels.append(funnel_plot(k, stats) + _table(["step", "rows remaining"], [list(s) for s in steps]))
-        if stats.get("type") == "classification":
-            kept = stats.get("train_per_label") or {}
-            annotated = dict(kept)
-            for d in _read_jsonl(run_dir / f"round-{k}" / "synth" / "dropped.jsonl"):
-                if d.get("stage") == "balance":
-                    annotated[d["output"]] = annotated.get(d["output"], 0) + 1
-            missing = stats.get("missing_labels") or []
+        balance = method_of_stats(stats).class_balance(stats, _read_jsonl(run_dir / f"round-{k}" / "synth" / "dropped.jsonl"))
+        if balance is not None:
+            missing = balance.missing
             note = f"<p class='warn'>labels never produced: {_esc(', '.join(missing))}</p>" if missing else ""
-            balances.append(balance_plot(k, annotated, kept) + note)
+            balances.append(balance_plot(k, balance.labelled, balance.kept) + note)
         examples.append(_examples_section(k, run_dir / f"round-{k}" / "synth"))
 
     stages = manifest.get("stages", {})

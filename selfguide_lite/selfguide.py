@@ -12,7 +12,7 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypedDict
 
 from . import progress
 from .config import SelfGuideConfig
@@ -25,6 +25,26 @@ from .tasks import Task
 
 INPUT_STAGES = ("empty", "length", "noise", "duplicate")
 VOTE_STAGES = ("no_valid_samples", "no_consensus")
+
+
+class SelfGuideStats(TypedDict):
+    """`stats.json` of a Self-Guide round: the funnel from candidates to training rows."""
+
+    method: str  # "self-guide"
+    task: str
+    type: str  # classification | generation
+    labels: list[str]
+    candidates: int
+    input_dropped: dict[str, int]  # per INPUT_STAGES, in order
+    inputs_accepted: int
+    annotation_dropped: dict[str, int]  # per VOTE_STAGES
+    samples_rejected: dict[str, int]  # annotation samples that did not count, by reason
+    annotated: int
+    mean_agreement: float | None  # mean share of the winning answer
+    balance_dropped: int
+    train: int
+    train_per_label: dict[str, int]
+    missing_labels: list[str]  # labels the vote never produced
 
 
 @dataclass(frozen=True)
@@ -217,7 +237,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     result.train = final
 
     per_label = Counter(r["output"] for r in final) if classification else {}
-    result.stats = {
+    result.stats = SelfGuideStats(**{
         "method": "self-guide",
         "task": task.name,
         "type": task.type,
@@ -233,7 +253,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         "train": len(final),
         "train_per_label": dict(per_label),
         "missing_labels": [lab for lab in task.labels if per_label.get(lab, 0) == 0] if classification else [],
-    }
+    })
     if classification and cfg.balance:
         progress.summary(f"balance: {len(final)} rows kept, {len(balance_dropped)} down-sampled ("
                          f"{', '.join(f'{k} {v}' for k, v in per_label.items()) or 'nothing left'})")

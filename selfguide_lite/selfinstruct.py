@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypedDict
 
 from . import progress
 from .config import SelfInstructConfig
@@ -32,6 +32,28 @@ from .prompts import (
 )
 from .rouge import RougePool
 from .tasks import SeedTask, Task
+
+
+class SelfInstructStats(TypedDict):
+    """`stats.json` of a Self-Instruct round: instructions from candidates to accepted, then instances."""
+
+    method: str  # "self-instruct"
+    seeds: int
+    target: int
+    stopped: str
+    waves: int
+    requests: int
+    empty_completions: int
+    candidates: int
+    instruction_dropped: dict[str, int]  # per INSTRUCTION_STAGES, in order
+    instructions_accepted: int
+    classification: dict[str, int]  # yes / no / unclear
+    instance_candidates: int
+    instance_dropped: dict[str, int]  # per INSTANCE_STAGES
+    instructions_with_instances: int
+    instructions_without_instances: int
+    train: int
+
 
 LAST_LIST_ITEM = 16  # contract §3.1: the model continues the list up to item 16
 INSTRUCTION_STAGES = ("truncated", "length", "blacklist", "program", "start", "rouge", "surplus")
@@ -412,7 +434,7 @@ def bootstrap(
                 | {"is_classification": cls}
             )
 
-    result.stats = {
+    result.stats = SelfInstructStats(**{
         "method": "self-instruct",
         "seeds": len(seeds),
         "target": target,
@@ -429,7 +451,7 @@ def bootstrap(
         "instructions_with_instances": with_instances,
         "instructions_without_instances": len(accepted) - with_instances,
         "train": len(result.train),
-    }
+    })
     return result
 
 

@@ -16,23 +16,13 @@ from pathlib import Path
 
 from .engine.base import ModelInfo
 from .errors import UserError
+from .models import existing_gguf, gguf_model_info
 from .prompts import PromptFormat
 from .store import atomic_write_text
 
 PLACEHOLDER = "\x00SELFGUIDE_PROMPT\x00"
 
 
-def gguf_info(gguf: str | Path) -> ModelInfo:
-    """Chat template and special tokens from a GGUF, loading only its vocabulary (fast)."""
-    import llama_cpp
-
-    from .engine.llamacpp import load_vocab_only, model_info
-
-    model = load_vocab_only(gguf)
-    try:
-        return model_info(model)
-    finally:
-        llama_cpp.llama_model_free(model)
 
 
 def modelfile_text(gguf: Path, info: ModelInfo) -> str:
@@ -57,7 +47,7 @@ def _quote(s: str) -> str:
 def write_modelfile(gguf: str | Path) -> Path:
     """`X.gguf` -> `X.Modelfile` beside it (atomically)."""
     gguf = Path(gguf)
-    return atomic_write_text(gguf.with_suffix(".Modelfile"), modelfile_text(gguf, gguf_info(gguf)))
+    return atomic_write_text(gguf.with_suffix(".Modelfile"), modelfile_text(gguf, gguf_model_info(gguf)))
 
 
 def chat(gguf: str | Path, read: Callable[[str], str] = input, write: Callable[[str], None] = print,
@@ -90,9 +80,7 @@ def serve(gguf: str | Path, host: str = "127.0.0.1", port: int = 8000, n_ctx: in
           n_threads: int | None = None) -> None:
     """llama-cpp-python's OpenAI-compatible server (`/v1/completions`, `/v1/chat/completions`,
     `/v1/models`) on the student, until interrupted."""
-    path = Path(gguf)
-    if not path.is_file():
-        raise UserError(f"GGUF model not found: {path}")
+    path = existing_gguf(gguf)
     try:
         import uvicorn
         from llama_cpp.server.app import create_app

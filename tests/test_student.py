@@ -105,7 +105,7 @@ def test_tiny_gguf_imports_back_with_measured_fidelity(arch_fixture, request, tm
         assert fid["top1_agreement"] >= min_top1, (quant, fid)
         assert fid["max_abs_logit_diff"] <= max_rel * fid["logit_range"], (quant, fid)
     # the tokenizer that training loads gives llama.cpp's ids (checked at import; checked here again)
-    from selfguide_lite.gguf_import import llama_tokenize
+    from selfguide_lite.models import gguf_tokenize as llama_tokenize
     from selfguide_lite.models import load_tokenizer
 
     tok = load_tokenizer(imported)

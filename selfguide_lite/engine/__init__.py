@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import EngineConfig
-from ..errors import UserError
 from .base import Completion, ModelInfo, Request, Sampler, SamplingParams
 
 __all__ = ["Completion", "ModelInfo", "Request", "Sampler", "SamplingParams", "open_sampler"]
@@ -16,11 +15,9 @@ def open_sampler(model_path: str | Path, cfg: EngineConfig | None = None) -> Sam
     llama-cpp-python's one-sequence-at-a-time `create_completion` (the reference the batched engine is
     tested against), or, with `endpoints`, OpenAI-compatible servers that serve the same model."""
     cfg = cfg or EngineConfig()
-    path = Path(model_path)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory; sampling needs a GGUF file (see `export`, or let `loop` convert it)")
-    if not path.is_file():
-        raise UserError(f"GGUF model not found: {path}")
+    from ..models import existing_gguf
+
+    path = existing_gguf(model_path)
     if cfg.endpoints:  # remote servers sample; the local GGUF only tokenizes and names the prompt format
         from .http import HttpSampler
 

@@ -46,8 +46,9 @@ import numpy as np
 
 from .. import progress
 from ..errors import UserError
+from ..models import existing_gguf, model_info
 from .base import Completion, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
-from .llamacpp import model_info, quiet_llama
+from .llamacpp import quiet_llama
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default last_n_tokens_size: penalties match the sequential backend
 KV_BUDGET_BYTES = 3 << 30  # cap on the KV cache; beyond it fewer sequences run at once instead of failing
@@ -96,9 +97,7 @@ class BatchedSampler(Sampler):
 
         self._L = L
         quiet_llama()
-        path = Path(model_path)
-        if not path.is_file():
-            raise UserError(f"GGUF model not found: {path}")
+        path = existing_gguf(model_path)
         if n_parallel < 1 or n_parallel + 1 > L.llama_max_parallel_sequences():
             raise UserError(f"n_parallel must be between 1 and {L.llama_max_parallel_sequences() - 1}, got {n_parallel}")
         if n_ctx < 16:

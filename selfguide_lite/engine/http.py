@@ -147,7 +147,7 @@ class HttpSampler(Sampler):
     def _load_vocab(self, path: Path) -> None:
         import llama_cpp
 
-        from .llamacpp import load_vocab_only, model_info
+        from ..models import load_vocab_only, model_info
 
         model = load_vocab_only(path)
         self._vocab_model = model

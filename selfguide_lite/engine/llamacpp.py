@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import progress
 from ..errors import UserError
-from .base import Completion, ModelInfo, Request, Sampler, choices_grammar
+from .base import Completion, Request, Sampler, choices_grammar
 
 
 def quiet_llama() -> None:
@@ -27,10 +27,10 @@ def load_llama(model_path: str | Path, n_ctx: int, n_threads: int | None, **kwar
     """Open a GGUF file with llama.cpp, turning a missing or unreadable file into a user error."""
     from llama_cpp import Llama
 
+    from ..models import existing_gguf
+
     quiet_llama()
-    path = Path(model_path)
-    if not path.is_file():
-        raise UserError(f"GGUF model not found: {path}")
+    path = existing_gguf(model_path)
     try:
         return Llama(
             model_path=str(path),
@@ -44,42 +44,7 @@ def load_llama(model_path: str | Path, n_ctx: int, n_threads: int | None, **kwar
         raise UserError(f"llama.cpp could not load {path}: {exc}") from None
 
 
-def load_vocab_only(model_path: str | Path):
-    """A GGUF's vocabulary and metadata without its weights (fast): a `llama_model` pointer that the
-    caller frees with `llama_model_free`. For tokenizing and reading the chat template."""
-    import llama_cpp
-
-    path = Path(model_path)
-    if not path.is_file():
-        raise UserError(f"GGUF model not found: {path}")
-    quiet_llama()
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        raise UserError(f"llama.cpp could not load {path} (not a GGUF file, or truncated)")
-    return model
-
-
-def model_info(model) -> ModelInfo:
-    """Chat template and special-token texts of a loaded llama.cpp model (a `llama_model` pointer),
-    read from its GGUF metadata and vocabulary. Both backends describe the student through this."""
-    import llama_cpp
-
-    vocab = llama_cpp.llama_model_get_vocab(model)
-
-    def text(token: int) -> str:
-        if token < 0:
-            return ""
-        raw = llama_cpp.llama_vocab_get_text(vocab, token)
-        return raw.decode("utf-8", errors="replace") if raw else ""
-
-    template = llama_cpp.llama_model_chat_template(model, None)
-    return ModelInfo(
-        chat_template=template.decode("utf-8") if template else None,
-        bos_token=text(llama_cpp.llama_vocab_bos(vocab)),
-        eos_token=text(llama_cpp.llama_vocab_eos(vocab)),
-    )
+from ..models import model_info  # noqa: E402  (the engines describe the student through it)
 
 
 class LlamaCppSampler(Sampler):

@@ -23,6 +23,13 @@ from ..tasks import Task, load_task
 PromptFn = Callable[[Task, str], str]
 
 
+@dataclass(frozen=True)
+class ClassBalance:
+    labelled: dict[str, int]  # rows per label as the vote labelled them
+    kept: dict[str, int]  # rows per label after balancing
+    missing: list[str]  # labels the vote never produced
+
+
 @dataclass
 class SynthResult:
     """One round's synthesis: training records, every drop with its stage and reason, funnel counts."""
@@ -112,6 +119,11 @@ class Method(ABC):
     @abstractmethod
     def funnel_steps(stats: dict[str, Any]) -> list[tuple[str, int]]:
         """(step, rows remaining after it), read from this method's `stats.json`."""
+
+    @staticmethod
+    def class_balance(stats: dict[str, Any], dropped: list[dict[str, Any]]) -> ClassBalance | None:
+        """Rows per label before and after balancing, for the report; None when the method has no labels."""
+        return None
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -8,7 +8,7 @@ from typing import Any
 from ..engine.base import Sampler
 from ..errors import UserError
 from ..prompts import PromptFormat, task_prompt
-from .base import Method, PromptFn, SynthResult, register
+from .base import ClassBalance, Method, PromptFn, SynthResult, register
 
 
 @register
@@ -40,6 +40,17 @@ class SelfGuide(Method):
 
     def eval_prompt(self) -> tuple[PromptFn, tuple[str, ...]]:
         return task_prompt, ()
+
+    @staticmethod
+    def class_balance(stats: dict[str, Any], dropped: list[dict[str, Any]]) -> ClassBalance | None:
+        if stats.get("type") != "classification":
+            return None
+        kept = dict(stats.get("train_per_label") or {})
+        labelled = dict(kept)
+        for d in dropped:
+            if d.get("stage") == "balance":
+                labelled[d["output"]] = labelled.get(d["output"], 0) + 1
+        return ClassBalance(labelled, kept, list(stats.get("missing_labels") or []))
 
     @staticmethod
     def funnel_steps(stats: dict[str, Any]) -> list[tuple[str, int]]:
