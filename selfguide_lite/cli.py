@@ -127,37 +127,10 @@ def loop(
     summary = run_loop(cfg, _log, command="python -m selfguide_lite " + shlex.join(_ARGV))
     _log("")
     _log(f"done in {time.monotonic() - t0:.0f}s")
+    from .runs import summary_lines
+
     for line in summary_lines(summary):
         _log(line)
-
-
-def summary_lines(summary: dict) -> list[str]:
-    """Per round: training rows, validation and test scores of the primary metric, promotion."""
-    from .runs import rounds_of
-
-    rounds = rounds_of(summary)
-    first = rounds[0].metrics if 0 in rounds else None
-    name = {"exact_match": "exact match", "rougeL": "ROUGE-L"}[first.primary_metric if first else "exact_match"]
-    lines = [f"{name} per round (validation decides promotion; test is only reported):"]
-
-    def cell(k: int, split: str) -> str:
-        s = rounds[k].metrics.get(split) if rounds[k].metrics else None
-        if s is None:
-            return "-"
-        base = first.get(split) if first else None
-        return f"{s.primary:.1f}" + (f" ({s.primary - base.primary:+.1f})" if base and k != 0 else "")
-
-    for k, rec in rounds.items():
-        state = "" if rec.promoted else f"  not promoted ({rec.status})"
-        rows = "" if k == 0 else f", {rec.train_size or 0} training rows"
-        lines.append(f"  round {k}: validation {cell(k, 'validation')}, test {cell(k, 'test')}{rows}{state}")
-    gguf = Path(summary["final_gguf"])
-    modelfile = gguf.with_suffix(".Modelfile")
-    lines.append(f"final student (round {summary['final_round']}): {gguf}")
-    if modelfile.is_file():
-        lines.append(f"Ollama Modelfile: {modelfile}")
-    lines.append(f"report: {summary['report']}")
-    return lines
 
 
 def _check_loop_options(method: str | None, resume: bool, fresh: bool, given: dict[str, object]) -> None:

@@ -89,3 +89,30 @@ def read_rounds(run_dir: str | Path) -> dict[int, RoundRecord]:
 
 def rounds_of(manifest: dict[str, Any]) -> dict[int, RoundRecord]:
     return {int(k): RoundRecord.from_dict(v) for k, v in sorted(manifest.get("rounds", {}).items(), key=lambda kv: int(kv[0]))}
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """Per round: training rows, validation and test scores of the primary metric, promotion."""
+    rounds = rounds_of(summary)
+    first = rounds[0].metrics if 0 in rounds else None
+    name = {"exact_match": "exact match", "rougeL": "ROUGE-L"}[first.primary_metric if first else "exact_match"]
+    lines = [f"{name} per round (validation decides promotion; test is only reported):"]
+
+    def cell(k: int, split: str) -> str:
+        s = rounds[k].metrics.get(split) if rounds[k].metrics else None
+        if s is None:
+            return "-"
+        base = first.get(split) if first else None
+        return f"{s.primary:.1f}" + (f" ({s.primary - base.primary:+.1f})" if base and k != 0 else "")
+
+    for k, rec in rounds.items():
+        state = "" if rec.promoted else f"  not promoted ({rec.status})"
+        rows = "" if k == 0 else f", {rec.train_size or 0} training rows"
+        lines.append(f"  round {k}: validation {cell(k, 'validation')}, test {cell(k, 'test')}{rows}{state}")
+    gguf = Path(summary["final_gguf"])
+    modelfile = gguf.with_suffix(".Modelfile")
+    lines.append(f"final student (round {summary['final_round']}): {gguf}")
+    if modelfile.is_file():
+        lines.append(f"Ollama Modelfile: {modelfile}")
+    lines.append(f"report: {summary['report']}")
+    return lines

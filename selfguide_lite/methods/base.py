@@ -4,7 +4,7 @@ A method decides how a round's training data is synthesised (and which files tha
 prompts are rendered for training and evaluation (the student's chat template or a fixed plain
 template), which tasks it is evaluated on and with which prompt, and how its synthesis funnel reads
 in the report. Adding a method is one new module under `methods/` that subclasses `Method` and
-registers itself with `@register`.
+registers itself with `@register` (every module here is imported when a method is looked up).
 """
 
 from __future__ import annotations
@@ -157,4 +157,12 @@ def all_flags() -> dict[str, str]:
 
 
 def _load_builtin_methods() -> None:
-    from . import selfguide, selfinstruct  # noqa: F401  (registers them)
+    """Import every module of this package: each registers its method, so a new method is one new file."""
+    import importlib
+    import pkgutil
+
+    from .. import methods
+
+    for module in pkgutil.iter_modules(methods.__path__):
+        if module.name != "base":
+            importlib.import_module(f"{methods.__name__}.{module.name}")
