@@ -101,6 +101,11 @@ class TrainConfig(_Section):
     grad_accum: int = _f(1, "gradient accumulation steps", ge=1)
     max_seq_length: int = _f(1024, "longer rows are truncated", ge=16)
     seed: int = _f(0, "training seed")
+    gradient_checkpointing: bool | None = _f(
+        None, "recompute activations in the backward pass to save memory (null: on with a GPU, off on a CPU, where "
+              "memory is plentiful and compute is not; trl's own default is on)")
+    shared_prefix: Literal["auto", "off"] = _f(
+        "auto", "auto: run the prompt a micro-batch's rows share once (same loss and gradients, faster); off: per row")
     divergence_factor: float = _f(10.0, "stop when the loss exceeds this times its first value", gt=1)
     oom_retries: int = _f(3, "GPU out-of-memory: halve the micro-batch this many times", ge=0)
 

@@ -90,6 +90,7 @@ def _sft_config(cfg: TrainConfig, out: Path, n_rows: int, on_gpu: bool, bf16: bo
         dataloader_num_workers=0,
         disable_tqdm=True,
         dataset_num_proc=None,
+        gradient_checkpointing=on_gpu if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
     )
 
 
@@ -138,7 +139,12 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
         task_type="CAUSAL_LM",
     )
     dataset = Dataset.from_list(render_rows(rows, fmt))
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer
+    if cfg.shared_prefix == "auto":
+        from .prefix_sharing import shared_prefix_trainer_class
+
+        trainer_class = shared_prefix_trainer_class(SFTTrainer)
+    trainer = trainer_class(
         model=model,
         args=_sft_config(cfg, work_dir, len(rows), on_gpu, bf16),
         train_dataset=dataset,
@@ -272,6 +278,9 @@ def train_adapter(
         "seconds": round(time.monotonic() - t0, 1),
         "base_model": str(model),
         "resumed": resumed,
+        # micro-batches whose shared prompt ran once (train.shared_prefix), and those computed row by row
+        "shared_prefix_batches": getattr(trainer, "shared_batches", 0),
+        "plain_batches": getattr(trainer, "plain_batches", None),
     }
     if _is_main_process():  # under DDP (accelerate launch / torchrun) only rank 0 writes the adapter
         with atomic_dir(out_dir) as tmp:
