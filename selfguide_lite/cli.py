@@ -20,7 +20,6 @@ import typer
 
 from .config import Config, load_config, setting_help
 from .errors import UserError
-from .models import BUILTIN_STUDENTS
 from .store import output_dir, output_file
 
 app = typer.Typer(
@@ -30,8 +29,10 @@ app = typer.Typer(
     help="Make a small language model better at a task using only data it writes itself.",
 )
 
-STUDENT_HELP = (f"student: a built-in name ({', '.join(BUILTIN_STUDENTS)}), a GGUF file, a local HF checkpoint "
-                "directory, or a hub id")
+STUDENT_HELP = setting_help("model")
+# Task overrides shared by the commands that load a task (loop, synth, eval).
+TaskTypeOption = Annotated[str | None, typer.Option(help=setting_help("task_type"))]
+LabelsOption = Annotated[str | None, typer.Option(help=setting_help("labels"))]
 
 
 _DEBUG = {"on": bool(os.environ.get("SELFGUIDE_DEBUG"))}
@@ -74,17 +75,17 @@ def _config(config: Path | None, **overrides) -> Config:
 
 @app.command()
 def loop(
-    task: Annotated[str | None, typer.Option(help="task file (Natural Instructions JSON or own YAML/JSON)")] = None,
+    task: Annotated[str | None, typer.Option(help=setting_help("task"))] = None,
     model: Annotated[str | None, typer.Option(help=STUDENT_HELP)] = None,
     rounds: Annotated[int | None, typer.Option(help=setting_help("loop.rounds"))] = None,
     run_dir: Annotated[str | None, typer.Option(help="run directory (default: runs/<task name>)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
     seed: Annotated[int | None, typer.Option(help=setting_help("seed"))] = None,
     method: Annotated[str | None, typer.Option(help=setting_help("loop.method"))] = None,
-    seeds: Annotated[str | None, typer.Option(help="Self-Instruct seed pool (JSON Lines)")] = None,
-    eval_tasks: Annotated[list[str] | None, typer.Option(help="Self-Instruct: task files to evaluate on")] = None,
-    task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
-    labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
+    seeds: Annotated[str | None, typer.Option(help=setting_help("seeds"))] = None,
+    eval_tasks: Annotated[list[str] | None, typer.Option(help=setting_help("eval_tasks"))] = None,
+    task_type: TaskTypeOption = None,
+    labels: LabelsOption = None,
     num_inputs: Annotated[int | None, typer.Option(help=setting_help("selfguide.num_inputs"))] = None,
     num_instructions: Annotated[int | None, typer.Option(help=setting_help("selfinstruct.num_instructions"))] = None,
     train_from: Annotated[str | None, typer.Option(help=setting_help("loop.train_from"))] = None,
@@ -154,8 +155,8 @@ def synth(
     num_inputs: Annotated[int | None, typer.Option(help=setting_help("selfguide.num_inputs"))] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
     seed: Annotated[int | None, typer.Option(help="seed (default: the config's seed)")] = None,
-    task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
-    labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
+    task_type: TaskTypeOption = None,
+    labels: LabelsOption = None,
     endpoint: EndpointOption = None,
 ) -> None:
     """One Self-Guide synthesis: OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
@@ -247,8 +248,8 @@ def eval_cmd(
     task: Annotated[str, typer.Option(help="task file")],
     model: Annotated[str, typer.Option(help="student GGUF file, or a built-in student's name")],
     split: Annotated[str, typer.Option(help="validation (for choosing anything) or test (only for reporting)")] = "test",
-    task_type: Annotated[str | None, typer.Option(help="override: classification or generation")] = None,
-    labels: Annotated[str | None, typer.Option(help="override the label set, comma-separated")] = None,
+    task_type: TaskTypeOption = None,
+    labels: LabelsOption = None,
     limit: Annotated[int | None, typer.Option(help="instances of the split (default: 100)")] = None,
     out: Annotated[Path | None, typer.Option(help="write predictions + metrics here")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,

@@ -147,11 +147,13 @@ class Config(_Section):
     """Everything a run reads. Precedence: defaults < preset (demo) < --config file < flags."""
 
     task: str | None = _f(None, "Self-Guide task file (Natural Instructions JSON or our YAML/JSON)")
-    model: str | None = _f(None, "student: hub id or local HF checkpoint directory")
+    model: str | None = _f(None, "student: a built-in name (smollm2-135m-instruct), a GGUF file, a local HF "
+                                 "checkpoint directory, or a hub id")
     seeds: str | None = _f(None, "Self-Instruct seed pool (JSON Lines)")
     eval_tasks: list[str] = _f(list, "Self-Instruct: task files to evaluate on")
-    task_type: Literal["classification", "generation"] | None = _f(None, "override the inferred task type")
-    labels: list[str] | None = _f(None, "override the inferred label set")
+    task_type: Literal["classification", "generation"] | None = _f(
+        None, "override the inferred task type: classification or generation")
+    labels: list[str] | None = _f(None, "override the inferred label set (on the command line: comma-separated)")
     run_dir: str | None = _f(None, "run directory (null: runs/<task name>)")
     seed: int = _f(0, "run seed (round k samples with seed + k)")
     engine: EngineConfig = _f(EngineConfig, "sampling engine")
@@ -267,4 +269,4 @@ def setting_help(dotted: str) -> str:
         model = model.model_fields[section].annotation  # type: ignore[assignment]
     field = model.model_fields[name]
     default = field.get_default(call_default_factory=True)
-    return f"{field.description} (default: {default})"
+    return field.description if default in (None, [], "") else f"{field.description} (default: {default})"
