@@ -192,7 +192,7 @@ def test_builtin_student_imports_faithfully(smollm2_models):
     config = json.loads((hf_dir / "config.json").read_text())
     assert config["num_hidden_layers"] == 30 and config["tie_word_embeddings"] is True
     fid = record["fidelity"]
-    # Measured 97.3% / 1.76 on a 69-wide logit range: llama.cpp's Q4_1 matmuls quantize activations.
+    # Measured 96.6% / 2.86 on a 71-wide logit range: llama.cpp's Q4_1 matmuls quantize activations.
     assert fid["top1_agreement"] >= 0.9 and fid["max_abs_logit_diff"] < 0.1 * fid["logit_range"], fid
 
 
