@@ -46,6 +46,9 @@ class SelfGuideConfig(_Section):
     num_inputs: int = _f(400, "input candidates drawn per round", ge=1)
     context_inputs: int = _f(10, "accepted inputs shown back to the model when it writes new ones", ge=0)
     wave_size: int = _f(32, "input requests issued together before filtering", ge=1)
+    context_sampling: Literal["request", "wave"] = _f(
+        "request", "request: each input request shows its own random accepted inputs; wave: one random draw "
+                   "per wave, so the wave's prompts share it as a prefix (prefilled once: several times faster)")
     input_temperature_classification: float = _f(0.7, "temperature for writing inputs, classification tasks", ge=0)
     input_temperature_generation: float = _f(0.9, "temperature for writing inputs, generation tasks", ge=0)
     input_top_k: int = _f(40, "top-k for writing inputs", ge=0)

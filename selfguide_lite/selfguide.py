@@ -151,10 +151,11 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         for wave_start in range(0, cfg.num_inputs, cfg.wave_size):
             indices = range(wave_start, min(cfg.num_inputs, wave_start + cfg.wave_size))
             requests, targets = [], []
+            pool = [a["input"] for a in accepted]
+            wave_context = rng.sample(pool, min(cfg.context_inputs, len(pool))) if cfg.context_sampling == "wave" else None
             for i in indices:
                 target = task.labels[i % len(task.labels)] if classification else None
-                pool = [a["input"] for a in accepted]
-                context = rng.sample(pool, min(cfg.context_inputs, len(pool)))
+                context = wave_context if wave_context is not None else rng.sample(pool, min(cfg.context_inputs, len(pool)))
                 prompt = fmt.render(input_generation_prompt(task, context, target))
                 requests.append(Request(prompt, replace(input_params, seed=stage_seed(seed, 1, i))))
                 targets.append(target)

@@ -115,3 +115,23 @@ def test_synthesize_generation_task_uses_generation_settings():
     assert sampler.requests[0].params.temperature == 0.9
     assert all(r.params.choices is None for r in sampler.requests)
     assert res.stats["train"] == 1 and res.train[0]["output"] == "Would you please hand it over?"
+
+
+@pytest.mark.parametrize("mode", ["request", "wave"])
+def test_context_sampling_per_request_or_per_wave(mode):
+    """`wave`: every input request of a wave shows the same accepted inputs (so their prompts share
+    everything up to the asked label); `request`: each draws its own. Both are deterministic."""
+    cfg = SelfGuideConfig(num_inputs=24, wave_size=8, num_samples=2, context_inputs=2, length_filter=False,
+                          context_sampling=mode)
+
+    def contexts():
+        sampler = ScriptedSampler(scripted)
+        synthesize(TASK, sampler, cfg, PromptFormat(), seed=3)
+        asks = [r.prompt for r in sampler.requests if "Write one new input" in r.prompt]
+        return [[p.split("Write one new input")[0] for p in asks[w:w + 8]] for w in range(8, 24, 8)]
+
+    first, again = contexts(), contexts()
+    assert first == again
+    for wave in first:
+        distinct = {c for c in wave}
+        assert (len(distinct) == 1) if mode == "wave" else (len(distinct) > 1), (mode, len(distinct))
