@@ -21,6 +21,7 @@ on probe strings (a mismatch is an error), and `measure_fidelity` compares logit
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -345,13 +346,12 @@ def write_checkpoint(f: GGUFFile, dest: Path, digest: str) -> dict[str, Any]:
     ensure_free_space(dest.parent, n_params * 2, "the imported 16-bit checkpoint")
     with progress.bar(f"importing {f.path.name}", len(f.tensors), "tensors") as bar:
         weights = hf_state_dict(f, cfg, lambda: bar.advance(1))
+    # float16, not bfloat16: 3 more mantissa bits for the dequantized values, and their range suffices
     peak = max(float(np.abs(w).max()) for w in weights.values())
-    dtype = np.float16 if peak < 60000 else None  # f16 keeps 3 more mantissa bits than bf16; fall back if it overflows
-    if dtype is None:
+    if peak >= 60000:
         raise UserError(f"{f.path}: weights reach {peak:.0f}, beyond float16's range; import it from its HF checkpoint")
-    cfg["torch_dtype"] = "float16"
     with atomic_dir(dest) as tmp:
-        save_file({k: w.astype(dtype) for k, w in weights.items()}, str(tmp / "model.safetensors"),
+        save_file({k: w.astype(np.float16) for k, w in weights.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "source": f.path.name, "sha256": digest})
         del weights
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
@@ -367,6 +367,5 @@ def write_checkpoint(f: GGUFFile, dest: Path, digest: str) -> dict[str, Any]:
 
 
 def _file_quant(f: GGUFFile) -> str:
-    from collections import Counter
-
+    """'Q4_1 x210, F32 x61, ...': the tensor types the source file holds."""
     return ", ".join(f"{k} x{v}" for k, v in Counter(t.tensor_type.name for t in f.tensors.values()).most_common())
