@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
-from .models import gguf_add_bos, gguf_tokenize, load_tokenizer
+from .models import gguf_add_bos, gguf_tokenize_all, load_tokenizer
+from .prompts import PromptFormat
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 # llama.cpp's pre-tokenizer names -> the regular expressions it splits text with before BPE (its
@@ -267,9 +268,8 @@ def check_tokenizer(hf_tok, gguf_path: Path) -> int:
     """The rebuilt tokenizer must give llama.cpp's ids (with its BOS rule) on every probe text and on
     rendered prompts (special tokens of the chat template included). Returns how many were checked."""
     texts = [*PROBE_TEXTS, *rendered_prompts(hf_tok)]
-    for text in texts:
+    for text, theirs in zip(texts, gguf_tokenize_all(gguf_path, texts), strict=True):
         ours = hf_tok(text)["input_ids"]
-        theirs = gguf_tokenize(gguf_path, text)
         if ours != theirs:
             raise UserError(f"{gguf_path}: the imported tokenizer disagrees with llama.cpp on {text[:40]!r} "
                             f"({ours[:12]} vs {theirs[:12]}); this GGUF's tokenizer cannot be imported faithfully")
@@ -285,13 +285,12 @@ FIDELITY_PROMPTS = (
 
 def rendered_prompts(hf_tok, prompts: tuple[str, ...] = FIDELITY_PROMPTS) -> list[str]:
     """Prompts as the loop renders them (one user turn through the chat template, when there is one)."""
-    from .prompts import PromptFormat
-
-    fmt = PromptFormat(hf_tok.chat_template or None, hf_tok.bos_token or "", hf_tok.eos_token or "")
+    fmt = PromptFormat.from_tokenizer(hf_tok)
     return [fmt.render(p) for p in prompts]
 
 
-def measure_fidelity(hf_dir: Path, gguf_path: Path, prompts: tuple[str, ...] = FIDELITY_PROMPTS) -> dict[str, Any]:
+def measure_fidelity(hf_dir: Path, gguf_path: Path, prompts: tuple[str, ...] = FIDELITY_PROMPTS,
+                     hf_tok=None) -> dict[str, Any]:
     """Logits of the imported checkpoint (transformers, float32) against llama.cpp on the source GGUF.
 
     Both see the same token ids (llama.cpp's, prompts rendered through the chat template when there is
@@ -304,7 +303,7 @@ def measure_fidelity(hf_dir: Path, gguf_path: Path, prompts: tuple[str, ...] = F
     from .progress import quiet_libraries
 
     quiet_libraries()
-    ids = [gguf_tokenize(gguf_path, t) for t in rendered_prompts(load_tokenizer(hf_dir), prompts)]
+    ids = gguf_tokenize_all(gguf_path, rendered_prompts(hf_tok or load_tokenizer(hf_dir), prompts))
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     llm = load_llama(gguf_path, n_ctx=max(len(x) for x in ids) + 8, n_threads=None, logits_all=True)
@@ -360,8 +359,9 @@ def write_checkpoint(f: GGUFFile, dest: Path, digest: str) -> dict[str, Any]:
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
         tok.save_pretrained(tmp)
 
-        probes = check_tokenizer(load_tokenizer(tmp), f.path)  # as training will load it
-        fidelity = {**measure_fidelity(tmp, f.path), "tokenizer_probes": probes}
+        reloaded = load_tokenizer(tmp)  # as training will load it
+        probes = check_tokenizer(reloaded, f.path)
+        fidelity = {**measure_fidelity(tmp, f.path, hf_tok=reloaded), "tokenizer_probes": probes}
     return {"source": str(f.path.resolve()), "sha256": digest, "architecture": f.architecture,
             "quantization": _file_quant(f), "parameters": n_params, "dtype": "float16", "fidelity": fidelity}
 

@@ -214,16 +214,25 @@ def gguf_model_info(path: str | Path) -> ModelInfo:
         return model_info(model)
 
 
-def gguf_tokenize(path: str | Path, text: str, add_special: bool = True) -> list[int]:
-    """llama.cpp's ids for `text` (with BOS when the model wants one; special-token text parsed)."""
+def gguf_tokenize_all(path: str | Path, texts: list[str], add_special: bool = True) -> list[list[int]]:
+    """llama.cpp's ids for each text (with BOS when the model wants one; special-token text parsed),
+    opening the file's vocabulary once."""
     import llama_cpp
 
+    out = []
     with gguf_vocab(path) as model:
         vocab = llama_cpp.llama_model_get_vocab(model)
-        raw = text.encode("utf-8")
-        buf = (llama_cpp.llama_token * (len(raw) + 8))()
-        n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), add_special, True)
-        return list(buf[:n])
+        for text in texts:
+            raw = text.encode("utf-8")
+            buf = (llama_cpp.llama_token * (len(raw) + 8))()
+            n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), add_special, True)
+            out.append(list(buf[:n]))
+    return out
+
+
+def gguf_tokenize(path: str | Path, text: str, add_special: bool = True) -> list[int]:
+    """llama.cpp's ids for one text."""
+    return gguf_tokenize_all(path, [text], add_special)[0]
 
 
 def gguf_add_bos(path: str | Path) -> bool:

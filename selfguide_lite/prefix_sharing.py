@@ -93,11 +93,15 @@ def shared_prefix_trainer_class(base):
     class SharedPrefixTrainer(base):
         shared_batches = 0
         plain_batches = 0
+        _checkpointing: bool | None = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             ids, mask, labels = inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("labels")
-            # activation checkpointing turns the model's cache off, and with it the shared prefix
-            checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+            # activation checkpointing turns the model's cache off, and with it the shared prefix (it is
+            # set before training starts, so one look per trainer)
+            if self._checkpointing is None:
+                self._checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+            checkpointing = self._checkpointing
             if return_outputs or not model.training or checkpointing or ids is None or mask is None or labels is None \
                     or ids.shape[0] < 2:
                 self.plain_batches += 1

@@ -50,6 +50,12 @@ class PromptFormat:
     def from_info(cls, info: ModelInfo) -> PromptFormat:
         return cls(info.chat_template or None, info.bos_token, info.eos_token)
 
+    @classmethod
+    def from_tokenizer(cls, tok, use_chat_template: bool = True) -> PromptFormat:
+        """From a transformers tokenizer (training, import checks): the same format llama.cpp reads from the GGUF."""
+        template = (tok.chat_template or None) if use_chat_template else None
+        return cls(template, tok.bos_token or "", tok.eos_token or "")
+
     @property
     def is_chat(self) -> bool:
         return bool(self.chat_template)

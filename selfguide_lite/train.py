@@ -94,11 +94,6 @@ def _sft_config(cfg: TrainConfig, out: Path, n_rows: int, on_gpu: bool, bf16: bo
     )
 
 
-def _format_for(tok, use_chat_template: bool) -> PromptFormat:
-    template = (tok.chat_template or None) if use_chat_template else None
-    return PromptFormat(template, tok.bos_token or "", tok.eos_token or "")
-
-
 def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, work_dir: Path,
                      use_chat_template: bool = True):
     """transformers + peft + trl trainer (QLoRA when cfg.quantization == 'nf4')."""
@@ -113,7 +108,7 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
     tok = load_tokenizer(source)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    fmt = _format_for(tok, use_chat_template)
+    fmt = PromptFormat.from_tokenizer(tok, use_chat_template)
     load_kwargs: dict[str, Any] = {"use_safetensors": True}
     if cfg.quantization == "nf4":
         from transformers import BitsAndBytesConfig
@@ -178,7 +173,7 @@ def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainCon
     )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    fmt = _format_for(tok, use_chat_template)
+    fmt = PromptFormat.from_tokenizer(tok, use_chat_template)
     import torch
 
     trainer = SFTTrainer(
