@@ -91,7 +91,9 @@ class TrainConfig(_Section):
     """LoRA / QLoRA finetuning (contract §4)."""
 
     backend: Literal["auto", "unsloth", "hf"] = _f("auto", "auto: Unsloth on a CUDA GPU when installed, else transformers+peft+trl")
-    quantization: Literal["nf4", "none"] = _f("nf4", "nf4: QLoRA (4-bit base); none: 16-bit LoRA (the sensible CPU choice)")
+    quantization: Literal["auto", "nf4", "none"] = _f(
+        "auto", "auto: nf4 with a CUDA GPU, none without (bitsandbytes' CPU 4-bit path is slow and memory is not "
+                "short there); nf4: QLoRA (4-bit base); none: 16-bit LoRA")
     lora_r: int = _f(16, "LoRA rank", ge=1)
     lora_alpha: int = _f(16, "LoRA alpha", ge=1)
     lora_dropout: float = _f(0.0, "LoRA dropout", ge=0, lt=1)

@@ -45,6 +45,8 @@ class SelfGuideStats(TypedDict):
     train: int
     train_per_label: dict[str, int]
     missing_labels: list[str]  # labels the vote never produced
+    seconds: dict[str, float]  # wall time of writing inputs and of annotating (a replayed journal makes them small)
+    samples: int  # annotation samples drawn (accepted inputs x num_samples)
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,37 @@ def balance_classes(records: list[dict[str, Any]], seed: int) -> tuple[list[dict
     return kept, dropped
 
 
+def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, inputs: Sequence[str],
+             seed: int, noise: NoiseFilter | None = None) -> list[Vote]:
+    """Label inputs the way a round does (contract §2.3): `num_samples` samples each, then the vote.
+
+    One batch for all inputs; input n's samples are seeded by (seed, stage 2, n). Also used on
+    validation inputs, whose gold answers are known, to measure how often the vote is right."""
+    classification = task.is_classification
+    noise = noise or NoiseFilter(cfg.noise_patterns)
+    out_length = (
+        LengthWindow.from_examples([d.output for d in task.demos])
+        if (not classification and cfg.output_length_filter)
+        else None
+    )
+    params = SamplingParams(
+        temperature=cfg.annotate_temperature,
+        top_k=cfg.annotate_top_k,
+        max_tokens=max_tokens_for(sampler, [d.output for d in task.demos] + list(task.labels), cfg.max_tokens_factor),
+        stop=fmt.answer_stops,
+        n=cfg.num_samples,
+        choices=tuple(task.labels) if classification and cfg.constrain_labels else None,
+    )
+    requests = [Request(fmt.render(task_prompt(task, text)), replace(params, seed=stage_seed(seed, 2, n)))
+                for n, text in enumerate(inputs)]
+    outputs = sampler.generate(requests) if requests else []
+    return [
+        self_consistency_vote([o.text for o in outs], labels=task.labels if classification and cfg.label_filter else None,
+                              noise=noise, length=out_length, threshold=cfg.vote_threshold)
+        for outs in outputs
+    ]
+
+
 def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int = 0) -> SynthResult:
     """One Self-Guide round: generate inputs, filter them, annotate by vote, balance."""
     result = SynthResult()
@@ -168,42 +201,19 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
                     continue
                 filters.accept(text)
                 accepted.append({"id": cand_id, "input": text, "target_label": target})
+    write_seconds = bar.seconds
     progress.summary(f"inputs: {len(accepted)} of {cfg.num_inputs} kept ("
                      f"{', '.join(f'{k} {v}' for k, v in input_drops.items()) or 'none dropped'}) in {bar.seconds:.0f}s")
 
-    # 3. Annotation: every accepted input, num_samples samples each, in one batch.
-    out_length = (
-        LengthWindow.from_examples([d.output for d in task.demos])
-        if (not classification and cfg.output_length_filter)
-        else None
-    )
-    constrain = classification and cfg.constrain_labels
-    annotate_params = SamplingParams(
-        temperature=cfg.annotate_temperature,
-        top_k=cfg.annotate_top_k,
-        max_tokens=max_tokens_for(sampler, [d.output for d in task.demos] + list(task.labels), cfg.max_tokens_factor),
-        stop=fmt.answer_stops,
-        n=cfg.num_samples,
-        choices=tuple(task.labels) if constrain else None,
-    )
-    requests = [
-        Request(fmt.render(task_prompt(task, a["input"])), replace(annotate_params, seed=stage_seed(seed, 2, n)))
-        for n, a in enumerate(accepted)
-    ]
+    # 3. Annotation: every accepted input, num_samples samples each, in one batch, then the vote.
     annotated: list[dict[str, Any]] = []
     vote_drops: Counter[str] = Counter()
     sample_rejects: Counter[str] = Counter()
     shares: list[float] = []
-    with progress.bar("annotating", len(requests) * cfg.num_samples, "samples", samples=True) as bar:
-        outputs = sampler.generate(requests) if requests else []
-    for cand, outs in zip(accepted, outputs, strict=True):
-        vote = self_consistency_vote(
-            [o.text for o in outs],
-            labels=task.labels if classification and cfg.label_filter else None,
-            noise=filters.noise,
-            length=out_length,
-            threshold=cfg.vote_threshold,
-        )
+    with progress.bar("annotating", len(accepted) * cfg.num_samples, "samples", samples=True) as bar:
+        votes = annotate(task, sampler, cfg, fmt, [a["input"] for a in accepted], seed, filters.noise)
+    annotate_seconds = bar.seconds
+    for cand, vote in zip(accepted, votes, strict=True):
         sample_rejects.update(vote.rejected)
         if vote.answer is None:
             stage = "no_valid_samples" if not vote.counts else "no_consensus"
@@ -226,7 +236,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
 
     progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled by the vote "
                      f"({vote_drops.get('no_consensus', 0)} without consensus, {vote_drops.get('no_valid_samples', 0)} "
-                     f"without a valid sample) in {bar.seconds:.0f}s")
+                     f"without a valid sample) in {annotate_seconds:.0f}s")
 
     # 4. Class balance.
     final = annotated
@@ -254,6 +264,8 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         "train": len(final),
         "train_per_label": dict(per_label),
         "missing_labels": [lab for lab in task.labels if per_label.get(lab, 0) == 0] if classification else [],
+        "seconds": {"write_inputs": round(write_seconds, 2), "annotate": round(annotate_seconds, 2)},
+        "samples": len(accepted) * cfg.num_samples,
     })
     if classification and cfg.balance:
         progress.summary(f"balance: {len(final)} rows kept, {len(balance_dropped)} down-sampled ("

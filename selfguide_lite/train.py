@@ -53,6 +53,15 @@ def choose_backend(cfg: TrainConfig) -> str:
     return "hf"
 
 
+def resolve_quantization(cfg: TrainConfig) -> TrainConfig:
+    """`quantization: auto` made concrete: QLoRA (nf4) on a CUDA GPU, 16-bit LoRA on a CPU."""
+    if cfg.quantization != "auto":
+        return cfg
+    import torch
+
+    return cfg.model_copy(update={"quantization": "nf4" if torch.cuda.is_available() else "none"})
+
+
 def load_rows(data_path: str | Path) -> list[dict[str, str]]:
     """Training rows `{"prompt", "completion"}`; a bad line is one error naming it."""
     rows = read_jsonl(data_path, "training data", required={"prompt": str, "completion": str})
@@ -103,6 +112,7 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
+    cfg = resolve_quantization(cfg)
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and torch.cuda.is_bf16_supported()
     tok = load_tokenizer(source)
@@ -157,6 +167,7 @@ def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainCon
     from trl import SFTTrainer
     from unsloth import FastLanguageModel
 
+    cfg = resolve_quantization(cfg)
     model, tok = FastLanguageModel.from_pretrained(
         model_name=source, max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.quantization == "nf4", dtype=None
     )
@@ -237,7 +248,7 @@ def train_adapter(
     `use_chat_template=False` renders prompts as plain text even when the tokenizer has a chat
     template (Self-Instruct's fixed instruction/input/response format).
     """
-    cfg = cfg or TrainConfig()
+    cfg = resolve_quantization(cfg or TrainConfig())
     rows = load_rows(data_path)
     source = resolve_model_source(model, log)
     backend = choose_backend(cfg)

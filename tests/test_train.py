@@ -20,6 +20,16 @@ def _write(path, rows):
     return path
 
 
+def test_auto_quantization_is_16_bit_lora_without_a_gpu_and_explicit_choices_stand():
+    import torch
+
+    from selfguide_lite.train import resolve_quantization
+
+    assert resolve_quantization(TrainConfig()).quantization == ("nf4" if torch.cuda.is_available() else "none")
+    assert resolve_quantization(TrainConfig(quantization="nf4")).quantization == "nf4"
+    assert resolve_quantization(TrainConfig(quantization="none")).quantization == "none"
+
+
 def test_collated_batch_masks_the_prompt(tiny_llama, tmp_path):
     trainer, tok = build_hf_trainer(ROWS, str(tiny_llama), TrainConfig(quantization="none"), tmp_path / "w")
     batch = next(iter(trainer.get_train_dataloader()))

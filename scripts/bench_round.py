@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""One whole Self-Guide round at the default settings on the built-in student, timed per stage, and the
+same training epoch through the plain trl SFTTrainer path beside the shared-prefix one, in one run.
+
+For each task (default: the shipped classification task738 and the generation task1195 from
+../shared/data) the product's own loop runs round 0 and one round with every default setting (400
+candidates, 10-sample vote, 3 epochs of LoRA, q4_k_m export, 100 validation + 100 test instances); only
+`--context-sampling` may vary, so both input-writing modes can be timed and scored side by side. Runs
+live under --work and are reused (the loop's stage cache), so an interrupted benchmark resumes.
+
+Then, on the round's own training rows, one epoch with `train.shared_prefix: off` (the plain SFTTrainer
+computation) and one with `auto`, same seed and settings, and the largest relative LoRA-gradient
+difference of one micro-batch between the two (float32).
+
+Printed per task: seconds per stage (write inputs, annotate, train, export, evaluate), inputs/s,
+samples/s, training rows/s and tokens/s, the baseline's rows/s, the speedup, validation/test scores.
+`--json FILE` writes the figures (per task, and the first task's at the top level: stage_seconds,
+train_rows_per_s, train_rows_per_s_baseline, train_speedup, max_grad_rel_diff, inputs_per_s,
+round_seconds).
+
+Usage: python3 scripts/bench_round.py [--tasks T.json ...] [--context-sampling request wave]
+       [--work runs/bench-round] [--no-baseline] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_train import gradient_check, train_losses  # noqa: E402
+
+from selfguide_lite import progress  # noqa: E402
+from selfguide_lite.config import load_config  # noqa: E402
+from selfguide_lite.demo import real_demo_task_path  # noqa: E402
+from selfguide_lite.loop import run_loop  # noqa: E402
+from selfguide_lite.models import DEFAULT_STUDENT, resolve_student  # noqa: E402
+from selfguide_lite.store import read_json, read_jsonl  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data" / "natural-instructions"
+DEFAULT_TASKS = [real_demo_task_path(), SHARED / "task1195_disflqa_disfluent_to_fluent_conversion.json"]
+
+
+def run_round(task: Path, mode: str, work: Path) -> dict:
+    """Round 0 + one default round through the product's loop; figures read back from the manifest."""
+    run_dir = work / f"{task.stem}-{mode}"
+    cfg = load_config(None, {"model": DEFAULT_STUDENT, "task": str(task), "run_dir": str(run_dir),
+                             "loop": {"rounds": 1}, "selfguide": {"context_sampling": mode}})
+    t0 = time.perf_counter()
+    run_loop(cfg, log=lambda m: None)
+    wall = time.perf_counter() - t0
+    manifest = read_json(run_dir / "manifest.json")
+    stages = manifest["stages"]
+    synth = read_json(run_dir / "round-1" / "synth" / "stats.json")
+    train = stages["round-1/train"]
+    seconds = {
+        "write_inputs": synth["seconds"]["write_inputs"],
+        "annotate": synth["seconds"]["annotate"],
+        "synthesis_total": stages["round-1/synth"]["seconds"],
+        "train": train["seconds"],
+        "export": stages["round-1/export"]["seconds"],
+        "evaluate": stages["round-1/eval"]["seconds"],
+    }
+    rounds = manifest["rounds"]
+    rows = int(train.get("rows", 0))
+    epochs = cfg.train.epochs
+    return {
+        "task": task.stem, "context_sampling": mode, "run_dir": str(run_dir),
+        "wall_seconds_this_invocation": round(wall, 1),
+        "stage_seconds": seconds,
+        "round_seconds": round(seconds["synthesis_total"] + seconds["train"] + seconds["export"] + seconds["evaluate"], 1),
+        "round0_eval_seconds": stages["round-0/eval"]["seconds"],
+        "inputs_per_s": synth["candidates"] / seconds["write_inputs"],
+        "samples_per_s": synth["samples"] / seconds["annotate"] if seconds["annotate"] else None,
+        "train_rows": rows,
+        "train_rows_per_s_in_round": rows * epochs / train["seconds"] if train["seconds"] else None,
+        "funnel": {"candidates": synth["candidates"], "inputs_accepted": synth["inputs_accepted"],
+                   "input_dropped": synth["input_dropped"], "annotated": synth["annotated"], "train": synth["train"]},
+        "scores": {k: {"validation": rounds[k]["metrics"]["validation"], "test": rounds[k]["metrics"]["test"],
+                       "promoted": rounds[k].get("promoted")} for k in ("0", "1") if rounds.get(k, {}).get("metrics")},
+        "train_loss": train.get("train_loss"),
+    }
+
+
+def training_comparison(run_dir: Path, work: Path) -> dict:
+    """The round's rows, one epoch, plain vs shared prefix, default training settings otherwise."""
+    from selfguide_lite.config import TrainConfig
+    from selfguide_lite.train import resolve_quantization
+
+    rows = read_jsonl(run_dir / "round-1" / "synth" / "train.jsonl")
+    source = resolve_student(DEFAULT_STUDENT, lambda m: None).hf_dir
+    base = resolve_quantization(TrainConfig(epochs=1))
+    grad = gradient_check(rows, source, base.model_copy(update={"shared_prefix": "auto"}), work / "grad")
+    out = {"rows": len(rows), "epochs": 1, "batch_size": base.batch_size, "quantization": base.quantization, **grad}
+    for mode in ("off", "auto"):
+        losses, seconds, trainer = train_losses(rows, source, base.model_copy(update={"shared_prefix": mode}), work / mode)
+        tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+        out[mode] = {"seconds": seconds, "rows_per_s": len(rows) / seconds, "tokens_per_s": tokens / seconds,
+                     "losses": losses}
+    n = min(len(out["off"]["losses"]), len(out["auto"]["losses"]))
+    out["max_step_loss_diff"] = max((abs(a - b) for a, b in zip(out["off"]["losses"][:n], out["auto"]["losses"][:n],
+                                                                 strict=True)), default=0.0)
+    out["train_rows_per_s"] = out["auto"]["rows_per_s"]
+    out["train_tokens_per_s"] = out["auto"]["tokens_per_s"]
+    out["train_rows_per_s_baseline"] = out["off"]["rows_per_s"]
+    out["train_speedup"] = out["auto"]["rows_per_s"] / out["off"]["rows_per_s"]
+    return out
+
+
+def table(r: dict) -> str:
+    s = r["stage_seconds"]
+    lines = [f"{r['task']} (context_sampling {r['context_sampling']}):",
+             f"  stage seconds: write inputs {s['write_inputs']:.0f}, annotate {s['annotate']:.0f} "
+             f"(synthesis stage {s['synthesis_total']:.0f}), train {s['train']:.0f}, export {s['export']:.0f}, "
+             f"evaluate {s['evaluate']:.0f}  -> round {r['round_seconds']:.0f} s ({r['round_seconds'] / 60:.1f} min); "
+             f"round-0 evaluation {r['round0_eval_seconds']:.0f} s",
+             f"  inputs/s {r['inputs_per_s']:.2f}, samples/s {r['samples_per_s'] or 0:.1f}, funnel {r['funnel']}",
+             f"  training: {r['train_rows']} rows x 3 epochs, {r['train_rows_per_s_in_round'] or 0:.2f} rows/s in the "
+             f"round (model load included), final loss {r['train_loss']}"]
+    for k, v in r["scores"].items():
+        lines.append(f"  round {k}: validation {v['validation']['primary']:.1f}, test {v['test']['primary']:.1f}"
+                     + ("" if k == "0" else f", promoted {v['promoted']}"))
+    if c := r.get("training_comparison"):
+        lines.append(f"  one epoch on these {c['rows']} rows: shared prefix {c['train_rows_per_s']:.2f} rows/s "
+                     f"({c['train_tokens_per_s']:.0f} tokens/s) vs plain SFTTrainer {c['train_rows_per_s_baseline']:.2f} "
+                     f"rows/s = {c['train_speedup']:.2f}x; largest relative gradient difference "
+                     f"{c['max_grad_rel_diff']:.1e}; per-step losses differ by at most {c['max_step_loss_diff']:.1e}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", type=Path, nargs="+", default=DEFAULT_TASKS)
+    ap.add_argument("--context-sampling", nargs="+", default=["wave"], choices=["request", "wave"],
+                    help="input-writing modes to run (each a whole round); the first task gets all, later tasks the first")
+    ap.add_argument("--work", type=Path, default=Path("runs/bench-round"))
+    ap.add_argument("--no-baseline", action="store_true", help="skip the plain-vs-shared training epoch")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    progress.set_mode("quiet")
+    progress.quiet_libraries()
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {command}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    results = []
+    for i, task in enumerate(args.tasks):
+        for mode in args.context_sampling if i == 0 else args.context_sampling[:1]:
+            r = run_round(task, mode, args.work)
+            if not args.no_baseline and mode == args.context_sampling[0]:
+                r["training_comparison"] = training_comparison(Path(r["run_dir"]), args.work / "train" / task.stem)
+            results.append(r)
+            print(table(r), flush=True)
+    top = results[0]
+    summary = {"command": command, "tasks": results, "stage_seconds": top["stage_seconds"],
+               "inputs_per_s": top["inputs_per_s"], "round_seconds": top["round_seconds"]}
+    if c := top.get("training_comparison"):
+        summary.update({k: c[k] for k in ("train_rows_per_s", "train_rows_per_s_baseline", "train_speedup",
+                                          "max_grad_rel_diff")})
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
