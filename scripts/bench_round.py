@@ -63,8 +63,8 @@ def run_round(task: Path, mode: str, work: Path) -> dict:
     synth = read_json(run_dir / "round-1" / "synth" / "stats.json")
     train = stages["round-1/train"]
     seconds = {
-        "write_inputs": synth["seconds"]["write_inputs"],
-        "annotate": synth["seconds"]["annotate"],
+        "write_inputs": synth["sampling_seconds"]["write_inputs"],
+        "annotate": synth["sampling_seconds"]["annotate"],
         "synthesis_total": stages["round-1/synth"]["seconds"],
         "train": train["seconds"],
         "export": stages["round-1/export"]["seconds"],
@@ -91,12 +91,13 @@ def run_round(task: Path, mode: str, work: Path) -> dict:
     }
 
 
-def training_comparison(run_dir: Path, work: Path) -> dict:
-    """The round's rows, one epoch, plain vs shared prefix, default training settings otherwise."""
+def training_comparison(run_dir: Path, work: Path, max_rows: int) -> dict:
+    """The round's rows (the first `max_rows`: the plain path is slow), one epoch, plain vs shared
+    prefix, default training settings otherwise."""
     from selfguide_lite.config import TrainConfig
     from selfguide_lite.train import resolve_quantization
 
-    rows = read_jsonl(run_dir / "round-1" / "synth" / "train.jsonl")
+    rows = read_jsonl(run_dir / "round-1" / "synth" / "train.jsonl")[:max_rows]
     source = resolve_student(DEFAULT_STUDENT, lambda m: None).hf_dir
     base = resolve_quantization(TrainConfig(epochs=1))
     grad = gradient_check(rows, source, base.model_copy(update={"shared_prefix": "auto"}), work / "grad")
@@ -141,9 +142,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=Path, nargs="+", default=DEFAULT_TASKS)
     ap.add_argument("--context-sampling", nargs="+", default=["wave"], choices=["request", "wave"],
-                    help="input-writing modes to run (each a whole round); the first task gets all, later tasks the first")
+                    help="input-writing modes to run (each a whole round): every task with the first, the first task with the others")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-round"))
     ap.add_argument("--no-baseline", action="store_true", help="skip the plain-vs-shared training epoch")
+    ap.add_argument("--baseline-rows", type=int, default=64, help="rows of the round used for that epoch")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     progress.set_mode("quiet")
@@ -152,13 +154,15 @@ def main() -> int:
     print(f"command: {command}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     results = []
-    for i, task in enumerate(args.tasks):
-        for mode in args.context_sampling if i == 0 else args.context_sampling[:1]:
-            r = run_round(task, mode, args.work)
-            if not args.no_baseline and mode == args.context_sampling[0]:
-                r["training_comparison"] = training_comparison(Path(r["run_dir"]), args.work / "train" / task.stem)
-            results.append(r)
-            print(table(r), flush=True)
+    plan = [(task, args.context_sampling[0]) for task in args.tasks]
+    plan += [(args.tasks[0], mode) for mode in args.context_sampling[1:]]  # other modes: first task, at the end
+    for task, mode in plan:
+        r = run_round(task, mode, args.work)
+        if not args.no_baseline and mode == args.context_sampling[0]:
+            r["training_comparison"] = training_comparison(Path(r["run_dir"]), args.work / "train" / task.stem,
+                                                           args.baseline_rows)
+        results.append(r)
+        print(table(r), flush=True)
     top = results[0]
     summary = {"command": command, "tasks": results, "stage_seconds": top["stage_seconds"],
                "inputs_per_s": top["inputs_per_s"], "round_seconds": top["round_seconds"]}

@@ -47,8 +47,12 @@ class SelfGuideConfig(_Section):
     context_inputs: int = _f(10, "accepted inputs shown back to the model when it writes new ones", ge=0)
     wave_size: int = _f(32, "input requests issued together before filtering", ge=1)
     context_sampling: Literal["request", "wave"] = _f(
-        "request", "request: each input request shows its own random accepted inputs; wave: one random draw "
-                   "per wave, so the wave's prompts share it as a prefix (prefilled once: several times faster)")
+        "wave", "wave: one random draw of accepted inputs per wave, so the wave's prompts share it as a prefix "
+                "(prefilled once: several times faster); request: each request draws its own (the original)")
+    input_lead: bool = _f(
+        True, "start each written input with the field every example input starts with (e.g. 'Premise:') as the "
+              "beginning of the answer, so a chat student continues an input instead of replying to the request; "
+              "false: the request alone (the original prompt)")
     input_temperature_classification: float = _f(0.7, "temperature for writing inputs, classification tasks", ge=0)
     input_temperature_generation: float = _f(0.9, "temperature for writing inputs, generation tasks", ge=0)
     input_top_k: int = _f(40, "top-k for writing inputs", ge=0)
@@ -60,6 +64,9 @@ class SelfGuideConfig(_Section):
     output_length_filter: bool = _f(True, "generation: drop outputs far from the examples' length")
     noise_patterns: list[str] = _f(lambda: list(DEFAULT_NOISE_PATTERNS), "regexes marking a generated input as noise")
     input_filters: bool = _f(True, "drop noisy, duplicate and (classification) odd-length inputs; false: keep all")
+    field_filter: bool = _f(
+        True, "drop inputs missing a field every example input has ('perspective:') or repeating one "
+              "(part of the input filters; false: the original filters only)")
     constrain_labels: bool = _f(True, "classification: decode only label strings (grammar-constrained)")
     label_filter: bool = _f(True, "classification: only samples that are exactly a label count in the vote")
     balance: bool = _f(True, "classification: trim every label to the rarest label's count")

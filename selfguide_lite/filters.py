@@ -1,6 +1,6 @@
 """Filters: each small, each returning why it dropped something (or None to keep it).
 
-Self-Guide's input filters run in contract §2.2's order: empty, length window, noise, duplicate.
+Self-Guide's input filters run in contract §2.2's order: empty, length window, noise, fields, duplicate.
 The noise patterns are configurable; the defaults catch chat filler and prompt-format markers
 leaking into generated text.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import statistics
 import string
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -71,6 +72,55 @@ class NoiseFilter:
         return None
 
 
+# A field marker: a word (optionally with a number, "Sentence 1") followed by a colon, at the start of
+# the text or after whitespace: "claim:", "Premise:", "Sentence1:", "Choices:".
+_FIELD = re.compile(r"(?:^|(?<=\s))([A-Za-z]+(?: ?\d+)?):")
+
+
+def field_markers(text: str) -> list[str]:
+    """The field markers of a text, in order, as written ("Sentence 1:", "perspective:")."""
+    return [m.group(0) for m in _FIELD.finditer(text)]
+
+
+@dataclass(frozen=True)
+class FieldFilter:
+    """Inputs must have the fields every example input has: the markers present (case-insensitively)
+    in all examples, none missing and none repeated more often than in any example. A chat student
+    asked for an input often answers as an assistant ("Sure, please provide the claim...") or writes
+    half an input ("The claim: ..." without the perspective); neither is an input of the task."""
+
+    fields: tuple[str, ...]  # lower-cased markers, in the first example's order
+    most: dict[str, int]  # the largest count of each in one example
+
+    @classmethod
+    def from_examples(cls, texts: Sequence[str]) -> FieldFilter:
+        counts = [Counter(m.lower() for m in field_markers(t)) for t in texts]
+        if not counts:
+            return cls((), {})
+        common = set.intersection(*(set(c) for c in counts))
+        order = [m.lower() for m in field_markers(texts[0])]
+        fields = tuple(dict.fromkeys(m for m in order if m in common))
+        return cls(fields, {f: max(c[f] for c in counts) for f in fields})
+
+    def check(self, text: str) -> str | None:
+        found = Counter(m.lower() for m in field_markers(text))
+        for f in self.fields:
+            if not found[f]:
+                return f"missing field {f!r}"
+            if found[f] > self.most[f]:
+                return f"field {f!r} repeated ({found[f]} times)"
+        return None
+
+    def lead(self, texts: Sequence[str]) -> str:
+        """The marker every example starts with, as the first example writes it ("Premise:"), or ""."""
+        if not self.fields or not texts:
+            return ""
+        first = field_markers(texts[0].lstrip())
+        if not first or first[0].lower() != self.fields[0]:
+            return ""
+        return first[0] if all(t.lstrip().lower().startswith(self.fields[0]) for t in texts) else ""
+
+
 class DuplicateFilter:
     """Exact duplicates after whitespace and case normalisation, against demos and accepted texts."""
 
@@ -91,6 +141,7 @@ class InputFilters:
     noise: NoiseFilter
     duplicates: DuplicateFilter
     length: LengthWindow | None = None
+    fields: FieldFilter | None = None
     enabled: bool = True  # False: only empty inputs are dropped (the "no input filters" ablation)
 
     def check(self, text: str) -> tuple[str, str] | None:
@@ -102,6 +153,8 @@ class InputFilters:
             return ("length", why)
         if why := self.noise.check(text):
             return ("noise", why)
+        if self.fields is not None and (why := self.fields.check(text)):
+            return ("fields", why)
         if why := self.duplicates.check(text):
             return ("duplicate", why)
         return None

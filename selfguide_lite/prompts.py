@@ -60,8 +60,14 @@ class PromptFormat:
     def is_chat(self) -> bool:
         return bool(self.chat_template)
 
-    def render(self, user_text: str) -> str:
-        """The prompt text the model continues. Never starts with BOS: tokenizers add it."""
+    def render(self, user_text: str, answer_start: str = "") -> str:
+        """The prompt text the model continues. Never starts with BOS: tokenizers add it.
+
+        `answer_start` is written as the beginning of the answer (after a space in plain text, at the
+        start of the assistant turn with a chat template), so the model continues it."""
+        if answer_start:
+            lead = answer_start if self.is_chat else f" {answer_start}"
+            return self.render(user_text) + lead
         if not self.chat_template:
             return user_text
         try:

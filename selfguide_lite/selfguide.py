@@ -17,13 +17,13 @@ from typing import Any, TypedDict
 from . import progress
 from .config import SelfGuideConfig
 from .engine.base import Request, Sampler, SamplingParams
-from .filters import DuplicateFilter, InputFilters, LengthWindow, NoiseFilter
+from .filters import DuplicateFilter, FieldFilter, InputFilters, LengthWindow, NoiseFilter
 from .methods.base import SynthResult, funnel_counts, stage_seed
 from .metrics import normalize
 from .prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
 from .tasks import Task
 
-INPUT_STAGES = ("empty", "length", "noise", "duplicate")
+INPUT_STAGES = ("empty", "length", "noise", "fields", "duplicate")
 VOTE_STAGES = ("no_valid_samples", "no_consensus")
 
 
@@ -45,7 +45,7 @@ class SelfGuideStats(TypedDict):
     train: int
     train_per_label: dict[str, int]
     missing_labels: list[str]  # labels the vote never produced
-    seconds: dict[str, float]  # wall time of writing inputs and of annotating (a replayed journal makes them small)
+    sampling_seconds: dict[str, float]  # wall time writing inputs and annotating (small when a journal was replayed)
     samples: int  # annotation samples drawn (accepted inputs x num_samples)
 
 
@@ -164,10 +164,14 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     rng = random.Random(seed)
 
     use_length = cfg.length_filter if cfg.length_filter is not None else classification
+    demo_inputs = [d.input for d in task.demos]
+    fields = FieldFilter.from_examples(demo_inputs)
+    lead = fields.lead(demo_inputs) if cfg.input_lead else ""
     filters = InputFilters(
         noise=NoiseFilter(cfg.noise_patterns),
-        duplicates=DuplicateFilter(d.input for d in task.demos),
-        length=LengthWindow.from_examples([d.input for d in task.demos]) if use_length else None,
+        duplicates=DuplicateFilter(demo_inputs),
+        length=LengthWindow.from_examples(demo_inputs) if use_length else None,
+        fields=fields if cfg.field_filter and fields.fields else None,
         enabled=cfg.input_filters,
     )
     input_params = SamplingParams(
@@ -189,11 +193,11 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
             for i in indices:
                 target = task.labels[i % len(task.labels)] if classification else None
                 context = wave_context if wave_context is not None else rng.sample(pool, min(cfg.context_inputs, len(pool)))
-                prompt = fmt.render(input_generation_prompt(task, context, target))
+                prompt = fmt.render(input_generation_prompt(task, context, target), answer_start=lead)
                 requests.append(Request(prompt, replace(input_params, seed=stage_seed(seed, 1, i))))
                 targets.append(target)
             for i, target, outs in zip(indices, targets, sampler.generate(requests), strict=True):
-                text = outs[0].text.strip()
+                text = (lead + outs[0].text).strip() if outs[0].text.strip() else ""
                 cand_id = f"c{i:05d}"
                 if drop := filters.check(text):
                     input_drops[drop[0]] += 1
@@ -264,7 +268,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         "train": len(final),
         "train_per_label": dict(per_label),
         "missing_labels": [lab for lab in task.labels if per_label.get(lab, 0) == 0] if classification else [],
-        "seconds": {"write_inputs": round(write_seconds, 2), "annotate": round(annotate_seconds, 2)},
+        "sampling_seconds": {"write_inputs": round(write_seconds, 2), "annotate": round(annotate_seconds, 2)},
         "samples": len(accepted) * cfg.num_samples,
     })
     if classification and cfg.balance:

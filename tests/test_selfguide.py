@@ -135,3 +135,61 @@ def test_context_sampling_per_request_or_per_wave(mode):
     for wave in first:
         distinct = {c for c in wave}
         assert (len(distinct) == 1) if mode == "wave" else (len(distinct) > 1), (mode, len(distinct))
+
+
+FIELD_TASK = Task(
+    name="pairs",
+    instruction="Does the perspective support the claim?",
+    demos=[Demo("claim: Cats are good.\n perspective: They purr.", "support"),
+           Demo("claim: Tax is theft.\n perspective: Roads need money.", "undermine")],
+    type="classification",
+    labels=["support", "undermine"],
+)
+
+
+def test_fields_of_the_examples_are_required_and_the_first_leads_the_answer():
+    from selfguide_lite.filters import FieldFilter, field_markers
+
+    assert field_markers("Sentence 1: a b. Sentence 2: c") == ["Sentence 1:", "Sentence 2:"]
+    assert field_markers("Sentence1: x\nSentence2: y") == ["Sentence1:", "Sentence2:"]
+    demos = [d.input for d in FIELD_TASK.demos]
+    ff = FieldFilter.from_examples(demos)
+    assert ff.fields == ("claim:", "perspective:") and ff.lead(demos) == "claim:"
+    assert ff.check("claim: Dogs bark. perspective: Loudly.") is None
+    assert ff.check("Claim: Dogs bark.\nPerspective: Loudly.") is None  # case-insensitive
+    assert "missing field 'perspective:'" == ff.check("The claim: Dogs bark.")
+    assert "repeated" in ff.check("claim: a perspective: b claim: c perspective: d")
+    # a marker only some examples have is not required; no common lead when examples start differently
+    mixed = ["Statement: a. Choices: 1. x", "Statment: b. Choices: 1. y"]
+    assert FieldFilter.from_examples(mixed).fields == ("choices:",) and FieldFilter.from_examples(mixed).lead(mixed) == ""
+    assert FieldFilter.from_examples(["plain text", "more text"]).fields == ()
+
+
+def test_render_answer_start_continues_the_answer_in_both_formats():
+    plain = PromptFormat()
+    assert plain.render("Write one.\nInput:", answer_start="claim:") == "Write one.\nInput: claim:"
+    chat = PromptFormat("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>")
+    assert chat.render("Write one.", answer_start="claim:") == "<u>Write one.</u><a>claim:"
+    assert chat.render("Write one.") == "<u>Write one.</u><a>"
+
+
+def test_written_inputs_start_with_the_lead_and_lack_no_field():
+    seen = []
+
+    def respond(prompt: str, i: int, request) -> str:
+        if "Write one new input" in prompt:
+            seen.append(prompt)
+            n = request.params.seed % 1000
+            # every other answer forgets the perspective; the lead "claim:" is already in the prompt
+            return f" Dogs {n} bark.\n perspective: Loud {n}." if n % 2 else f" Dogs {n} bark."
+        return " support" if "Loud" in prompt.rsplit("Input:", 1)[1] else " undermine"
+
+    cfg = SelfGuideConfig(num_inputs=12, wave_size=6, num_samples=2, length_filter=False, balance=False)
+    res = synthesize(FIELD_TASK, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
+    assert all(p.endswith("Input: claim:") for p in seen)
+    kept = [r["input"] for r in res.train]
+    assert kept and all(k.startswith("claim: Dogs") and "perspective:" in k for k in kept)
+    assert res.stats["input_dropped"]["fields"] == 12 - len(kept) > 0
+    off = synthesize(FIELD_TASK, ScriptedSampler(respond), cfg.model_copy(update={"input_lead": False, "field_filter": False}),
+                     PromptFormat(), seed=0)
+    assert off.stats["input_dropped"]["fields"] == 0 and not any(r["input"].startswith("claim:") for r in off.train)

@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Does Self-Guide make the built-in student better? Round 0 vs rounds 1..N on every Natural
+Instructions task in ../shared/data, scored on **test**, with the diagnostics that say why.
+
+For each task, seed and variant the product's own loop runs (`run_loop`, default settings unless
+--config or a variant changes them) in WORK/VARIANT/TASK/seed-S; a finished run is reused (the loop's
+stage cache), so the study resumes where an earlier invocation stopped and can span sessions.
+Every choice inside the loop (promotion) is made on validation; test scores are only reported.
+
+Per task it reports round-0, round-k and final-student test scores (exact match for classification,
+ROUGE-L for generation), the funnel (candidates -> kept by the input filters -> labelled by the vote
+-> after balancing), and diagnostics (selfguide_lite/diagnostics.py):
+- format: share of round-0 and final test predictions that are exactly a label (classification) or a
+  single answer without continuation (generation); generation also: share copying a demo's answer;
+- self-label quality: the annotation procedure (samples + vote) run by the round-0 student on the
+  validation inputs, scored against their gold answers, beside the round-0 greedy answers;
+- input quality (round 1): how often the vote's label equals the label the input was written for,
+  duplicate share, length against the real inputs;
+- training: rows per round, final training loss, promoted or not.
+Means over classification, generation and all tasks close the table. Variants (ablations):
+full, no_vote, no_input_filters, no_label_filter, no_balance.
+
+Usage: python3 scripts/effect_study.py [--tasks T.json ...] [--seeds 0 1] [--rounds 2]
+       [--variants full no_vote ...] [--config FILE] [--model NAME] [--work runs/effect-study] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from selfguide_lite import progress  # noqa: E402
+from selfguide_lite.config import Config, load_config  # noqa: E402
+from selfguide_lite.diagnostics import copy_share, format_share, input_quality, label_quality  # noqa: E402
+from selfguide_lite.errors import UserError  # noqa: E402
+from selfguide_lite.loop import run_loop  # noqa: E402
+from selfguide_lite.models import DEFAULT_STUDENT  # noqa: E402
+from selfguide_lite.store import file_hash, read_json, read_jsonl, value_hash, write_json  # noqa: E402
+from selfguide_lite.tasks import Task, load_task  # noqa: E402
+
+SHARED_TASKS = REPO.parent / "shared" / "data" / "natural-instructions"
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no_vote": {"selfguide": {"num_samples": 1, "annotate_temperature": 0.0}},
+    "no_input_filters": {"selfguide": {"input_filters": False}},
+    "no_label_filter": {"selfguide": {"constrain_labels": False, "label_filter": False}},
+    "no_balance": {"selfguide": {"balance": False}},
+}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def study_config(task: Path, seed: int, variant: str, rounds: int, model: str, config: Path | None, run_dir: Path) -> Config:
+    overrides = _merge(VARIANTS[variant], {"model": model, "task": str(task), "run_dir": str(run_dir), "seed": seed,
+                                           "loop": {"rounds": rounds}})
+    return load_config(config, overrides)
+
+
+def primary(task: Task) -> str:
+    return "exact_match" if task.is_classification else "rougeL"
+
+
+def self_label_quality(cfg: Config, task: Task, run_dir: Path, round0: dict[str, Any]) -> dict[str, Any]:
+    """The round-0 student's vote on the validation inputs against their gold answers, beside its greedy
+    answers there. Cached in diagnostics/label_quality.json (keyed by student, settings, seed)."""
+    from selfguide_lite.engine import open_sampler
+    from selfguide_lite.prompts import PromptFormat
+    from selfguide_lite.selfguide import annotate
+
+    gguf = Path(round0["model"])
+    out = run_dir / "diagnostics" / "label_quality.json"
+    key = value_hash([file_hash(gguf), cfg.selfguide.model_dump(), cfg.seed, task.name])
+    if out.is_file() and (cached := read_json(out)).get("key") == key:
+        return cached["quality"]
+    rows = round0["tasks"][0]["validation"]["predictions"]
+    with open_sampler(gguf, cfg.engine) as sampler:
+        votes = annotate(task, sampler, cfg.selfguide, PromptFormat.from_info(sampler.info),
+                         [r["input"] for r in rows], cfg.seed + 1000)
+    quality = label_quality([r["references"] for r in rows], [v.answer for v in votes],
+                            [r["prediction"] for r in rows], task.is_classification)
+    write_json(out, {"key": key, "quality": quality})
+    return quality
+
+
+def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
+    """Scores, funnel and diagnostics of one finished run, read from its files."""
+    manifest = read_json(run_dir / "manifest.json")
+    rounds = manifest["rounds"]
+    labels = list(task.labels) if task.is_classification else None
+    evals = {int(k): read_json(run_dir / f"round-{k}" / "eval.json") for k, r in rounds.items()
+             if (run_dir / f"round-{k}" / "eval.json").is_file() and r.get("status") == "done"}
+
+    def test_predictions(k: int) -> tuple[list[str], list[list[str]]]:
+        rows = evals[k]["tasks"][0]["test"]["predictions"]
+        return [r["prediction"] for r in rows], [r["references"] for r in rows]
+
+    final_round = manifest["final"]["round"]
+    per_round = {}
+    for k, rec in sorted(rounds.items(), key=lambda kv: int(kv[0])):
+        k = int(k)
+        entry: dict[str, Any] = {"status": rec.get("status"), "promoted": rec.get("promoted")}
+        if k in evals:
+            entry["validation"] = evals[k]["validation"]["primary"]
+            entry["test"] = evals[k]["test"]["primary"] if evals[k].get("test") else None
+            preds, refs = test_predictions(k)
+            entry["format"] = format_share(preds, refs, labels)
+            if labels is None:
+                entry["demo_copies"] = copy_share(preds, [d.output for d in task.demos])
+        if k > 0:
+            stats = rec.get("synth_stats") or {}
+            entry["funnel"] = {"candidates": stats.get("candidates"),
+                               "after_input_filters": stats.get("inputs_accepted"),
+                               "after_vote": stats.get("annotated"), "after_balance": stats.get("train")}
+            entry["train_rows"] = rec.get("train_size")
+            train_stage = manifest["stages"].get(f"round-{k}/train") or {}
+            entry["train_loss"] = train_stage.get("train_loss")
+            synth = run_dir / f"round-{k}" / "synth"
+            if (synth / "train.jsonl").is_file():
+                annotated = read_jsonl(synth / "train.jsonl") + [
+                    d for d in read_jsonl(synth / "dropped.jsonl") if d.get("stage") == "balance"]
+                entry["inputs"] = input_quality(annotated, stats, [i.input for i in task.instances[:200]])
+        per_round[k] = entry
+    summary = {"task": task.name, "type": task.type, "metric": primary(task), "run_dir": str(run_dir),
+               "rounds": per_round, "final_round": final_round,
+               "round0_test": per_round[0].get("test"), "final_test": per_round[final_round].get("test"),
+               "final_format": per_round[final_round].get("format")}
+    summary["gain"] = (summary["final_test"] - summary["round0_test"]
+                       if summary["final_test"] is not None and summary["round0_test"] is not None else None)
+    summary["label_quality"] = self_label_quality(cfg, task, run_dir, evals[0])
+    return summary
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def aggregate(per_task: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over classification, generation and all tasks (each task first averaged over its seeds)."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in per_task:
+        by_task.setdefault(r["task"], []).append(r)
+    rows = []
+    for name, runs in by_task.items():
+        rows.append({"task": name, "type": runs[0]["type"], "seeds": len(runs),
+                     "round0_test": _mean([r["round0_test"] for r in runs]),
+                     "final_test": _mean([r["final_test"] for r in runs]),
+                     "gain": _mean([r["gain"] for r in runs])})
+    out: dict[str, Any] = {"per_task": rows}
+    for group, members in (("classification", [r for r in rows if r["type"] == "classification"]),
+                           ("generation", [r for r in rows if r["type"] != "classification"]), ("all", rows)):
+        out[group] = {"tasks": len(members), "round0_test": _mean([r["round0_test"] for r in members]),
+                      "final_test": _mean([r["final_test"] for r in members]),
+                      "gain": _mean([r["gain"] for r in members]),
+                      "worst_gain": min((r["gain"] for r in members if r["gain"] is not None), default=None)}
+    return out
+
+
+def _f(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_run(s: dict[str, Any], seed: int, variant: str) -> None:
+    q = s["label_quality"]
+    print(f"{s['task']} [{variant}, seed {seed}] ({s['metric']}): round-0 test {_f(s['round0_test'])} -> final "
+          f"(round {s['final_round']}) {_f(s['final_test'])}  gain {_f(s['gain'], '+.1f')}")
+    for k, r in s["rounds"].items():
+        line = f"    round {k}: validation {_f(r.get('validation'))}, test {_f(r.get('test'))}, format {_f(r.get('format'))}%"
+        if "demo_copies" in r:
+            line += f", demo copies {_f(r['demo_copies'])}%"
+        if k:
+            fn = r.get("funnel") or {}
+            line += (f"; funnel {fn.get('candidates')} -> {fn.get('after_input_filters')} -> {fn.get('after_vote')} -> "
+                     f"{fn.get('after_balance')} rows, loss {r.get('train_loss')}, "
+                     f"{'promoted' if r.get('promoted') else 'not promoted'} ({r.get('status')})")
+            if inp := r.get("inputs"):
+                line += (f"; inputs: label as asked {_f(inp['target_agreement'])}%, duplicates "
+                         f"{_f(inp['duplicate_share'])}%, length x{_f(inp['length_ratio'], '.2f')}")
+                if inp.get("labels_written"):
+                    line += f", labels {inp['labels_written']}"
+        print(line)
+    print(f"    self-labels on validation: vote {_f(q['vote_score'])} (keeps {_f(q['coverage'])}%; on those "
+          f"{_f(q['vote_score_kept'])}) vs greedy {_f(q['greedy_score'])} (on the kept {_f(q['greedy_score_kept'])})",
+          flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", type=Path, nargs="+", help="task files (default: every task in ../shared/data)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", default=["full"], choices=list(VARIANTS))
+    ap.add_argument("--model", default=DEFAULT_STUDENT)
+    ap.add_argument("--config", type=Path, help="settings file (default: the product's defaults)")
+    ap.add_argument("--work", type=Path, default=Path("runs/effect-study"))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    progress.set_mode("quiet")
+    progress.quiet_libraries()
+    tasks = args.tasks or sorted(SHARED_TASKS.glob("*.json"))
+    command = shlex.join([sys.executable, *sys.argv])
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or None
+    print(f"command: {command}\ncode: {commit}", flush=True)
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
+    t0 = time.perf_counter()
+    try:
+        for variant in args.variants:
+            for seed in args.seeds:
+                for path in tasks:
+                    run_dir = args.work / variant / path.stem / f"seed-{seed}"
+                    cfg = study_config(path, seed, variant, args.rounds, args.model, args.config, run_dir)
+                    started = time.perf_counter()
+                    run_loop(cfg, log=lambda m: None, command=command)
+                    summary = run_summary(cfg, load_task(path), run_dir)
+                    summary.update(seed=seed, variant=variant, seconds_this_invocation=round(time.perf_counter() - started, 1))
+                    results[variant].append(summary)
+                    print_run(summary, seed, variant)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out: dict[str, Any] = {"command": command, "code": commit, "wall_seconds": round(time.perf_counter() - t0, 1),
+                           "seeds": args.seeds, "rounds": args.rounds, "variants": {}}
+    for variant, runs in results.items():
+        agg = aggregate(runs)
+        out["variants"][variant] = {"runs": runs, **agg}
+        print(f"\n{variant}: mean test gain (final student - round 0), per task averaged over seeds {args.seeds}:")
+        for r in agg["per_task"]:
+            print(f"  {r['task']:<52} {r['type']:<14} {_f(r['round0_test']):>6} -> {_f(r['final_test']):>6}  "
+                  f"{_f(r['gain'], '+.1f'):>6}")
+        for group in ("classification", "generation", "all"):
+            g = agg[group]
+            print(f"  mean over {group} ({g['tasks']} tasks): {_f(g['round0_test'])} -> {_f(g['final_test'])}, "
+                  f"gain {_f(g['gain'], '+.1f')}, worst task {_f(g['worst_gain'], '+.1f')}")
+    print(f"wall time of this invocation: {out['wall_seconds'] / 60:.1f} min")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
