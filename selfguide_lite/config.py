@@ -62,6 +62,9 @@ class SelfGuideConfig(_Section):
     vote_threshold: float = _f(0.3, "an answer needs this share of the samples to be kept", ge=0, le=1)
     length_filter: bool | None = _f(None, "drop inputs far longer/shorter than the examples (null: on for classification)")
     output_length_filter: bool = _f(True, "generation: drop outputs far from the examples' length")
+    answer_checks: bool = _f(
+        True, "generation: strip an answer lead-in ('The answer is:') and drop samples that repeat an example's "
+              "answer the input does not contain, or run on past the examples' line count; false: the original vote")
     noise_patterns: list[str] = _f(lambda: list(DEFAULT_NOISE_PATTERNS), "regexes marking a generated input as noise")
     input_filters: bool = _f(True, "drop noisy, duplicate and (classification) odd-length inputs; false: keep all")
     field_filter: bool = _f(

@@ -121,6 +121,48 @@ class FieldFilter:
         return first[0] if all(t.lstrip().lower().startswith(self.fields[0]) for t in texts) else ""
 
 
+# "The answer is:", "Output:", "Final answer -": a chat student's lead-in before the answer itself.
+_PREAMBLE = re.compile(r"^\s*(?:the\s+)?(?:(?:final|correct)\s+)?(?:answer|output|response|result)(?:\s+is)?\s*[:\-]\s*",
+                       re.IGNORECASE)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
+
+
+@dataclass(frozen=True)
+class AnswerChecks:
+    """Generation answers that cannot be this input's answer, judged against the demonstrations.
+
+    - a lead-in ("The answer is:") is removed before anything else looks at the answer;
+    - an answer containing a demonstration's answer that the input does not contain is a copy of
+      the example, not an answer (a small student does this often, and training on it teaches copying);
+    - an answer with more lines than any demonstration's answer ran on past its end."""
+
+    demo_answers: tuple[str, ...]  # normalised, non-empty
+    max_lines: int
+
+    @classmethod
+    def from_examples(cls, outputs: Sequence[str]) -> AnswerChecks:
+        answers = tuple(dict.fromkeys(n for o in outputs if (n := _norm(o))))
+        lines = max((len([ln for ln in o.strip().splitlines() if ln.strip()]) for o in outputs), default=1)
+        return cls(answers, max(1, lines))
+
+    @staticmethod
+    def clean(text: str) -> str:
+        return _PREAMBLE.sub("", text.strip(), count=1).strip()
+
+    def check(self, answer: str, input_text: str) -> tuple[str, str] | None:
+        """(reason key, detail) when the answer is rejected."""
+        if len([ln for ln in answer.splitlines() if ln.strip()]) > self.max_lines:
+            return ("extra lines", f"more than {self.max_lines} line(s)")
+        said, given = _norm(answer), _norm(input_text)
+        for demo in self.demo_answers:
+            if demo in said and demo not in given:
+                return ("demo copy", f"repeats the example answer {demo!r}")
+        return None
+
+
 class DuplicateFilter:
     """Exact duplicates after whitespace and case normalisation, against demos and accepted texts."""
 

@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 from . import progress
 from .config import SelfGuideConfig
 from .engine.base import Request, Sampler, SamplingParams
-from .filters import DuplicateFilter, FieldFilter, InputFilters, LengthWindow, NoiseFilter
+from .filters import AnswerChecks, DuplicateFilter, FieldFilter, InputFilters, LengthWindow, NoiseFilter
 from .methods.base import SynthResult, funnel_counts, stage_seed
 from .metrics import normalize
 from .prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
@@ -70,15 +70,19 @@ def self_consistency_vote(
     noise: NoiseFilter,
     length: LengthWindow | None,
     threshold: float,
+    checks: AnswerChecks | None = None,
+    input_text: str = "",
 ) -> Vote:
     """contract §2.3: drop bad samples, then the most frequent normalised answer wins if its share of the
     surviving samples is at least `threshold` (ties: the shortest). Classification samples count
-    only when they normalise to a label, and the winner is the label string itself."""
+    only when they normalise to a label, and the winner is the label string itself. `checks`
+    (generation) strips an answer lead-in and rejects copies of a demonstration's answer that
+    `input_text` does not contain and answers that run on past the demonstrations' line count."""
     label_of = {normalize(lab): lab for lab in labels} if labels else None
     rejected: Counter[str] = Counter()
     survivors: list[tuple[str, str]] = []  # (normalised key, answer text)
     for raw in samples:
-        text = raw.strip()
+        text = checks.clean(raw) if checks is not None else raw.strip()
         if not text:
             rejected["empty"] += 1
             continue
@@ -94,6 +98,9 @@ def self_consistency_vote(
             continue
         if length is not None and length.check(text):
             rejected["length"] += 1
+            continue
+        if checks is not None and (why := checks.check(text, input_text)):
+            rejected[why[0]] += 1
             continue
         survivors.append((normalize(text), text))
     if not survivors:
@@ -147,13 +154,15 @@ def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptForm
         n=cfg.num_samples,
         choices=tuple(task.labels) if classification and cfg.constrain_labels else None,
     )
+    checks = AnswerChecks.from_examples([d.output for d in task.demos]) if cfg.answer_checks and not classification else None
     requests = [Request(fmt.render(task_prompt(task, text)), replace(params, seed=stage_seed(seed, 2, n)))
                 for n, text in enumerate(inputs)]
     outputs = sampler.generate(requests) if requests else []
     return [
         self_consistency_vote([o.text for o in outs], labels=task.labels if classification and cfg.label_filter else None,
-                              noise=noise, length=out_length, threshold=cfg.vote_threshold)
-        for outs in outputs
+                              noise=noise, length=out_length, threshold=cfg.vote_threshold, checks=checks,
+                              input_text=text)
+        for text, outs in zip(inputs, outputs, strict=True)
     ]
 
 

@@ -193,3 +193,44 @@ def test_written_inputs_start_with_the_lead_and_lack_no_field():
     off = synthesize(FIELD_TASK, ScriptedSampler(respond), cfg.model_copy(update={"input_lead": False, "field_filter": False}),
                      PromptFormat(), seed=0)
     assert off.stats["input_dropped"]["fields"] == 0 and not any(r["input"].startswith("claim:") for r in off.train)
+
+
+def test_generation_vote_strips_lead_ins_and_rejects_demo_copies_and_run_ons():
+    from selfguide_lite.filters import AnswerChecks
+
+    checks = AnswerChecks.from_examples(["Who did the Han Chinese want to help the Mongols fight?", "pollution."])
+    assert checks.max_lines == 1 and AnswerChecks.clean("The answer is: What do lobates feed on?") == "What do lobates feed on?"
+    assert AnswerChecks.clean("Output - x") == "x" and AnswerChecks.clean("Answers vary") == "Answers vary"
+    samples = ["The answer is: What do lobates feed on?", "What do lobates feed on?",
+               "The answer is: Who did the Han Chinese want to help the Mongols fight?",
+               "Who did the Han Chinese want to help the Mongols fight?",
+               "Who did the Han Chinese want to help the Mongols fight?",
+               "What do lobates feed on?\n\nWhat do lobates feed on?"]
+    v = self_consistency_vote(samples, labels=None, noise=NoiseFilter(), length=None, threshold=0.3, checks=checks,
+                              input_text="What do lobates run or uh feed on?")
+    assert v.answer == "What do lobates feed on?" and v.share == 1.0
+    assert v.rejected == {"demo copy": 3, "extra lines": 1}
+    # without the checks the copies win (the original vote)
+    plain = self_consistency_vote(samples, labels=None, noise=NoiseFilter(), length=None, threshold=0.3)
+    assert plain.answer == "Who did the Han Chinese want to help the Mongols fight?"
+    # an example's answer the input itself contains is not a copy ("pollution" in an overlap task)
+    ok = self_consistency_vote(["pollution."], labels=None, noise=NoiseFilter(), length=None, threshold=0.3,
+                               checks=checks, input_text="Sentence1: pollution is bad. Sentence2: stop pollution.")
+    assert ok.answer == "pollution."
+
+
+def test_answer_checks_apply_to_generation_only_and_can_be_switched_off():
+    gen = Task(name="fix", instruction="Fix the sentence.", demos=[Demo("Who no what is it?", "What is it?")],
+               type="generation")
+
+    def respond(prompt, i, request):
+        if "Write one new input" in prompt:
+            return f" Where no when is {request.params.seed % 1000}?"
+        return " What is it?" if i % 2 else " The answer is: When is it?"
+
+    cfg = SelfGuideConfig(num_inputs=4, wave_size=4, num_samples=4, output_length_filter=False)
+    on = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
+    assert {r["output"] for r in on.train} == {"When is it?"}
+    assert on.stats["samples_rejected"] == {"demo copy": 8}
+    off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"answer_checks": False}), PromptFormat(), seed=0)
+    assert off.stats["samples_rejected"] == {} and all(r["agreement"] == 0.5 for r in off.train)
