@@ -18,7 +18,9 @@ ROUGE-L for generation), the funnel (candidates -> kept by the input filters -> 
   duplicate share, length against the real inputs;
 - training: rows per round, final training loss, promoted or not.
 Means over classification, generation and all tasks close the table. Variants (ablations):
-full, no_vote, no_input_filters, no_label_filter, no_balance.
+full, no_vote, no_input_filters, no_label_filter, no_balance; and original (the published method,
+without this project's changes for small chat students: input lead, field filter, answer checks,
+balance floor, per-wave context).
 
 Usage: python3 scripts/effect_study.py [--tasks T.json ...] [--seeds 0 1] [--rounds 2]
        [--variants full no_vote ...] [--config FILE] [--model NAME] [--work runs/effect-study] [--json FILE]
@@ -55,6 +57,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_input_filters": {"selfguide": {"input_filters": False}},
     "no_label_filter": {"selfguide": {"constrain_labels": False, "label_filter": False}},
     "no_balance": {"selfguide": {"balance": False}},
+    # the method as first published, before this project's changes for small chat students
+    "original": {"selfguide": {"input_lead": False, "field_filter": False, "answer_checks": False, "balance_floor": 0,
+                               "context_sampling": "request"}},
 }
 
 

@@ -73,6 +73,9 @@ class SelfGuideConfig(_Section):
     constrain_labels: bool = _f(True, "classification: decode only label strings (grammar-constrained)")
     label_filter: bool = _f(True, "classification: only samples that are exactly a label count in the vote")
     balance: bool = _f(True, "classification: trim every label to the rarest label's count")
+    balance_floor: int = _f(
+        32, "balance never trims a label below this many rows (0: the original rule, down to the rarest label, "
+            "which leaves 2 rows when the vote gives one label 63 times and the other once)", ge=0)
     max_tokens_factor: float = _f(2.0, "max new tokens = this x the longest example (in tokens)", gt=0)
 
 
@@ -130,6 +133,16 @@ class ExportConfig(_Section):
 
     quant: Literal["q4_k_m", "q8_0", "f16", "f32"] = _f("q4_k_m", "quantization of each round's GGUF")
     keep_f16_gguf: bool = _f(False, "keep the intermediate f16 GGUF beside the quantized one")
+    keep: Literal["all", "resume", "promoted"] = _f(
+        "resume", "what each finished round keeps: all; resume: everything but the 16-bit merged weights no resume or "
+                  "later round needs (the current student's stay); promoted: also drop the GGUFs of rounds not promoted")
+    gate: bool = _f(True, "check every exported GGUF against the merged model before it can become the student")
+    gate_prompts: int = _f(20, "validation prompts whose greedy answers the gate compares (quantized vs 16-bit)", ge=1)
+    gate_answer_tokens: int = _f(24, "new tokens per gate answer", ge=1)
+    gate_min_agreement: float = _f(0.5, "share of gate answers that must agree", ge=0, le=1)
+    gate_min_top1: float = _f(0.9, "f16 conversion vs merged model: least top-1 agreement of the logits", ge=0, le=1)
+    gate_max_logit_diff: float = _f(0.05, "f16 conversion vs merged model: largest logit difference, as a share of the "
+                                          "logit range", gt=0)
 
 
 class EvalConfig(_Section):

@@ -56,6 +56,13 @@ def report(log: Callable[[str], None] = print, run_dir: str | Path = "runs") -> 
         log(f"llama.cpp: BROKEN: {exc}")
         ok = False
     try:
+        from .compat import compat_line, converter_runtime_check
+
+        log(compat_line(converter_runtime_check(use_cache=False)))
+    except Exception as exc:
+        log(f"converter and runtime: BROKEN: {exc}")
+        ok = False
+    try:
         import llama_cpp.server.app  # noqa: F401
 
         from .usage import serve  # noqa: F401

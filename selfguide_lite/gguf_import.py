@@ -283,14 +283,14 @@ FIDELITY_PROMPTS = (
 )
 
 
-def rendered_prompts(hf_tok, prompts: tuple[str, ...] = FIDELITY_PROMPTS) -> list[str]:
+def rendered_prompts(hf_tok, prompts: tuple[str, ...] = FIDELITY_PROMPTS, use_chat_template: bool = True) -> list[str]:
     """Prompts as the loop renders them (one user turn through the chat template, when there is one)."""
-    fmt = PromptFormat.from_tokenizer(hf_tok)
+    fmt = PromptFormat.from_tokenizer(hf_tok, use_chat_template)
     return [fmt.render(p) for p in prompts]
 
 
 def measure_fidelity(hf_dir: Path, gguf_path: Path, prompts: tuple[str, ...] = FIDELITY_PROMPTS,
-                     hf_tok=None) -> dict[str, Any]:
+                     hf_tok=None, use_chat_template: bool = True) -> dict[str, Any]:
     """Logits of the imported checkpoint (transformers, float32) against llama.cpp on the source GGUF.
 
     Both see the same token ids (llama.cpp's, prompts rendered through the chat template when there is
@@ -303,7 +303,7 @@ def measure_fidelity(hf_dir: Path, gguf_path: Path, prompts: tuple[str, ...] = F
     from .progress import quiet_libraries
 
     quiet_libraries()
-    ids = gguf_tokenize_all(gguf_path, rendered_prompts(hf_tok or load_tokenizer(hf_dir), prompts))
+    ids = gguf_tokenize_all(gguf_path, rendered_prompts(hf_tok or load_tokenizer(hf_dir), prompts, use_chat_template))
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     llm = load_llama(gguf_path, n_ctx=max(len(x) for x in ids) + 8, n_threads=None, logits_all=True)

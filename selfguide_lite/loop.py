@@ -28,6 +28,7 @@ from .engine.journal import JournaledSampler
 from .errors import UserError
 from .evaluate import evaluate
 from .export import export, gguf_from_hf
+from .gate import ExportRejected
 from .methods import Method, method_for
 from .models import ResolvedStudent, fidelity_line, resolve_student
 from .report import write_report
@@ -225,7 +226,7 @@ class RunContext:
         """Run one stage through the manifest's cache. Its key is derived here from its declared inputs:
         a Path is hashed by content (file or directory), a string is taken as is, anything else is
         hashed as a value."""
-        key = {k: file_hash(v) if isinstance(v, Path) else v if isinstance(v, str) else value_hash(v)
+        key = {k: self.manifest.input_hash(v) if isinstance(v, Path) else v if isinstance(v, str) else value_hash(v)
                for k, v in inputs.items()}
         return self.manifest.run_stage(name, key, outputs, fn, self.log)
 
@@ -312,14 +313,28 @@ def stage_train(ctx: RunContext, k: int, data: Path, train_base: str) -> Path:
     return adapter
 
 
-def stage_export(ctx: RunContext, k: int, train_base: str, adapter: Path) -> tuple[Path, Path]:
-    """Merge, convert, quantize; then the GGUF's Ollama Modelfile, an explicit step of its own."""
+def gate_prompts(ctx: RunContext) -> list[str]:
+    """The first validation prompts (user text) of the method's tasks, for the export gate's answers."""
+    prompt_fn, _ = ctx.method.eval_prompt()
+    n = ctx.cfg.export.gate_prompts
+    per_task = max(1, -(-n // len(ctx.tasks)))
+    texts = [prompt_fn(t, inst.input) for t in ctx.tasks for inst in t.split("validation", ctx.cfg.eval.validation_size, 0)[:per_task]]
+    return texts[:n]
+
+
+def stage_export(ctx: RunContext, k: int, train_base: str, adapter: Path) -> tuple[Path, Path, dict[str, Any] | None]:
+    """Merge, convert, quantize, check the GGUF against the merged model (the gate); then the GGUF's
+    Ollama Modelfile. Returns the GGUF, the merged weights and the gate's record (None: gate off).
+    A GGUF the gate rejects is renamed *.rejected.gguf and ExportRejected is raised."""
     rk = ctx.run_dir / f"round-{k}"
     gguf, merged = rk / ctx.gguf_name, rk / "merged"
-    ctx.stage(f"round-{k}/export", {"adapter": adapter, "base": Path(train_base), "quant": ctx.cfg.export.quant},
-              [gguf, merged, gguf.with_suffix(".Modelfile")],
-              partial(_export, train_base, adapter, gguf, merged, ctx.cfg))
-    return gguf, merged
+    prompts = gate_prompts(ctx) if ctx.cfg.export.gate else None
+    rec = ctx.stage(f"round-{k}/export",
+                    {"adapter": adapter, "base": Path(train_base), "quant": ctx.cfg.export.quant,
+                     "gate": [ctx.cfg.export.model_dump(), prompts]},
+                    [gguf, merged, gguf.with_suffix(".Modelfile")],
+                    partial(_export, train_base, adapter, gguf, merged, ctx.cfg, prompts, ctx.method.uses_chat_template()))
+    return gguf, merged, rec.get("gate")
 
 
 def run_round(ctx: RunContext, k: int, student: Student, best: Student) -> tuple[RoundRecord, Student | None]:
@@ -339,13 +354,19 @@ def run_round(ctx: RunContext, k: int, student: Student, best: Student) -> tuple
     except TrainingDiverged as exc:
         ctx.log(f"round {k}: {exc}; keeping the round-{student.round} student")
         return RoundRecord("diverged", False, error=str(exc), **facts), None
-    gguf, merged = stage_export(ctx, k, train_base, adapter)
+    try:
+        gguf, merged, gate = stage_export(ctx, k, train_base, adapter)
+    except ExportRejected as exc:
+        ctx.log(f"round {k}: {exc}; keeping the round-{student.round} student")
+        return RoundRecord("export_rejected", False, error=str(exc), gate=exc.record, **facts), None
+    if gate:
+        ctx.log(f"round {k}: export check passed ({gate_line(gate)})")
     scores = stage_eval(ctx, k, gguf)
     promoted = promoted_on_validation(scores, best.score, ctx.cfg.loop.promote_tolerance)
     ctx.log(f"round {k}: {score_line(scores)}  ("
             + ("promoted" if promoted else f"not promoted: validation below the best {best.score:.1f} by more than "
                f"{ctx.cfg.loop.promote_tolerance}") + ")")
-    record = RoundRecord("done", promoted, RoundScores.from_eval(scores), _in_run(gguf, ctx.run_dir), **facts)
+    record = RoundRecord("done", promoted, RoundScores.from_eval(scores), _in_run(gguf, ctx.run_dir), gate=gate, **facts)
     return record, (Student(k, gguf, str(merged), scores["validation"]["primary"]) if promoted else None)
 
 
@@ -359,10 +380,12 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
     for k in range(1, cfg.loop.rounds + 1):
         record, promoted = run_round(ctx, k, student, best)
         ctx.save_round(k, record)
+        previous = student
         if promoted is not None:
             student = promoted
             if student.score > best.score:
                 best = student
+        prune_finished_round(ctx, k, promoted is not None, previous, student)
     ctx.manifest.data["final"] = {"round": student.round, "gguf": str(student.gguf),
                                   "best_round": best.round, "best_validation_score": best.score}
     ctx.manifest.save()
@@ -371,17 +394,68 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
             "report": str(report), "rounds": ctx.manifest.data["rounds"]}
 
 
+def prune_finished_round(ctx: RunContext, k: int, promoted: bool, previous: Student, current: Student) -> int:
+    """`export.keep` (contract §4): after round k, delete what neither a resume nor a later round needs.
+
+    resume: the 16-bit merged weights of every round except the current student's (the next round's
+    base with train_from: previous, the final weights otherwise); promoted: also the GGUFs of rounds
+    that were not promoted. A pruned output's hash stays in the manifest, so the stages that produced
+    or read it are still recognised as finished. Returns the bytes freed."""
+    keep = ctx.cfg.export.keep
+    if keep == "all":
+        return 0
+    rk = ctx.run_dir / f"round-{k}"
+    freed = 0
+    if not promoted:
+        freed += ctx.manifest.prune(rk / "merged", k)
+        if keep == "promoted":
+            for gguf in [rk / ctx.gguf_name, *rk.glob("*.rejected.gguf")]:
+                freed += ctx.manifest.prune(gguf, k)
+    elif previous.round != current.round and Path(previous.hf_dir).resolve().is_relative_to(ctx.run_dir.resolve()):
+        freed += ctx.manifest.prune(Path(previous.hf_dir), previous.round)
+    if freed:
+        ctx.log(f"round {k}: export.keep {keep}: freed {freed / 2**20:.0f} MiB")
+    return freed
+
+
 def _base_export(base: str, out: Path, cfg: Config) -> dict[str, Any]:
+    from .compat import converter_runtime_check
     from .usage import write_modelfile
 
+    converter_runtime_check()
     gguf = gguf_from_hf(base, out, cfg.export.quant)
     write_modelfile(gguf)
     return {"gguf": str(gguf)}
 
 
-def _export(base: str, adapter: Path, gguf: Path, merged: Path, cfg: Config) -> dict[str, Any]:
+def gate_line(gate: dict[str, Any]) -> str:
+    logits, answers = gate.get("logits") or {}, gate.get("answers")
+    parts = [f"f16 logits: top-1 {logits.get('top1_agreement', 0):.0%}, largest difference "
+             f"{logits.get('max_diff_share_of_range', 0):.2%} of the range"]
+    if answers:
+        parts.append(f"quantized answers agree on {answers['agree']}/{answers['prompts']}")
+    return "; ".join(parts) + f"; {gate.get('seconds', 0):.0f}s"
+
+
+def _export(base: str, adapter: Path, gguf: Path, merged: Path, cfg: Config, gate_prompts: list[str] | None,
+            use_chat_template: bool) -> dict[str, Any]:
+    from .compat import converter_runtime_check
+    from .gate import check_export
     from .usage import write_modelfile
 
-    out = export(base, adapter, gguf, cfg.export.quant, merged, cfg.export.keep_f16_gguf)
+    converter_runtime_check()  # a converter the runtime cannot load fails here, in seconds, once per install
+    keep_f16 = cfg.export.keep_f16_gguf or gate_prompts is not None
+    out = export(base, adapter, gguf, cfg.export.quant, merged, keep_f16)
+    f16 = out if cfg.export.quant in ("f16", "f32") else out.with_name(out.stem + ".f16.gguf")
+    record: dict[str, Any] = {"gguf": str(out)}
+    try:
+        if gate_prompts is not None:
+            record["gate"] = check_export(merged, f16, out, gate_prompts, cfg.export, cfg.engine, use_chat_template)
+    except ExportRejected:
+        out.replace(out.with_name(out.stem + ".rejected.gguf"))  # never sampled from, kept for inspection
+        raise
+    finally:
+        if not cfg.export.keep_f16_gguf and f16 != out:
+            f16.unlink(missing_ok=True)
     write_modelfile(out)
-    return {"gguf": str(out)}
+    return record

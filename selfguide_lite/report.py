@@ -18,7 +18,7 @@ from typing import Any
 
 from .methods import method_of_stats
 from .runs import RoundRecord, rounds_of
-from .store import atomic_write_text, read_json, read_jsonl
+from .store import atomic_write_text, disk_bytes, read_json, read_jsonl
 
 SAMPLES_SHOWN = 6  # kept examples shown per round; dropped: up to 2 per drop stage
 BLUE, GREY, RED, GREEN = "#2a6fdb", "#9aa5b1", "#d64545", "#2f9e44"
@@ -185,6 +185,24 @@ def write_report(run_dir: str | Path) -> Path:
             balances.append(balance_plot(k, balance.labelled, balance.kept) + note)
         examples.append(_examples_section(k, run_dir / f"round-{k}" / "synth"))
 
+    gate_rows = []
+    for k, rec in rounds:
+        if rec.gate:
+            logits, answers = rec.gate.get("logits") or {}, rec.gate.get("answers") or {}
+            gate_rows.append([k, "passed" if rec.gate.get("passed") else "rejected",
+                              f"{logits.get('top1_agreement', 0) * 100:.1f}%",
+                              f"{logits.get('max_diff_share_of_range', 0) * 100:.2f}%",
+                              f"{answers['agree']}/{answers['prompts']}" if answers else "-",
+                              rec.gate.get("seconds", "-"), "; ".join(rec.gate.get("problems") or []) or "-"])
+    gate_table = _table(["round", "export check", "f16 logits top-1", "largest logit difference (share of range)",
+                         "quantized answers agreeing", "seconds", "problems"], gate_rows) if gate_rows else ""
+    pruned = manifest.get("pruned") or {}
+    disk_rows = []
+    for k, _rec in rounds:
+        kept = disk_bytes(run_dir / f"round-{k}")
+        freed = sum(p["bytes"] for p in pruned.values() if p.get("round") == k)
+        disk_rows.append([k, f"{kept / 2**20:.1f}", f"{freed / 2**20:.1f}",
+                          ", ".join(sorted(Path(n).name for n, p in pruned.items() if p.get("round") == k)) or "-"])
     stages = manifest.get("stages", {})
     stage_rows = [[name, s.get("status", ""), s.get("seconds", "-"), "yes" if s.get("skipped") else ""]
                   for name, s in stages.items()]
@@ -216,6 +234,7 @@ task <b>{_esc(manifest.get('task') or manifest.get('seeds'))}</b></p>
 {_table(["round", "status", "train rows", "validation exact match", "validation ROUGE-L", "test exact match",
          "test ROUGE-L", "promoted", "GGUF"], score_rows)}
 {import_note}
+{gate_table}
 {scores_plot(rounds)}
 <h2 id="funnel">Data funnel</h2>
 {''.join(funnels) or '<p>no synthesis yet</p>'}
@@ -223,6 +242,8 @@ task <b>{_esc(manifest.get('task') or manifest.get('seeds'))}</b></p>
 {''.join(balances) or '<p>not a classification task, or no synthesis yet</p>'}
 <h2 id="examples">Examples kept and dropped</h2>
 {''.join(examples) or '<p>no synthesis yet</p>'}
+<h2 id="disk">Disk per round</h2>
+{_table(["round", "kept (MiB)", "deleted by export.keep (MiB)", "deleted"], disk_rows)}
 <h2 id="time">Time per stage</h2>
 {_table(["stage", "status", "seconds", "skipped (cached)"], stage_rows)}
 {stage_time_plot(stages)}

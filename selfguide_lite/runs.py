@@ -54,7 +54,8 @@ class RoundScores:
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """One round: `status` is done, no_data (synthesis left nothing to train on) or diverged."""
+    """One round: `status` is done, no_data (synthesis left nothing to train on), diverged, or
+    export_rejected (the exported GGUF failed the gate; `gate` holds the checks' numbers)."""
 
     status: str
     promoted: bool
@@ -65,6 +66,7 @@ class RoundRecord:
     student_round: int | None = None  # which student synthesised this round's data
     seconds: float | None = None
     error: str | None = None
+    gate: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

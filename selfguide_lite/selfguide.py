@@ -116,18 +116,19 @@ def self_consistency_vote(
     return Vote(answer, share, "", shown, dict(rejected))
 
 
-def balance_classes(records: list[dict[str, Any]], seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Down-sample every class present to the size of the smallest one (contract §2.4)."""
+def balance_classes(records: list[dict[str, Any]], seed: int, floor: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Down-sample every class present to the size of the smallest one, but never below `floor` rows
+    (a class with fewer keeps all of its rows) (contract §2.4). floor 0 is the original rule."""
     by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         by_label[rec["output"]].append(rec)
     if not by_label:
         return [], []
-    smallest = min(len(v) for v in by_label.values())
+    target = max(min(len(v) for v in by_label.values()), floor)
     rng = random.Random(seed)
     kept_ids: set[str] = set()
     for recs in by_label.values():
-        kept_ids.update(r["id"] for r in rng.sample(recs, smallest))
+        kept_ids.update(r["id"] for r in rng.sample(recs, min(target, len(recs))))
     kept = [r for r in records if r["id"] in kept_ids]
     dropped = [r for r in records if r["id"] not in kept_ids]
     return kept, dropped
@@ -255,7 +256,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     final = annotated
     balance_dropped: list[dict[str, Any]] = []
     if classification and cfg.balance:
-        final, balance_dropped = balance_classes(annotated, seed)
+        final, balance_dropped = balance_classes(annotated, seed, cfg.balance_floor)
         for rec in balance_dropped:
             result.dropped.append({**rec, "stage": "balance", "reason": f"class {rec['output']!r} down-sampled"})
     result.train = final

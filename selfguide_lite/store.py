@@ -175,6 +175,14 @@ def build_once(out: str | Path, recipe: dict[str, Any], build: Callable[[Path], 
     return out
 
 
+def disk_bytes(path: str | Path) -> int:
+    """Bytes a file or directory takes (apparent size of its files)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
 def file_hash(path: str | Path) -> str:
     """sha256 of a file, or of a directory's files (names and contents, in sorted order)."""
     path = Path(path)
@@ -219,6 +227,35 @@ class Manifest:
     def save(self) -> None:
         write_json(self.path, self.data)
 
+    # --- bounded disk: outputs deleted on purpose still count as present, by their recorded hash ------
+    def _rel(self, path: Path) -> str:
+        return str(Path(path).resolve().relative_to(self.path.parent.resolve()))
+
+    def pruned_hash(self, path: Path) -> str | None:
+        try:
+            rec = self.data.get("pruned", {}).get(self._rel(path))
+        except ValueError:  # outside the run directory: never pruned
+            return None
+        return rec["hash"] if rec else None
+
+    def input_hash(self, path: Path) -> str:
+        """A stage input's content hash: from the file, or from the record of a pruned one."""
+        if not Path(path).exists() and (h := self.pruned_hash(path)) is not None:
+            return h
+        return file_hash(path)
+
+    def prune(self, path: Path, round_k: int) -> int:
+        """Delete a finished output the run no longer needs, recording its hash first (so a kill between
+        the two leaves a recorded file, never an unrecorded gap). Returns the bytes freed."""
+        path = Path(path)
+        if not path.exists():
+            return 0
+        size = disk_bytes(path)
+        self.data.setdefault("pruned", {})[self._rel(path)] = {"hash": file_hash(path), "bytes": size, "round": round_k}
+        self.save()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return size
+
     def run_stage(
         self,
         key: str,
@@ -229,7 +266,8 @@ class Manifest:
     ) -> dict[str, Any]:
         """Run `fn` unless a finished record with the same inputs exists and its outputs are there."""
         rec = self.data["stages"].get(key)
-        if rec and rec.get("status") == "done" and rec.get("inputs") == inputs and all(p.exists() for p in outputs):
+        present = all(p.exists() or self.pruned_hash(p) is not None for p in outputs)
+        if rec and rec.get("status") == "done" and rec.get("inputs") == inputs and present:
             log(f"[{key}] up to date, skipped")
             rec["skipped"] = True
             return rec

@@ -125,3 +125,42 @@ def test_fresh_starts_a_new_directory_and_a_diverged_round_keeps_the_previous_st
     assert manifest["rounds"]["1"]["status"] == "diverged" and "training diverged" in manifest["rounds"]["1"]["error"]
     assert manifest["final"]["round"] == 0 and manifest["final"]["gguf"].endswith("round-0/model-q8_0.gguf")
     assert not (fresh / "round-1" / "adapter").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep", ["all", "resume", "promoted"])
+def test_export_keep_bounds_disk_and_a_killed_run_still_resumes(student, tmp_path, keep):
+    """Under every export.keep setting a run killed in round 2's training (round 1 already pruned)
+    resumes to the end; what is gone is exactly what the setting promises, and recorded."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG.replace("export: {quant: q8_0}", f"export: {{quant: q8_0, keep: {keep}}}"))
+    run = tmp_path / "run"
+    cmd = loop_cmd(student, run, cfg)
+    cmd[cmd.index("--rounds") + 1] = "2"
+    r2 = run / "round-2"
+
+    def mid_round_2_training() -> bool:
+        return any((r2 / "adapter.checkpoints").glob("checkpoint-*/trainer_state.json")) and not (r2 / "adapter").exists()
+
+    assert run_until(cmd, tmp_path, mid_round_2_training)
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(s["status"] == "done" for s in manifest["stages"].values()), manifest["stages"]
+    final = manifest["final"]["round"]
+    pruned = manifest.get("pruned", {})
+    for k in (1, 2):
+        rk = run / f"round-{k}"
+        merged_kept = keep == "all" or k == final
+        gguf_kept = keep != "promoted" or manifest["rounds"][str(k)]["promoted"]
+        assert (rk / "merged").is_dir() == merged_kept, (k, keep, final)
+        assert (rk / "model-q8_0.gguf").is_file() == gguf_kept, (k, keep)
+        assert (f"round-{k}/merged" in pruned) != merged_kept and (f"round-{k}/model-q8_0.gguf" in pruned) != gguf_kept
+        assert (rk / "eval.json").is_file() and (rk / "adapter").is_dir()
+    assert (run / manifest["final"]["gguf"]).is_file() if not Path(manifest["final"]["gguf"]).is_absolute() \
+        else Path(manifest["final"]["gguf"]).is_file()
+    # a second resume finds everything finished, pruned outputs included
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all(s.get("skipped") for s in json.loads((run / "manifest.json").read_text())["stages"].values())
+    assert "Disk per round" in (run / "report.html").read_text()

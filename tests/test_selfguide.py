@@ -56,6 +56,14 @@ def test_vote_generation_drops_noise_and_out_of_window_samples():
     assert v.answer == "a fine answer" and v.rejected == {"noise": 1, "length": 1}
 
 
+def test_balance_floor_stops_trimming_at_the_floor():
+    recs = [{"id": str(i), "output": lab} for i, lab in enumerate(["a"] * 40 + ["b"] * 1 + ["c"] * 20)]
+    kept, dropped = balance_classes(recs, seed=0, floor=10)
+    counts = Counter(r["output"] for r in kept)
+    assert counts == {"a": 10, "b": 1, "c": 10} and len(dropped) == 40
+    assert Counter(r["output"] for r in balance_classes(recs, seed=0, floor=100)[0]) == {"a": 40, "b": 1, "c": 20}
+
+
 def test_balance_downsamples_to_smallest_class():
     recs = [{"id": str(i), "output": lab} for i, lab in enumerate(["a"] * 5 + ["b"] * 2 + ["c"] * 3)]
     kept, dropped = balance_classes(recs, seed=0)
