@@ -67,7 +67,7 @@ def converter_runtime_check(log=None, use_cache: bool = True) -> dict[str, Any]:
             f"{found['llama-cpp-python']}")
     with tempfile.TemporaryDirectory(prefix="selfguide-compat-") as tmp:
         hf = Path(tmp) / "hf"
-        build_tiny_model(hf, _TEXTS, vocab_size=96, shape=TinyShape(hidden=32, layers=1, heads=2, kv_heads=1,
+        build_tiny_model(hf, _TEXTS, vocab_size=320, shape=TinyShape(hidden=32, layers=1, heads=2, kv_heads=1,
                                                                      intermediate=64, max_positions=128))
         try:
             gguf_path = convert_to_gguf(hf, Path(tmp) / "tiny.gguf", "f16")
