@@ -25,7 +25,6 @@ Usage: python3 scripts/bench_round.py [--tasks T.json ...] [--context-sampling r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -44,7 +43,7 @@ from selfguide_lite.config import load_config  # noqa: E402
 from selfguide_lite.demo import real_demo_task_path  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
 from selfguide_lite.models import DEFAULT_STUDENT, resolve_student  # noqa: E402
-from selfguide_lite.store import read_json, read_jsonl  # noqa: E402
+from selfguide_lite.store import read_json, read_jsonl, write_json  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "natural-instructions"
 DEFAULT_TASKS = [real_demo_task_path(), SHARED / "task1195_disflqa_disfluent_to_fluent_conversion.json"]
@@ -170,9 +169,7 @@ def main() -> int:
         summary.update({k: c[k] for k in ("train_rows_per_s", "train_rows_per_s_baseline", "train_speedup",
                                           "max_grad_rel_diff")})
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(args.json, summary)}")
     return 0
 
 

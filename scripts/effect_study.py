@@ -29,7 +29,6 @@ Usage: python3 scripts/effect_study.py [--tasks T.json ...] [--seeds 0 1] [--rou
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import subprocess
@@ -254,9 +253,7 @@ def main() -> int:
                   f"gain {_f(g['gain'], '+.1f')}, worst task {_f(g['worst_gain'], '+.1f')}")
     print(f"wall time of this invocation: {out['wall_seconds'] / 60:.1f} min")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(args.json, out)}")
     return 0
 
 
