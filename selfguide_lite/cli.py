@@ -225,7 +225,7 @@ def export(
     model: Annotated[str, typer.Option(help="the base the adapter was trained on: " + STUDENT_HELP[len("student: "):])],
     adapter: Annotated[Path, typer.Option(help="LoRA adapter directory")],
     out: Annotated[Path, typer.Option(help="output GGUF file")],
-    quant: Annotated[str, typer.Option(help="q4_k_m, q8_0, f16 or f32")] = "q4_k_m",
+    quant: Annotated[str, typer.Option(help=setting_help("export.quant"))] = "auto",
 ) -> None:
     """Merge the adapter into the 16-bit base, convert to GGUF, quantize."""
     from .export import QUANT_TYPES

@@ -131,15 +131,18 @@ class TrainConfig(_Section):
 class ExportConfig(_Section):
     """Merge, convert, quantize (contract §4)."""
 
-    quant: Literal["q4_k_m", "q8_0", "f16", "f32"] = _f("q4_k_m", "quantization of each round's GGUF")
+    quant: Literal["auto", "q4_k_m", "q8_0", "f16", "f32"] = _f(
+        "auto", "quantization of each round's GGUF (auto: q8_0 below 1B parameters, where 4 bits change a third of a "
+                "135M student's answers, q4_k_m above)")
     keep_f16_gguf: bool = _f(False, "keep the intermediate f16 GGUF beside the quantized one")
     keep: Literal["all", "resume", "promoted"] = _f(
         "resume", "what each finished round keeps: all; resume: everything but the 16-bit merged weights no resume or "
                   "later round needs (the current student's stay); promoted: also drop the GGUFs of rounds not promoted")
     gate: bool = _f(True, "check every exported GGUF against the merged model before it can become the student")
-    gate_prompts: int = _f(20, "validation prompts whose greedy answers the gate compares (quantized vs 16-bit)", ge=1)
-    gate_answer_tokens: int = _f(24, "new tokens per gate answer", ge=1)
-    gate_min_agreement: float = _f(0.5, "share of gate answers that must agree", ge=0, le=1)
+    gate_prompts: int = _f(10, "validation prompts whose answers the gate compares (quantized vs 16-bit)", ge=1)
+    gate_answer_tokens: int = _f(16, "answer tokens per gate prompt", ge=1)
+    gate_min_agreement: float = _f(0.85, "share of answer tokens where the quantized file must choose as the 16-bit "
+                                         "model does", ge=0, le=1)
     gate_min_top1: float = _f(0.9, "f16 conversion vs merged model: least top-1 agreement of the logits", ge=0, le=1)
     gate_max_logit_diff: float = _f(0.05, "f16 conversion vs merged model: largest logit difference, as a share of the "
                                           "logit range", gt=0)

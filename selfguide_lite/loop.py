@@ -264,6 +264,12 @@ def start_run(cfg: Config, log: Log, command: str | None) -> RunContext:
         manifest.data["import"] = record  # recorded with the run; printed once (a fresh import printed it)
         if source.imported["cached"]:
             log(fidelity_line(Path(record["source"]).name, record["fidelity"]))
+    if cfg.export.quant == "auto":
+        from .export import parameter_count, resolve_quant
+
+        quant = resolve_quant("auto", source.hf_dir)
+        cfg = cfg.model_copy(update={"export": cfg.export.model_copy(update={"quant": quant})})
+        log(f"export.quant auto: {quant} ({parameter_count(source.hf_dir) / 1e6:.0f}M parameters)")
     log(f"run directory: {run_dir}")
     return RunContext(cfg, method, tasks, source, run_dir, manifest, log)
 
@@ -433,7 +439,8 @@ def gate_line(gate: dict[str, Any]) -> str:
     parts = [f"f16 logits: top-1 {logits.get('top1_agreement', 0):.0%}, largest difference "
              f"{logits.get('max_diff_share_of_range', 0):.2%} of the range"]
     if answers:
-        parts.append(f"quantized answers agree on {answers['agree']}/{answers['prompts']}")
+        parts.append(f"quantized file chooses as the 16-bit model on {answers['token_agreement']:.0%} of answer tokens, "
+                     f"{answers['agree']}/{answers['prompts']} answers unchanged")
     return "; ".join(parts) + f"; {gate.get('seconds', 0):.0f}s"
 
 

@@ -192,10 +192,11 @@ def write_report(run_dir: str | Path) -> Path:
             gate_rows.append([k, "passed" if rec.gate.get("passed") else "rejected",
                               f"{logits.get('top1_agreement', 0) * 100:.1f}%",
                               f"{logits.get('max_diff_share_of_range', 0) * 100:.2f}%",
-                              f"{answers['agree']}/{answers['prompts']}" if answers else "-",
+                              f"{answers['token_agreement'] * 100:.0f}% of tokens, {answers['agree']}/{answers['prompts']} answers"
+                              if answers else "-",
                               rec.gate.get("seconds", "-"), "; ".join(rec.gate.get("problems") or []) or "-"])
     gate_table = _table(["round", "export check", "f16 logits top-1", "largest logit difference (share of range)",
-                         "quantized answers agreeing", "seconds", "problems"], gate_rows) if gate_rows else ""
+                         "quantized vs 16-bit answers", "seconds", "problems"], gate_rows) if gate_rows else ""
     pruned = manifest.get("pruned") or {}
     disk_rows = []
     for k, _rec in rounds:
