@@ -112,12 +112,12 @@ def main() -> int:
     exported = step("merge_convert_quantize", export) if trained else None
 
     def gate():
-        from selfguide_lite.config import EngineConfig, ExportConfig
+        from selfguide_lite.config import ExportConfig
         from selfguide_lite.gate import check_export
 
         prompts = [r["prompt"] for r in ROWS[:20]]
         return check_export(work / "merged", work / "model-q4_k_m.f16.gguf", work / "model-q4_k_m.gguf", prompts,
-                            ExportConfig(), EngineConfig(n_ctx=1024), use_chat_template=False)
+                            ExportConfig(), use_chat_template=False)
 
     if exported:
         step("export_gate", gate)

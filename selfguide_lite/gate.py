@@ -73,43 +73,56 @@ def tokenizer_problem(tok, gguf_path: Path, texts: Sequence[str]) -> str | None:
     return None
 
 
-def _forced(gguf_path: Path, seqs: list[list[int]], keep_full: int) -> tuple[list, list]:
-    """llama.cpp on each whole sequence at once (teacher forcing): the argmax at every position, and the
-    full logits of the first `keep_full` sequences."""
+def _last_logits(llm):
+    """The logits llama.cpp computed for the last token evaluated (the high-level API keeps them only
+    with logits_all, which would compute the vocabulary projection at every prompt position)."""
+    import llama_cpp
+    import numpy as np
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+
+
+def answer_trace(gguf_path: Path, prompt_ids: list[list[int]], n_tokens: int, follow: list[list[int]] | None = None,
+                 keep: int = 0) -> tuple[list[list[int]], list]:
+    """Step through each prompt's answer, recording the model's greedy choice at every step. The token fed
+    next is its own choice (`follow` None: greedy decoding, stopping at end of sequence) or the given
+    one (teacher forcing on another model's answer). Returns the choices per prompt and, for the first
+    `keep` prompts, the logits at each step."""
     import numpy as np
 
     from .engine.llamacpp import load_llama
 
-    llm = load_llama(gguf_path, n_ctx=max(len(s) for s in seqs) + 8, n_threads=None, logits_all=True)
-    argmaxes, full = [], []
+    llm = load_llama(gguf_path, n_ctx=max(len(p) for p in prompt_ids) + n_tokens + 8, n_threads=None)
+    eos = llm.token_eos()
+    choices, kept = [], []
     try:
-        for i, seq in enumerate(seqs):
-            llm.reset()
-            llm.eval(seq)
-            scores = np.asarray(llm.scores[: len(seq)], dtype=np.float32)
-            argmaxes.append(scores.argmax(-1))
-            if i < keep_full:
-                full.append(scores.copy())
+        for i, prompt in enumerate(prompt_ids):
+            # validation prompts share the instruction and demonstrations: keep that prefix's KV cache
+            # (eval drops the cache beyond n_tokens) and evaluate only what differs
+            previous = llm.input_ids[: llm.n_tokens].tolist()
+            shared = next((j for j, (a, b) in enumerate(zip(previous, prompt)) if a != b), min(len(previous), len(prompt)))
+            llm.n_tokens = min(shared, len(prompt) - 1)
+            llm.eval(prompt[llm.n_tokens:])
+            mine, rows = [], []
+            steps = n_tokens if follow is None else len(follow[i])
+            for step in range(steps):
+                logits = _last_logits(llm)
+                mine.append(int(logits.argmax()))
+                if i < keep:
+                    rows.append(logits)
+                fed = mine[-1] if follow is None else follow[i][step]
+                if (follow is None and fed == eos) or step + 1 == steps:
+                    break
+                llm.eval([fed])
+            choices.append(mine)
+            if i < keep:
+                kept.append(np.stack(rows))
     finally:
         llm.close()
-    return argmaxes, full
+    return choices, kept
 
 
-def answer_sequences(f16_gguf: Path, rendered: Sequence[str], max_tokens: int, stops: tuple[str, ...], engine):
-    """Each prompt's token ids followed by the 16-bit model's greedy answer, and where the answer starts."""
-    from .engine import open_sampler
-    from .engine.base import Request, SamplingParams
-    from .models import gguf_tokenize_all
-
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=stops)
-    with open_sampler(f16_gguf, engine) as sampler:
-        answers = [o[0].text for o in sampler.generate([Request(p, params) for p in rendered])]
-    prompt_ids = gguf_tokenize_all(f16_gguf, list(rendered))
-    answer_ids = gguf_tokenize_all(f16_gguf, answers, add_special=False)
-    return [p + a for p, a in zip(prompt_ids, answer_ids, strict=True)], [len(p) for p in prompt_ids]
-
-
-def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts: Sequence[str], cfg, engine,
+def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts: Sequence[str], cfg,
                  use_chat_template: bool = True) -> dict[str, Any]:
     """Run the four checks; returns their numbers, or raises ExportRejected naming what differs.
 
@@ -133,19 +146,22 @@ def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts:
     if bad := tokenizer_problem(tok, quant_gguf, [*PROBE_TEXTS, *rendered[:3]]):
         problems.append(bad)
 
-    # 3. logits: the f16 conversion against the merged model, on prompts + the 16-bit model's answers
-    seqs, starts = answer_sequences(f16_gguf, rendered, cfg.gate_answer_tokens, fmt.answer_stops, engine)
-    n_full = min(3, len(seqs))
-    ref_argmax, ref_full = _forced(f16_gguf, seqs, n_full)
+    # 3. logits: the f16 conversion's greedy answers, and the merged model's logits along them
+    from .models import gguf_tokenize_all
+
+    prompt_ids = gguf_tokenize_all(f16_gguf, rendered)
+    n_full = min(3, len(prompt_ids))
+    answers, f16_rows = answer_trace(f16_gguf, prompt_ids, cfg.gate_answer_tokens, keep=n_full)
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     model.eval()
     agree = total = 0
     max_diff, lo, hi = 0.0, float("inf"), float("-inf")
-    for seq, theirs in zip(seqs[:n_full], ref_full, strict=True):
+    for prompt, answer, theirs in zip(prompt_ids, answers, f16_rows, strict=False):
+        seq = prompt + answer[:-1]  # step j's logits come after the prompt and the first j answer tokens
         with torch.no_grad():
-            ours = model(torch.tensor([seq])).logits[0].float().numpy()
+            ours = model(torch.tensor([seq])).logits[0, len(prompt) - 1:].float().numpy()
         agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
-        total += len(seq)
+        total += len(theirs)
         max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
         lo, hi = min(lo, float(theirs.min())), max(hi, float(theirs.max()))
     del model
@@ -157,19 +173,18 @@ def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts:
         problems.append(f"logits of the f16 conversion differ from the merged model (top-1 agreement "
                         f"{agree / total:.0%}, largest difference {max_diff:.2f} = {share:.1%} of the logit range)")
 
-    # 4. answers: the quantized file's greedy choice at every answer token, against the 16-bit model's
+    # 4. answers: the quantized file's greedy choice at every step of the 16-bit model's answers
     if quant_gguf != f16_gguf:
-        got_argmax, _ = _forced(quant_gguf, seqs, 0)
-        same = [ref[s - 1:len(seq) - 1] == got[s - 1:len(seq) - 1]
-                for seq, s, ref, got in zip(seqs, starts, ref_argmax, got_argmax, strict=True)]
+        got, _ = answer_trace(quant_gguf, prompt_ids, cfg.gate_answer_tokens, follow=answers)
+        same = [[a == b for a, b in zip(ref, mine, strict=True)] for ref, mine in zip(answers, got, strict=True)]
         tokens = sum(len(m) for m in same)
-        token_agreement = sum(int(m.sum()) for m in same) / max(tokens, 1)
-        whole = sum(bool(m.all()) for m in same)
-        record["answers"] = {"prompts": len(seqs), "answer_tokens": tokens, "token_agreement": token_agreement,
+        token_agreement = sum(sum(m) for m in same) / max(tokens, 1)
+        whole = sum(all(m) for m in same)
+        record["answers"] = {"prompts": len(same), "answer_tokens": tokens, "token_agreement": token_agreement,
                              "agree": whole}
         if token_agreement < cfg.gate_min_agreement:
             problems.append(f"the quantized file's greedy choices agree with the 16-bit model's on {token_agreement:.0%} "
-                            f"of answer tokens ({whole}/{len(seqs)} validation answers unchanged; at least "
+                            f"of answer tokens ({whole}/{len(same)} validation answers unchanged; at least "
                             f"{cfg.gate_min_agreement:.0%} of tokens needed)")
     record.update(passed=not problems, problems=problems, seconds=round(time.monotonic() - t0, 2))
     if problems:

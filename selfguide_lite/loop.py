@@ -457,7 +457,7 @@ def _export(base: str, adapter: Path, gguf: Path, merged: Path, cfg: Config, gat
     record: dict[str, Any] = {"gguf": str(out)}
     try:
         if gate_prompts is not None:
-            record["gate"] = check_export(merged, f16, out, gate_prompts, cfg.export, cfg.engine, use_chat_template)
+            record["gate"] = check_export(merged, f16, out, gate_prompts, cfg.export, use_chat_template)
     except ExportRejected:
         out.replace(out.with_name(out.stem + ".rejected.gguf"))  # never sampled from, kept for inspection
         raise

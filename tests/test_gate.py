@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from selfguide_lite.config import EngineConfig, ExportConfig
+from selfguide_lite.config import ExportConfig
 from selfguide_lite.export import convert_to_gguf, quantize_gguf
 from selfguide_lite.gate import ExportRejected, check_export
 from tests.helpers import CORPUS
@@ -15,7 +15,6 @@ from tests.helpers import CORPUS
 TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 PROMPTS = [f"Input: {w} number {i} is here\nOutput:" for i, w in enumerate(["the team wins", "heavy rain", "a bakery"] * 3)]
-ENGINE = EngineConfig(n_ctx=512, n_parallel=4)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +66,7 @@ def rewrite(src, dst, kv=None, drop=(), shuffle_vocab=False):
 
 
 def gate(root, f16, quant=None):
-    return check_export(root / "hf", f16, quant or f16, PROMPTS, ExportConfig(), ENGINE)
+    return check_export(root / "hf", f16, quant or f16, PROMPTS, ExportConfig())
 
 
 def test_a_faithful_export_passes_with_its_numbers(exported):
