@@ -101,6 +101,32 @@ def self_label_quality(cfg: Config, task: Task, run_dir: Path, round0: dict[str,
     return quality
 
 
+def same_quant_baseline(cfg: Config, run_dir: Path, work: Path) -> dict[str, Any] | None:
+    """Round 0 again, with the student re-exported at the quantization the loop's own students get:
+    a GGUF student (the built-in one is Q4_1) is sampled as given in round 0, so without this a later
+    round's gain could be precision (q8_0) rather than self-training. None when round 0 was already
+    exported by the loop. The GGUF is shared by every task; the evaluation is cached per run."""
+    from selfguide_lite.export import gguf_from_hf, resolve_quant
+    from selfguide_lite.loop import evaluate_student
+    from selfguide_lite.methods import method_for
+    from selfguide_lite.models import resolve_student
+
+    source = resolve_student(cfg.model, lambda m: None)
+    if source.gguf is None:
+        return None
+    quant = resolve_quant(cfg.export.quant, source.hf_dir)
+    gguf = work / "baselines" / f"{Path(source.hf_dir).name}-{quant}.gguf"
+    if not gguf.is_file():
+        gguf_from_hf(source.hf_dir, gguf, quant)
+    out = run_dir / "diagnostics" / f"round0-{quant}-eval.json"
+    if not out.is_file():
+        method = method_for(cfg)
+        evaluate_student(cfg, method, method.eval_tasks(), gguf, out)
+    scores = read_json(out)
+    return {"quant": quant, "validation": scores["validation"]["primary"],
+            "test": scores["test"]["primary"] if scores.get("test") else None}
+
+
 def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
     """Scores, funnel and diagnostics of one finished run, read from its files."""
     manifest = read_json(run_dir / "manifest.json")
@@ -164,13 +190,15 @@ def aggregate(per_task: list[dict[str, Any]]) -> dict[str, Any]:
         rows.append({"task": name, "type": runs[0]["type"], "seeds": len(runs),
                      "round0_test": _mean([r["round0_test"] for r in runs]),
                      "final_test": _mean([r["final_test"] for r in runs]),
-                     "gain": _mean([r["gain"] for r in runs])})
+                     "gain": _mean([r["gain"] for r in runs]),
+                     "gain_vs_same_quant": _mean([r.get("gain_vs_same_quant") for r in runs])})
     out: dict[str, Any] = {"per_task": rows}
     for group, members in (("classification", [r for r in rows if r["type"] == "classification"]),
                            ("generation", [r for r in rows if r["type"] != "classification"]), ("all", rows)):
         out[group] = {"tasks": len(members), "round0_test": _mean([r["round0_test"] for r in members]),
                       "final_test": _mean([r["final_test"] for r in members]),
                       "gain": _mean([r["gain"] for r in members]),
+                      "gain_vs_same_quant": _mean([r["gain_vs_same_quant"] for r in members]),
                       "worst_gain": min((r["gain"] for r in members if r["gain"] is not None), default=None)}
     return out
 
@@ -198,6 +226,9 @@ def print_run(s: dict[str, Any], seed: int, variant: str) -> None:
                 if inp.get("labels_written"):
                     line += f", labels {inp['labels_written']}"
         print(line)
+    if b := s.get("round0_same_quant"):
+        print(f"    round 0 re-exported at {b['quant']}: validation {_f(b['validation'])}, test {_f(b['test'])}; "
+              f"final gain over it {_f(s.get('gain_vs_same_quant'), '+.1f')}")
     print(f"    self-labels on validation: vote {_f(q['vote_score'])} (keeps {_f(q['coverage'])}%; on those "
           f"{_f(q['vote_score_kept'])}) vs greedy {_f(q['greedy_score'])} (on the kept {_f(q['greedy_score_kept'])})",
           flush=True)
@@ -232,6 +263,10 @@ def main() -> int:
                     started = time.perf_counter()
                     run_loop(cfg, log=lambda m: None, command=command)
                     summary = run_summary(cfg, load_task(path), run_dir)
+                    base = same_quant_baseline(cfg, run_dir, args.work)
+                    summary["round0_same_quant"] = base
+                    summary["gain_vs_same_quant"] = (summary["final_test"] - base["test"] if base and base["test"] is not None
+                                                     and summary["final_test"] is not None else None)
                     summary.update(seed=seed, variant=variant, seconds_this_invocation=round(time.perf_counter() - started, 1))
                     results[variant].append(summary)
                     print_run(summary, seed, variant)
@@ -246,11 +281,12 @@ def main() -> int:
         print(f"\n{variant}: mean test gain (final student - round 0), per task averaged over seeds {args.seeds}:")
         for r in agg["per_task"]:
             print(f"  {r['task']:<52} {r['type']:<14} {_f(r['round0_test']):>6} -> {_f(r['final_test']):>6}  "
-                  f"{_f(r['gain'], '+.1f'):>6}")
+                  f"{_f(r['gain'], '+.1f'):>6}  (vs round 0 at the loop's quantization {_f(r['gain_vs_same_quant'], '+.1f')})")
         for group in ("classification", "generation", "all"):
             g = agg[group]
             print(f"  mean over {group} ({g['tasks']} tasks): {_f(g['round0_test'])} -> {_f(g['final_test'])}, "
-                  f"gain {_f(g['gain'], '+.1f')}, worst task {_f(g['worst_gain'], '+.1f')}")
+                  f"gain {_f(g['gain'], '+.1f')} (vs same quantization {_f(g['gain_vs_same_quant'], '+.1f')}), "
+                  f"worst task {_f(g['worst_gain'], '+.1f')}")
     print(f"wall time of this invocation: {out['wall_seconds'] / 60:.1f} min")
     if args.json:
         print(f"wrote {write_json(args.json, out)}")
