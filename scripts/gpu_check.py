@@ -74,9 +74,12 @@ def main() -> int:
             import llama_cpp
 
             out["llama_cpp_gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True)
-        out["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True)
+            out["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+        except FileNotFoundError:
+            out["nvidia_smi"] = None
         return out
 
     env = step("environment", environment)
@@ -87,7 +90,7 @@ def main() -> int:
         from selfguide_lite.tiny import SHAPES, build_tiny_model
 
         texts = [r["prompt"] + " " + r["completion"] for r in ROWS] * 3
-        build_tiny_model(work / "student", texts, vocab_size=512, shape=SHAPES["small"])
+        build_tiny_model(work / "student", texts, vocab_size=320, shape=SHAPES["small"])
         return str(work / "student")
 
     source = step("student", student)
@@ -106,8 +109,11 @@ def main() -> int:
     def export():
         from selfguide_lite.export import export as do_export
 
-        gguf = do_export(source, work / "adapter", work / "model-q4_k_m.gguf", "q4_k_m", work / "merged", keep_f16=True)
-        return {"gguf": str(gguf), "mib": round(gguf.stat().st_size / 2**20, 1)}
+        from selfguide_lite.export import resolve_quant
+
+        quant = resolve_quant("auto", source)
+        gguf = do_export(source, work / "adapter", work / "model.gguf", quant, work / "merged", keep_f16=True)
+        return {"gguf": str(gguf), "quant": quant, "mib": round(gguf.stat().st_size / 2**20, 1)}
 
     exported = step("merge_convert_quantize", export) if trained else None
 
@@ -116,7 +122,7 @@ def main() -> int:
         from selfguide_lite.gate import check_export
 
         prompts = [r["prompt"] for r in ROWS[:20]]
-        return check_export(work / "merged", work / "model-q4_k_m.f16.gguf", work / "model-q4_k_m.gguf", prompts,
+        return check_export(work / "merged", work / "model.f16.gguf", work / "model.gguf", prompts,
                             ExportConfig(), use_chat_template=False)
 
     if exported:
@@ -126,7 +132,7 @@ def main() -> int:
         from selfguide_lite.engine.llamacpp import load_llama
 
         offload = bool(env and env.get("llama_cpp_gpu_offload"))
-        llm = load_llama(work / "model-q4_k_m.gguf", n_ctx=256, n_threads=None, n_gpu_layers=-1 if offload else 0)
+        llm = load_llama(work / "model.gguf", n_ctx=256, n_threads=None, n_gpu_layers=-1 if offload else 0)
         try:
             t0 = time.monotonic()
             out = llm.create_completion(ROWS[0]["prompt"], max_tokens=32, temperature=0.0)
