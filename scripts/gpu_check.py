@@ -108,7 +108,6 @@ def main() -> int:
 
     def export():
         from selfguide_lite.export import export as do_export
-
         from selfguide_lite.export import resolve_quant
 
         quant = resolve_quant("auto", source)
