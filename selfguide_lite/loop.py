@@ -386,39 +386,41 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
     for k in range(1, cfg.loop.rounds + 1):
         record, promoted = run_round(ctx, k, student, best)
         ctx.save_round(k, record)
-        previous = student
         if promoted is not None:
             student = promoted
             if student.score > best.score:
                 best = student
-        prune_finished_round(ctx, k, promoted is not None, previous, student)
-    ctx.manifest.data["final"] = {"round": student.round, "gguf": str(student.gguf),
+        prune_rounds(ctx, k, {student.round, best.round})
+    # The final student is the best on validation (a tie keeps the earlier one: no evidence of a gain).
+    # The loop goes on from the last promoted one, which may sit within promote_tolerance below it.
+    ctx.manifest.data["final"] = {"round": best.round, "gguf": str(best.gguf), "validation_score": best.score,
+                                  "last_promoted_round": student.round,
                                   "best_round": best.round, "best_validation_score": best.score}
     ctx.manifest.save()
     report = write_report(ctx.run_dir)
-    return {"run_dir": str(ctx.run_dir), "final_gguf": str(student.gguf), "final_round": student.round,
+    return {"run_dir": str(ctx.run_dir), "final_gguf": str(best.gguf), "final_round": best.round,
+            "last_promoted_round": student.round,
             "report": str(report), "rounds": ctx.manifest.data["rounds"]}
 
 
-def prune_finished_round(ctx: RunContext, k: int, promoted: bool, previous: Student, current: Student) -> int:
+def prune_rounds(ctx: RunContext, k: int, students: set[int]) -> int:
     """`export.keep` (contract §4): after round k, delete what neither a resume nor a later round needs.
 
-    resume: the 16-bit merged weights of every round except the current student's (the next round's
-    base with train_from: previous, the final weights otherwise); promoted: also the GGUFs of rounds
-    that were not promoted. A pruned output's hash stays in the manifest, so the stages that produced
-    or read it are still recognised as finished. Returns the bytes freed."""
+    resume: the 16-bit merged weights of rounds 1..k except those of `students` (the current student's,
+    the next base with train_from: previous; the best one's, the final 16-bit weights); promoted: also
+    the GGUFs of rounds that were not promoted. A pruned output's hash stays in the manifest, so the
+    stages that produced or read it are still recognised as finished. Returns the bytes freed."""
     keep = ctx.cfg.export.keep
     if keep == "all":
         return 0
-    rk = ctx.run_dir / f"round-{k}"
     freed = 0
-    if not promoted:
-        freed += ctx.manifest.prune(rk / "merged", k)
-        if keep == "promoted":
-            for gguf in [rk / ctx.gguf_name, *rk.glob("*.rejected.gguf")]:
-                freed += ctx.manifest.prune(gguf, k)
-    elif previous.round != current.round and Path(previous.hf_dir).resolve().is_relative_to(ctx.run_dir.resolve()):
-        freed += ctx.manifest.prune(Path(previous.hf_dir), previous.round)
+    for j in range(1, k + 1):
+        rj = ctx.run_dir / f"round-{j}"
+        if j not in students:
+            freed += ctx.manifest.prune(rj / "merged", j)
+        if keep == "promoted" and not ctx.manifest.data["rounds"].get(str(j), {}).get("promoted"):
+            for gguf in [rj / ctx.gguf_name, *rj.glob("*.rejected.gguf")]:
+                freed += ctx.manifest.prune(gguf, j)
     if freed:
         ctx.log(f"round {k}: export.keep {keep}: freed {freed / 2**20:.0f} MiB")
     return freed

@@ -113,7 +113,7 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"  round {k}: validation {cell(k, 'validation')}, test {cell(k, 'test')}{rows}{state}")
     gguf = Path(summary["final_gguf"])
     modelfile = gguf.with_suffix(".Modelfile")
-    lines.append(f"final student (round {summary['final_round']}): {gguf}")
+    lines.append(f"final student (round {summary['final_round']}, the best on validation): {gguf}")
     if modelfile.is_file():
         lines.append(f"Ollama Modelfile: {modelfile}")
     lines.append(f"report: {summary['report']}")

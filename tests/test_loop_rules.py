@@ -34,6 +34,7 @@ def test_training_data_latest_or_accumulated_without_duplicates(tmp_path):
 import pytest  # noqa: E402
 
 from selfguide_lite import loop  # noqa: E402
+from selfguide_lite.gate import ExportRejected  # noqa: E402
 from selfguide_lite.models import ResolvedStudent  # noqa: E402
 from selfguide_lite.runs import read_rounds  # noqa: E402
 from selfguide_lite.train import TrainingDiverged  # noqa: E402
@@ -42,8 +43,8 @@ from selfguide_lite.train import TrainingDiverged  # noqa: E402
 class FakeStages:
     """Scripted stages: rows per round, which rounds diverge, and (validation, test) per round."""
 
-    def __init__(self, tmp_path, rows: dict[int, int], scores: dict[int, tuple[float, float]], diverge=()):
-        self.rows, self.scores, self.diverge = rows, scores, set(diverge)
+    def __init__(self, tmp_path, rows: dict[int, int], scores: dict[int, tuple[float, float]], diverge=(), reject=()):
+        self.rows, self.scores, self.diverge, self.reject = rows, scores, set(diverge), set(reject)
         self.synth_students: dict[int, str] = {}
         self.trained_on: dict[int, int] = {}
         base = tmp_path / "base"
@@ -74,8 +75,12 @@ class FakeStages:
         adapter.mkdir(parents=True)
         (adapter / "adapter.bin").write_text(f"adapter {k}")
 
-    def export(self, base, adapter, gguf, merged, cfg):
+    def export(self, base, adapter, gguf, merged, cfg, gate_prompts, use_chat_template):
         k = self.round_of(gguf)
+        assert gate_prompts is not None and use_chat_template  # the gate is on by default
+        if k in self.reject:
+            raise ExportRejected(f"{gguf.name} failed the export check: the GGUF's EOS id 7 differs from the "
+                                 "tokenizer's 2", {"passed": False, "problems": ["eos"]})
         gguf.write_text(f"round {k}")
         merged.mkdir()
         (merged / "w").write_text(f"merged {k}")
@@ -115,7 +120,9 @@ def test_loop_promotes_on_validation_and_synthesises_with_the_promoted_student(t
     summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=3)
     assert [rounds[k].promoted for k in (0, 1, 2, 3)] == [True, False, True, True]  # 59.5 is within 1 of 60
     assert fake.synth_students == {1: "round 0", 2: "round 0", 3: "round 2"}
-    assert rounds[3].student_round == 2 and summary["final_round"] == 3
+    assert rounds[3].student_round == 2
+    # the loop went on from round 3 (within tolerance), but the final student is the best on validation
+    assert summary["final_round"] == 2 and summary["last_promoted_round"] == 3
     assert rounds[1].metrics.test.primary == 90 and rounds[1].status == "done"
 
 
@@ -124,9 +131,18 @@ def test_no_data_and_diverged_rounds_keep_the_student(tmp_path, monkeypatch):
     summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=3)
     assert rounds[1].status == "no_data" and rounds[1].train_size == 0 and not rounds[1].promoted
     assert rounds[2].status == "diverged" and "nan" in rounds[2].error and not rounds[2].promoted
-    assert 1 not in fake.trained_on and not (tmp_path / "run" / "round-2" / "model-q4_k_m.gguf").exists()
+    assert 1 not in fake.trained_on and not (tmp_path / "run" / "round-2" / "model-q8_0.gguf").exists()
     assert fake.synth_students == {1: "round 0", 2: "round 0", 3: "round 0"}
     assert summary["final_round"] == 3 and rounds[3].promoted
+
+
+def test_a_rejected_export_keeps_the_student_and_records_why(tmp_path, monkeypatch):
+    fake = FakeStages(tmp_path, rows={1: 3, 2: 3}, scores={0: (50, 50), 2: (60, 60)}, reject={1})
+    summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=2)
+    assert rounds[1].status == "export_rejected" and not rounds[1].promoted and "EOS id 7" in rounds[1].error
+    assert rounds[1].gate == {"passed": False, "problems": ["eos"]}
+    assert fake.synth_students == {1: "round 0", 2: "round 0"}  # round 2 still samples the round-0 student
+    assert summary["final_round"] == 2
 
 
 def test_accumulated_data_grows_over_rounds(tmp_path, monkeypatch):
