@@ -62,8 +62,8 @@ def run_round(task: Path, mode: str, work: Path) -> dict:
     synth = read_json(run_dir / "round-1" / "synth" / "stats.json")
     train = stages["round-1/train"]
     seconds = {
-        "write_inputs": synth["sampling_seconds"]["write_inputs"],
-        "annotate": synth["sampling_seconds"]["annotate"],
+        "write_inputs": stages["round-1/synth"]["sampling_seconds"]["write_inputs"],
+        "annotate": stages["round-1/synth"]["sampling_seconds"]["annotate"],
         "synthesis_total": stages["round-1/synth"]["seconds"],
         "train": train["seconds"],
         "export": stages["round-1/export"]["seconds"],

@@ -100,7 +100,7 @@ def answer_trace(gguf_path: Path, prompt_ids: list[list[int]], n_tokens: int, fo
             # validation prompts share the instruction and demonstrations: keep that prefix's KV cache
             # (eval drops the cache beyond n_tokens) and evaluate only what differs
             previous = llm.input_ids[: llm.n_tokens].tolist()
-            shared = next((j for j, (a, b) in enumerate(zip(previous, prompt)) if a != b), min(len(previous), len(prompt)))
+            shared = next((j for j, (a, b) in enumerate(zip(previous, prompt, strict=False)) if a != b), min(len(previous), len(prompt)))
             llm.n_tokens = min(shared, len(prompt) - 1)
             llm.eval(prompt[llm.n_tokens:])
             mine, rows = [], []

@@ -83,7 +83,8 @@ def run_synthesis(cfg: Config, method: Method, student_gguf: Path, out_dir: Path
         for name, records in method.extra_outputs(result).items():
             write_jsonl(out_dir / name, records)
         write_jsonl(out_dir / "train.jsonl", method.training_rows(result))  # written last: marks the stage done
-    return {**result.stats, "replayed_requests": sampler.replayed, **sampler_record(cfg, sampler)}
+    return {**result.stats, "sampling_seconds": result.seconds, "replayed_requests": sampler.replayed,
+            **sampler_record(cfg, sampler)}
 
 
 def evaluate_student(cfg: Config, method: Method, tasks: list[Task], gguf: Path, out_path: Path) -> dict[str, Any]:

@@ -230,7 +230,7 @@ th{{background:#f3f5f7}} pre{{background:#f3f5f7;padding:1em;overflow:auto;font-
 task <b>{_esc(manifest.get('task') or manifest.get('seeds'))}</b></p>
 <p>{summary}</p>
 <nav><a href="#scores">scores</a><a href="#funnel">data funnel</a><a href="#balance">class balance</a>
-<a href="#examples">examples</a><a href="#time">time</a><a href="#config">command &amp; configuration</a></nav>
+<a href="#examples">examples</a><a href="#disk">disk</a><a href="#time">time</a><a href="#config">command &amp; configuration</a></nav>
 <h2 id="scores">Scores per round</h2>
 {_table(["round", "status", "train rows", "validation exact match", "validation ROUGE-L", "test exact match",
          "test ROUGE-L", "promoted", "GGUF"], score_rows)}

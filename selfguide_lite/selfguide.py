@@ -45,7 +45,6 @@ class SelfGuideStats(TypedDict):
     train: int
     train_per_label: dict[str, int]
     missing_labels: list[str]  # labels the vote never produced
-    sampling_seconds: dict[str, float]  # wall time writing inputs and annotating (small when a journal was replayed)
     samples: int  # annotation samples drawn (accepted inputs x num_samples)
 
 
@@ -278,9 +277,9 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         "train": len(final),
         "train_per_label": dict(per_label),
         "missing_labels": [lab for lab in task.labels if per_label.get(lab, 0) == 0] if classification else [],
-        "sampling_seconds": {"write_inputs": round(write_seconds, 2), "annotate": round(annotate_seconds, 2)},
         "samples": len(accepted) * cfg.num_samples,
     })
+    result.seconds = {"write_inputs": round(write_seconds, 2), "annotate": round(annotate_seconds, 2)}
     if classification and cfg.balance:
         progress.summary(f"balance: {len(final)} rows kept, {len(balance_dropped)} down-sampled ("
                          f"{', '.join(f'{k} {v}' for k, v in per_label.items()) or 'nothing left'})")

@@ -88,14 +88,17 @@ def test_loop_one_round_end_to_end(tmp_path):
         ev = json.loads((run_dir / f"round-{r}" / "eval.json").read_text())
         assert ev["validation"]["n"] == 12 and ev["test"]["n"] == 6
         assert {"exact_match", "rougeL", "primary"} <= set(ev["validation"]) and ev["tasks"][0]["validation"]["n"] == 12
-    gguf = run_dir / "round-1" / "model-q4_k_m.gguf"
+    gguf = run_dir / "round-1" / "model-q8_0.gguf"  # export.quant auto: q8_0 below 1B parameters
     from selfguide_lite.engine.llamacpp import load_llama
 
     llama = load_llama(gguf, n_ctx=256, n_threads=2)
     assert llama.n_vocab() > 0
     llama.close()
     assert (run_dir / "report.html").read_text().count("<tr>") >= 3
-    assert (run_dir / "round-1" / "merged" / "model.safetensors").is_file()
+    # export.keep resume: round 1's merged weights stay only if it is the final or the current student
+    students = {manifest["final"]["round"], manifest["final"]["last_promoted_round"]}
+    assert (run_dir / "round-1" / "merged" / "model.safetensors").is_file() == (1 in students)
+    assert ("round-1/merged" in manifest.get("pruned", {})) == (1 not in students)
     # Re-running with the same inputs skips every finished stage.
     again = run_cli("loop", "--task", str(demo_task_path()), "--model", str(model), "--rounds", "1",
                     "--run-dir", str(run_dir), "--config", str(cfg), cwd=tmp_path)

@@ -47,7 +47,7 @@ def test_config_layers_yaml_then_overrides(tmp_path):
     cfg = load_config(path, {"selfguide": {"num_inputs": 60, "vote_threshold": None}, "loop": {"rounds": 1}})
     assert cfg.selfguide.num_inputs == 60 and cfg.selfguide.vote_threshold == 0.3
     assert cfg.train.lora_r == 8 and cfg.train.lora_alpha == 16 and cfg.loop.rounds == 1
-    assert cfg.export.quant == "q4_k_m" and cfg.train.quantization == "auto"
+    assert cfg.export.quant == "auto" and cfg.train.quantization == "auto"
 
 
 @pytest.mark.parametrize("text", ["selfguide: {num_inputs: 0}\n", "nonsense_key: 1\n", "train: {quantization: int3}\n"])

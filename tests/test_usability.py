@@ -129,7 +129,7 @@ def test_report_renders_in_headless_chromium_with_every_section(reference, tmp_p
     assert errors == []
     assert len(sizes) >= 4 and all(w > 100 and h > 100 and ok for w, h, ok in sizes), sizes
     assert headings == ["Scores per round", "Data funnel", "Class balance", "Examples kept and dropped",
-                        "Time per stage", "Command and configuration"]
+                        "Disk per round", "Time per stage", "Command and configuration"]
     assert (run / "report.png").stat().st_size > 10_000
     print(f"screenshot: {run / 'report.png'}")
 

@@ -37,6 +37,8 @@ class SynthResult:
     train: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per sampling step (not in stats.json:
+    # a resumed round must write byte-identical files; the stage record in the manifest keeps it)
 
 
 def stage_seed(base: int, stage: int, index: int) -> int:
