@@ -29,9 +29,6 @@ from typing import Any
 
 from .errors import UserError
 
-PROBE_TEXTS = ("Hello world", "The quick brown fox jumps over the lazy dog.", "Input: 3 + 4\nOutput: 7",
-               "  leading spaces and\ttabs", "naïve café, 2024!")
-
 
 class ExportRejected(UserError):
     """The gate found the exported GGUF unfaithful; `record` holds every check's numbers."""
@@ -63,13 +60,11 @@ def metadata_problems(tok, gguf_path: Path) -> list[str]:
 
 def tokenizer_problem(tok, gguf_path: Path, texts: Sequence[str]) -> str | None:
     """The first text llama.cpp tokenizes differently from the model's tokenizer, as a message."""
-    from .models import gguf_tokenize_all
+    from .gguf_import import first_tokenizer_mismatch
 
-    for text, theirs in zip(texts, gguf_tokenize_all(gguf_path, list(texts)), strict=True):
-        ours = tok(text)["input_ids"]
-        if ours != theirs:
-            return (f"the GGUF's tokenizer disagrees with the model's on {text[:30]!r} "
-                    f"({theirs[:8]} vs {ours[:8]})")
+    if found := first_tokenizer_mismatch(tok, gguf_path, list(texts)):
+        text, ours, theirs = found
+        return f"the GGUF's tokenizer disagrees with the model's on {text[:30]!r} ({theirs[:8]} vs {ours[:8]})"
     return None
 
 
@@ -143,6 +138,8 @@ def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts:
     for path in dict.fromkeys([f16_gguf, quant_gguf]):
         problems += [p for p in metadata_problems(tok, path) if p not in problems]
     rendered = [fmt.render(t) for t in user_texts] or [fmt.render("Hello")]
+    from .gguf_import import PROBE_TEXTS
+
     if bad := tokenizer_problem(tok, quant_gguf, [*PROBE_TEXTS, *rendered[:3]]):
         problems.append(bad)
 

@@ -268,12 +268,21 @@ def check_tokenizer(hf_tok, gguf_path: Path) -> int:
     """The rebuilt tokenizer must give llama.cpp's ids (with its BOS rule) on every probe text and on
     rendered prompts (special tokens of the chat template included). Returns how many were checked."""
     texts = [*PROBE_TEXTS, *rendered_prompts(hf_tok)]
+    if found := first_tokenizer_mismatch(hf_tok, gguf_path, texts):
+        text, ours, theirs = found
+        raise UserError(f"{gguf_path}: the imported tokenizer disagrees with llama.cpp on {text[:40]!r} "
+                        f"({ours[:12]} vs {theirs[:12]}); this GGUF's tokenizer cannot be imported faithfully")
+    return len(texts)
+
+
+def first_tokenizer_mismatch(hf_tok, gguf_path: Path, texts: list[str]) -> tuple[str, list[int], list[int]] | None:
+    """The first text a transformers tokenizer and llama.cpp (on `gguf_path`) tokenize differently:
+    (text, tokenizer ids, llama.cpp ids), or None. Used by the import and by the export gate."""
     for text, theirs in zip(texts, gguf_tokenize_all(gguf_path, texts), strict=True):
         ours = hf_tok(text)["input_ids"]
         if ours != theirs:
-            raise UserError(f"{gguf_path}: the imported tokenizer disagrees with llama.cpp on {text[:40]!r} "
-                            f"({ours[:12]} vs {theirs[:12]}); this GGUF's tokenizer cannot be imported faithfully")
-    return len(texts)
+            return text, ours, theirs
+    return None
 
 
 FIDELITY_PROMPTS = (
