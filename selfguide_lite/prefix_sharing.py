@@ -31,11 +31,9 @@ def shared_prefix_length(input_ids, attention_mask, labels) -> int:
     same = (input_ids == input_ids[:1]).all(dim=0) & attention_mask.bool().all(dim=0)
     differs = (~same).nonzero()
     common = int(differs[0]) if len(differs) else input_ids.shape[1]
-    labelled = (labels != IGNORE).int()
-    if not bool(labelled.any()):
+    if not bool((labels != IGNORE).any()):
         return 0
-    first_label = int(torch.where(labelled.any(dim=1), labelled.argmax(dim=1), labels.shape[1]).min())
-    return max(0, min(common, first_label - 1))
+    return max(0, min(common, _first_label(labels) - 1))
 
 
 def shared_prefix_loss(model, input_ids, attention_mask, labels, prefix_len: int,
@@ -50,28 +48,49 @@ def shared_prefix_loss(model, input_ids, attention_mask, labels, prefix_len: int
     from transformers import DynamicCache
 
     cache = DynamicCache()  # passed in, not read back: trainers may wrap forward and drop the returned cache
-    argument = _cache_argument(model)
-    model(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p], use_cache=True, **{argument: cache})
+    argument, keeps_logits = _forward_arguments(model)
+    # Logits only where the loss reads them: the vocabulary projection is about a fifth of a small
+    # model's per-token work, and neither the prompt nor the inputs are trained on.
+    prefix_keep = {"logits_to_keep": 1} if keeps_logits else {}
+    model(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p], use_cache=True,
+          **{argument: cache}, **prefix_keep)
     if cache.get_seq_length() != p:
         raise RuntimeError(f"the prefix forward filled {cache.get_seq_length()} of {p} cache positions")
     cache.batch_repeat_interleave(batch)  # differentiable: gradients of every row flow back into the prefix
     positions = torch.arange(p, length, device=input_ids.device).expand(batch, -1)
+    # tail position j predicts token p + j + 1; the earliest one the loss needs predicts the first label
+    first = _first_label(labels)
+    skip = max(0, first - p - 1) if keeps_logits else 0
+    tail_keep = {"logits_to_keep": length - p - skip} if keeps_logits else {}
     tails = model(input_ids=input_ids[:, p:], attention_mask=attention_mask, position_ids=positions,
-                  use_cache=True, **{argument: cache})
-    logits = tails.logits[:, :-1, :]  # tail position j predicts token p + j + 1
-    targets = labels[:, p + 1:]
+                  use_cache=True, **{argument: cache}, **tail_keep)
+    logits = tails.logits[:, :-1, :]
+    targets = labels[:, p + skip + 1:]
     total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                             ignore_index=IGNORE, reduction="sum")
     count = num_items if num_items is not None else int((labels[:, 1:] != IGNORE).sum())
     return total / torch.as_tensor(count, device=total.device).clamp(min=1)
 
 
-def _cache_argument(model) -> str:
-    """transformers 5.24 renamed the forward argument `past_key_values` to `cache`."""
+def _first_label(labels) -> int:
+    """Index of the earliest trained token of any row (the sequence length when none is)."""
+    import torch
+
+    labelled = labels != IGNORE
+    rows = labelled.any(dim=1)
+    if not bool(rows.any()):
+        return labels.shape[1]
+    return int(torch.where(rows, labelled.int().argmax(dim=1), labels.shape[1]).min())
+
+
+def _forward_arguments(model) -> tuple[str, bool]:
+    """(name of the cache argument, whether forward takes `logits_to_keep`). transformers 5.24 renamed
+    `past_key_values` to `cache`; models without `logits_to_keep` compute every position's logits."""
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    params = inspect.signature(base.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 
 def plain_loss(model, input_ids, attention_mask, labels, num_items: int | None = None) -> Any:
