@@ -178,6 +178,20 @@ def decode_ceiling(gguf: Path, n_seq: int, context: int, steps: int, threads: in
         L.llama_model_free(model)
 
 
+def engine_profile(stats: dict, wall: float) -> dict:
+    """Where one generate call's wall time went, from the engine's own timers: inside llama_decode
+    (the model), inside the sampler chains, and the rest (Python: batching, stops, text)."""
+    decode, sample = stats["decode_seconds"], stats["sample_seconds"]
+    return {
+        "wall_seconds": wall, "decode_seconds": decode, "sample_seconds": sample,
+        "python_seconds": max(0.0, wall - decode - sample),
+        "decode_share": decode / wall, "sample_share": sample / wall,
+        "python_share": max(0.0, wall - decode - sample) / wall,
+        "decode_calls": stats["decode_calls"], "prefill_tokens": stats["prefill_computed"],
+        "generated": stats["generated"], "decode_tok_s": stats["generated"] / decode if decode else 0.0,
+    }
+
+
 def throughput_prompts(n: int) -> list[str]:
     """Distinct multi-line snippets from different stdlib files (no shared prefix beyond BOS)."""
     rng = random.Random(0)
@@ -317,6 +331,9 @@ def main() -> int:
             results["engine_tok_s"][str(n_par)] = rate
         label = f"(a) batched engine, {n_par} parallel" + (", flash attn" if flash else "")
         print(f"   {label:<44}{n_tok:>8}{dt:>9.1f}{rate:>10.1f}{frac(rate):>10}")
+        if n_par == 16 and not flash:
+            profile = engine_profile(stats, dt)
+            results["engine_profile_16"] = profile
     with LlamaCppSampler(gguf, n_ctx=2048, n_threads=threads) as seq:
         seq.generate(warm)
         dt, n_tok, _ = timed(seq, reqs)
@@ -341,6 +358,12 @@ def main() -> int:
     results["ceiling_ratio_vs_sequential_16"] = results["decode_ceiling_tok_s"]["16"] / results["sequential_tok_s"]
     print(f"   ceiling (d, 16) / (b): {results['ceiling_ratio_vs_sequential_16']:.2f}x  (the most any llama.cpp engine "
           f"could reach here); engine (a, 16) / (d, 16): {e16 / results['decode_ceiling_tok_s']['16']:.0%}")
+    profile = results["engine_profile_16"]
+    print(f"   profile of (a, 16): llama_decode {profile['decode_share']:.0%} of the wall time "
+          f"({profile['decode_calls']} calls, {profile['prefill_tokens']} prompt tokens beside {profile['generated']} "
+          f"generated), sampler chains {profile['sample_share']:.0%}, Python bookkeeping {profile['python_share']:.0%}; "
+          f"generated tokens per second inside llama_decode {profile['decode_tok_s']:.1f} "
+          f"= {profile['decode_tok_s'] / results['decode_ceiling_tok_s']['16']:.0%} of (d, 16)")
     if results["ratio_vs_hf_16"]:
         print(f"   ratio  (a, 16 parallel) / (c, batch 16): {results['ratio_vs_hf_16']:.2f}x; "
               f"/ (c, batch 1): {e16 / results['hf_tok_s']['1']:.2f}x")

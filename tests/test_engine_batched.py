@@ -196,6 +196,9 @@ def test_shared_prefix_is_computed_once(engine):
     assert stats["prefill_requested"] == 4 * sum(len(engine.prompt_tokens(p)) for p in prompts)
     assert stats["prefill_computed"] <= 1.2 * unique
     assert stats["prefill_computed"] < stats["prefill_requested"] / 3
+    # the profile timers: every decode and every sampled token is timed inside the call's wall time
+    assert stats["decode_calls"] > 0 and stats["decode_seconds"] > 0 and stats["sample_seconds"] > 0
+    assert stats["decode_seconds"] + stats["sample_seconds"] <= stats["generate_seconds"]
     engine.generate(requests)  # the prefix survives between calls
     assert engine.last_stats["prefill_computed"] <= engine.last_stats["prefill_unique"] - prefix + 6 * 4
 

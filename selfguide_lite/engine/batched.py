@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,7 +133,10 @@ class BatchedSampler(Sampler):
         self._all_ids = np.arange(self.n_vocab, dtype=np.int32)
         self._eog_bias = self._bias_array(sorted(self._eog))
         self.info = model_info(self._model)
-        self.stats = {"prefill_requested": 0, "prefill_unique": 0, "prefill_computed": 0, "generated": 0, "decode_calls": 0}
+        # token counts, and where the wall time goes (seconds inside llama_decode and inside the sampler
+        # chains; the rest is Python bookkeeping): scripts/bench_sampling.py profiles the engine with them
+        self.stats = {"prefill_requested": 0, "prefill_unique": 0, "prefill_computed": 0, "generated": 0, "decode_calls": 0,
+                      "decode_seconds": 0.0, "sample_seconds": 0.0, "generate_seconds": 0.0}
         self.last_stats = dict(self.stats)
         self._init_batch()
 
@@ -220,7 +224,9 @@ class BatchedSampler(Sampler):
 
     def _decode(self, n_tokens: int) -> None:
         self._batch.n_tokens = n_tokens
+        start = time.perf_counter()
         rc = self._L.llama_decode(self._ctx, self._batch)
+        self.stats["decode_seconds"] += time.perf_counter() - start
         self.stats["decode_calls"] += 1
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc} ({n_tokens} tokens, {self._stream_cells} KV cells per stream)")
@@ -266,6 +272,7 @@ class BatchedSampler(Sampler):
     def _sample_row(self, chain, logits: np.ndarray, ids: np.ndarray | None) -> int:
         """What llama_sampler_sample does, on a logits row we hold and optionally a subset of candidates."""
         L, cand = self._L, self._cand
+        start = time.perf_counter()
         if ids is None:
             n = self.n_vocab
             cand["id"] = self._all_ids
@@ -281,6 +288,7 @@ class BatchedSampler(Sampler):
             raise RuntimeError("sampler chain selected no token")
         token = int(arr.data[arr.selected].id)
         L.llama_sampler_accept(chain, token)
+        self.stats["sample_seconds"] += time.perf_counter() - start
         return token
 
     def _logits(self, idx: int) -> np.ndarray:
@@ -347,6 +355,7 @@ class BatchedSampler(Sampler):
         return jobs
 
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
+        started = time.perf_counter()
         jobs = self._jobs(requests)
         results: list[list[Completion | None]] = [[None] * max(job.params.n, 0) for job in jobs]
         for i, job in enumerate(jobs):
@@ -375,6 +384,7 @@ class BatchedSampler(Sampler):
                 self._free_chain(chain)
             for slot in range(self.n_slots):
                 self._L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        self.stats["generate_seconds"] += time.perf_counter() - started
         self.last_stats = {k: self.stats[k] - before[k] for k in self.stats}
         return results  # type: ignore[return-value]
 
@@ -490,7 +500,10 @@ class BatchedSampler(Sampler):
         def sample(seq: _Seq, idx: int) -> int:
             allowed = jobs[seq.req].allowed
             if allowed is None:
-                return L.llama_sampler_sample(seq.chain, self._ctx, idx)
+                start = time.perf_counter()
+                token = L.llama_sampler_sample(seq.chain, self._ctx, idx)
+                self.stats["sample_seconds"] += time.perf_counter() - start
+                return token
             return self._sample_row(seq.chain, self._logits(idx), allowed)
 
         tok, pos, seqb, logits = self._b_tok, self._b_pos, self._b_seq, self._b_logits
