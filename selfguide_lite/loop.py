@@ -442,8 +442,8 @@ def gate_line(gate: dict[str, Any]) -> str:
     parts = [f"f16 logits: top-1 {logits.get('top1_agreement', 0):.0%}, largest difference "
              f"{logits.get('max_diff_share_of_range', 0):.2%} of the range"]
     if answers:
-        parts.append(f"quantized file chooses as the 16-bit model on {answers['token_agreement']:.0%} of answer tokens, "
-                     f"{answers['agree']}/{answers['prompts']} answers unchanged")
+        parts.append(f"quantized file chooses as the 16-bit model on {answers['token_agreement']:.0%} of answer tokens "
+                     f"({answers.get('ties', 0)} ties), {answers['agree']}/{answers['prompts']} answers unchanged")
     return "; ".join(parts) + f"; {gate.get('seconds', 0):.0f}s"
 
 

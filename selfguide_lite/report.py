@@ -192,7 +192,8 @@ def write_report(run_dir: str | Path) -> Path:
             gate_rows.append([k, "passed" if rec.gate.get("passed") else "rejected",
                               f"{logits.get('top1_agreement', 0) * 100:.1f}%",
                               f"{logits.get('max_diff_share_of_range', 0) * 100:.2f}%",
-                              f"{answers['token_agreement'] * 100:.0f}% of tokens, {answers['agree']}/{answers['prompts']} answers"
+                              f"{answers['token_agreement'] * 100:.0f}% of tokens ({answers.get('ties', 0)} ties), "
+                              f"{answers['agree']}/{answers['prompts']} answers"
                               if answers else "-",
                               rec.gate.get("seconds", "-"), "; ".join(rec.gate.get("problems") or []) or "-"])
     gate_table = _table(["round", "export check", "f16 logits top-1", "largest logit difference (share of range)",

@@ -78,6 +78,23 @@ def test_a_faithful_export_passes_with_its_numbers(exported):
     assert answers["prompts"] == len(PROMPTS) and answers["answer_tokens"] > 0 and answers["token_agreement"] >= 0.85
 
 
+def test_answer_agreement_counts_near_ties_and_rejects_clear_changes():
+    from selfguide_lite.gate import compare_answers
+
+    rows = np.zeros((2, 5), dtype=np.float32)
+    rows[0, [1, 2]] = [3.0, 2.99]  # a near tie: the 16-bit model picks 1 by 0.01 nats
+    rows[1, [3, 4]] = [5.0, 1.0]  # a clear choice: 4 is e^-4 as likely as 3
+    flipped = rows.copy()
+    flipped[0, [1, 2]] = [2.99, 3.0]
+    tie = compare_answers([[1, 3]], [[2, 3]], [rows], [flipped], tie_margin=0.69)
+    assert tie["token_agreement"] == 1.0 and tie["exact_token_agreement"] == 0.5 and tie["ties"] == 1 and tie["agree"] == 1
+    assert 0 < tie["mean_kl"] < 1e-3
+    clear = compare_answers([[1, 3]], [[1, 4]], [rows], [rows], tie_margin=0.69)
+    assert clear["token_agreement"] == 0.5 and clear["ties"] == 0 and clear["agree"] == 0
+    strict = compare_answers([[1, 3]], [[2, 3]], [rows], [flipped], tie_margin=0.0)
+    assert strict["token_agreement"] == 0.5 and strict["agree"] == 0
+
+
 def _planted(exported, tmp_path, **fault):
     root, f16, _ = exported
     bad = rewrite(f16, tmp_path / "bad.f16.gguf", **fault)
