@@ -167,9 +167,13 @@ def test_fields_of_the_examples_are_required_and_the_first_leads_the_answer():
     assert ff.check("Claim: Dogs bark.\nPerspective: Loudly.") is None  # case-insensitive
     assert "missing field 'perspective:'" == ff.check("The claim: Dogs bark.")
     assert "repeated" in ff.check("claim: a perspective: b claim: c perspective: d")
-    # a marker only some examples have is not required; no common lead when examples start differently
+    # a marker only some examples have is not required; the lead is the start most examples share
     mixed = ["Statement: a. Choices: 1. x", "Statment: b. Choices: 1. y"]
     assert FieldFilter.from_examples(mixed).fields == ("choices:",) and FieldFilter.from_examples(mixed).lead(mixed) == ""
+    typo = ["Statement: a. Choices: 1. x", "Statment: b. Choices: 1. y", "statement: c. Choices: 1. z",
+            "Statement: d. Choices: 1. w"]
+    assert FieldFilter.from_examples(typo).fields == ("choices:",) and FieldFilter.from_examples(typo).lead(typo) == "Statement:"
+    assert FieldFilter.from_examples(typo).lead(["a Statement: x", "b Statement: y"]) == ""  # not at the start
     assert FieldFilter.from_examples(["plain text", "more text"]).fields == ()
 
 
