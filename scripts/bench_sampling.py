@@ -189,7 +189,24 @@ def engine_profile(stats: dict, wall: float) -> dict:
         "python_share": max(0.0, wall - decode - sample) / wall,
         "decode_calls": stats["decode_calls"], "prefill_tokens": stats["prefill_computed"],
         "generated": stats["generated"], "decode_tok_s": stats["generated"] / decode if decode else 0.0,
+        "plain_decode_tokens": stats["plain_decode_tokens"], "plain_decode_seconds": stats["plain_decode_seconds"],
+        "plain_decode_tok_s": (stats["plain_decode_tokens"] / stats["plain_decode_seconds"]
+                               if stats["plain_decode_seconds"] else 0.0),
     }
+
+
+def print_profile(results: dict) -> None:
+    """Where (a, 16)'s time went, against the bare llama_decode ceiling (d, 16)."""
+    profile = results["engine_profile_16"]
+    print(f"   profile of (a, 16): llama_decode {profile['decode_share']:.0%} of the wall time "
+          f"({profile['decode_calls']} calls, {profile['prefill_tokens']} prompt tokens beside {profile['generated']} "
+          f"generated), sampler chains {profile['sample_share']:.0%}, Python bookkeeping {profile['python_share']:.0%}; "
+          f"generated tokens per second inside llama_decode {profile['decode_tok_s']:.1f} "
+          f"= {profile['decode_tok_s'] / results['decode_ceiling_tok_s']['16']:.0%} of (d, 16)")
+    print(f"   of that, the calls holding only generated tokens (no prompt tokens, no KV stream copies): "
+          f"{profile['plain_decode_tokens']} tokens at {profile['plain_decode_tok_s']:.1f} tokens/s "
+          f"= {profile['plain_decode_tok_s'] / results['decode_ceiling_tok_s']['16']:.0%} of (d, 16); the rest of "
+          f"llama_decode's time went to prompt tokens and stream copies, work (d) does not do")
 
 
 def throughput_prompts(n: int) -> list[str]:
@@ -272,6 +289,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a smaller run (8 prompts x 16 tokens, smaller stages)")
     ap.add_argument("--skip-hf", action="store_true", help="leave out transformers generate")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--profile", action="store_true",
+                    help="only the engine at 16 parallel, the bare llama_decode ceiling and where the engine's time goes")
     args = ap.parse_args()
     if args.quick:
         args.prompts, args.new_tokens = 8, 16
@@ -318,7 +337,8 @@ def main() -> int:
                      "params": params, "roofline_gflops": gflops, "roofline_tok_s": roof,
                      "prompts": n_prompts, "new_tokens": new_tokens, "engine_tok_s": {}, "hf_tok_s": {}}
     prompt_tokens = None
-    for n_par, flash in [(n, False) for n in PARALLEL] + [(16, True)]:
+    runs = [(16, False)] if args.profile else [(n, False) for n in PARALLEL] + [(16, True)]
+    for n_par, flash in runs:
         with BatchedSampler(gguf, n_ctx=2048, n_threads=threads, n_parallel=n_par) as eng:
             eng.flash_attn = flash  # read when the context is created, at the first generate
             eng.generate(warm)
@@ -334,6 +354,13 @@ def main() -> int:
         if n_par == 16 and not flash:
             profile = engine_profile(stats, dt)
             results["engine_profile_16"] = profile
+    if args.profile:
+        context = sum(len(t) for t in prompt_tokens) // len(prompt_tokens) + new_tokens // 2
+        rate = decode_ceiling(gguf, 16, context, min(new_tokens, 64), threads)
+        results["decode_ceiling_tok_s"] = {"16": rate}
+        print(f"   {'(d) bare llama_decode, 16 sequences':<44}{'':>8}{'':>9}{rate:>10.1f}{frac(rate):>10}")
+        print_profile(results)
+        return write_results(results, args)
     with LlamaCppSampler(gguf, n_ctx=2048, n_threads=threads) as seq:
         seq.generate(warm)
         dt, n_tok, _ = timed(seq, reqs)
@@ -358,12 +385,7 @@ def main() -> int:
     results["ceiling_ratio_vs_sequential_16"] = results["decode_ceiling_tok_s"]["16"] / results["sequential_tok_s"]
     print(f"   ceiling (d, 16) / (b): {results['ceiling_ratio_vs_sequential_16']:.2f}x  (the most any llama.cpp engine "
           f"could reach here); engine (a, 16) / (d, 16): {e16 / results['decode_ceiling_tok_s']['16']:.0%}")
-    profile = results["engine_profile_16"]
-    print(f"   profile of (a, 16): llama_decode {profile['decode_share']:.0%} of the wall time "
-          f"({profile['decode_calls']} calls, {profile['prefill_tokens']} prompt tokens beside {profile['generated']} "
-          f"generated), sampler chains {profile['sample_share']:.0%}, Python bookkeeping {profile['python_share']:.0%}; "
-          f"generated tokens per second inside llama_decode {profile['decode_tok_s']:.1f} "
-          f"= {profile['decode_tok_s'] / results['decode_ceiling_tok_s']['16']:.0%} of (d, 16)")
+    print_profile(results)
     if results["ratio_vs_hf_16"]:
         print(f"   ratio  (a, 16 parallel) / (c, batch 16): {results['ratio_vs_hf_16']:.2f}x; "
               f"/ (c, batch 1): {e16 / results['hf_tok_s']['1']:.2f}x")
@@ -417,6 +439,10 @@ def main() -> int:
         ok = value >= target if op == ">=" else value <= target
         results["targets"][name] = {"value": value, "target": f"{op} {target}", "met": ok}
         print(f"   {name:<52}{value:>6.2f}  target {op} {target:<4} {'met' if ok else 'MISSED'}")
+    return write_results(results, args)
+
+
+def write_results(results: dict, args) -> int:
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -199,6 +199,9 @@ def test_shared_prefix_is_computed_once(engine):
     # the profile timers: every decode and every sampled token is timed inside the call's wall time
     assert stats["decode_calls"] > 0 and stats["decode_seconds"] > 0 and stats["sample_seconds"] > 0
     assert stats["decode_seconds"] + stats["sample_seconds"] <= stats["generate_seconds"]
+    # 6 prompts x 4 samples of 4 tokens: most steps carry generated tokens only, and those are a subset
+    assert 0 < stats["plain_decode_tokens"] <= stats["generated"]
+    assert 0 < stats["plain_decode_seconds"] <= stats["decode_seconds"]
     engine.generate(requests)  # the prefix survives between calls
     assert engine.last_stats["prefill_computed"] <= engine.last_stats["prefill_unique"] - prefix + 6 * 4
 

@@ -136,7 +136,11 @@ class BatchedSampler(Sampler):
         # token counts, and where the wall time goes (seconds inside llama_decode and inside the sampler
         # chains; the rest is Python bookkeeping): scripts/bench_sampling.py profiles the engine with them
         self.stats = {"prefill_requested": 0, "prefill_unique": 0, "prefill_computed": 0, "generated": 0, "decode_calls": 0,
-                      "decode_seconds": 0.0, "sample_seconds": 0.0, "generate_seconds": 0.0}
+                      "decode_seconds": 0.0, "sample_seconds": 0.0, "generate_seconds": 0.0,
+                      # decode calls with one generated token per sequence and nothing else: no prompt
+                      # tokens and no KV stream copies (llama.cpp runs queued copies inside llama_decode)
+                      "plain_decode_seconds": 0.0, "plain_decode_tokens": 0}
+        self._copied = False  # a KV stream copy was queued since the last llama_decode
         self.last_stats = dict(self.stats)
         self._init_batch()
 
@@ -222,11 +226,16 @@ class BatchedSampler(Sampler):
             logits=self._b_logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
         )
 
-    def _decode(self, n_tokens: int) -> None:
+    def _decode(self, n_tokens: int, generated_only: bool = False) -> None:
         self._batch.n_tokens = n_tokens
         start = time.perf_counter()
         rc = self._L.llama_decode(self._ctx, self._batch)
-        self.stats["decode_seconds"] += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.stats["decode_seconds"] += seconds
+        if generated_only and not self._copied:
+            self.stats["plain_decode_seconds"] += seconds
+            self.stats["plain_decode_tokens"] += n_tokens
+        self._copied = False
         self.stats["decode_calls"] += 1
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc} ({n_tokens} tokens, {self._stream_cells} KV cells per stream)")
@@ -401,6 +410,10 @@ class BatchedSampler(Sampler):
         dirty: dict[int, int] = {}  # free slot -> request whose prompt KV it still holds
         pieces, eog = self._pieces, self._eog
 
+        def copy(src: int, dst: int) -> None:
+            L.llama_memory_seq_cp(mem, src, dst, -1, -1)
+            self._copied = True
+
         def finish(seq: _Seq, reason: str, text: str) -> None:
             results[seq.req][seq.index] = Completion(text=text, n_tokens=len(seq.tokens), finish_reason=reason)
             progress.sample_done()
@@ -460,7 +473,7 @@ class BatchedSampler(Sampler):
                 leader = next((s for s in slots if s is not None and s.req == req and s.pending), None)
                 if donor is not None:
                     if donor != slot:
-                        L.llama_memory_seq_cp(mem, donor, slot, -1, -1)  # a whole stream: the only copy llama.cpp does
+                        copy(donor, slot)  # a whole stream: the only copy llama.cpp does
                     L.llama_memory_seq_rm(mem, slot, n, -1)
                     dirty.pop(slot, None)
                     seq.pos = n
@@ -477,7 +490,7 @@ class BatchedSampler(Sampler):
                     leader.followers.append(seq)
                 else:
                     if shared:
-                        L.llama_memory_seq_cp(mem, self._prefix_seq, slot, -1, -1)
+                        copy(self._prefix_seq, slot)
                     seq.pending, seq.pos = job.tokens[shared:], shared
             for s in list(dirty):
                 L.llama_memory_seq_rm(mem, s, -1, -1)
@@ -493,7 +506,7 @@ class BatchedSampler(Sampler):
                     return
                 seq, dst = slots[top], free[0]
                 if seq.leader is None:  # a waiting follower has no KV yet
-                    L.llama_memory_seq_cp(mem, top, dst, -1, -1)
+                    copy(top, dst)
                     L.llama_memory_seq_rm(mem, top, -1, -1)
                 slots[dst], slots[top], seq.slot = seq, None, dst
 
@@ -514,6 +527,7 @@ class BatchedSampler(Sampler):
             if not live:
                 break
             n = 0
+            prompt_tokens = False
             outputs: list[tuple[int, _Seq]] = []
             for s in live:  # slot order: llama.cpp makes one pass per run of consecutive sequence ids
                 if s.next_token is not None and n < self.n_batch:
@@ -534,13 +548,14 @@ class BatchedSampler(Sampler):
                     s.pending = s.pending[k:]
                     s.pos += k
                     n += k
+                    prompt_tokens = True
                     self.stats["prefill_computed"] += k
                     if not s.pending:
                         logits[n - 1] = 1
                         outputs.append((n - 1, s))
             if n == 0:
                 raise RuntimeError("batched engine stalled: nothing to decode")  # a bug, not a user error
-            self._decode(n)
+            self._decode(n, generated_only=not prompt_tokens)
             for idx, s in outputs:
                 group = [s]
                 if s.pos == s.prompt_len and s.next_token is None and not s.tokens:  # the prompt was just completed
@@ -548,7 +563,7 @@ class BatchedSampler(Sampler):
                     if job.next_index < job.params.n:  # samples still queued start from these logits
                         job.first_logits = self._logits(idx).copy()
                     for f in s.followers:  # queued now, so it copies the leader before it changes
-                        L.llama_memory_seq_cp(mem, s.slot, f.slot, -1, -1)
+                        copy(s.slot, f.slot)
                         f.leader, f.pos = None, s.prompt_len
                     group += s.followers
                     s.followers = []
