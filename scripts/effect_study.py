@@ -18,7 +18,7 @@ ROUGE-L for generation), the funnel (candidates -> kept by the input filters -> 
   duplicate share, length against the real inputs;
 - training: rows per round, final training loss, promoted or not.
 Means over classification, generation and all tasks close the table. Variants (ablations):
-full, no_vote, no_input_filters, no_label_filter, no_balance; and original (the published method,
+full, no_vote, no_input_filters, no_label_filter, no_balance, repeat_limit; and original (the published method,
 without this project's changes for small chat students: input lead, field filter, answer checks,
 balance floor, per-wave context).
 
@@ -56,6 +56,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_input_filters": {"selfguide": {"input_filters": False}},
     "no_label_filter": {"selfguide": {"constrain_labels": False, "label_filter": False}},
     "no_balance": {"selfguide": {"balance": False}},
+    # generation: drop answers the vote gives to more than 3 different inputs (a candidate default)
+    "repeat_limit": {"selfguide": {"answer_repeat_limit": 3}},
     # the method as first published, before this project's changes for small chat students
     "original": {"selfguide": {"input_lead": False, "field_filter": False, "answer_checks": False, "balance_floor": 0,
                                "context_sampling": "request"}},

@@ -24,7 +24,7 @@ from .prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_pr
 from .tasks import Task
 
 INPUT_STAGES = ("empty", "length", "noise", "fields", "duplicate")
-VOTE_STAGES = ("no_valid_samples", "no_consensus")
+VOTE_STAGES = ("no_valid_samples", "no_consensus", "repeated_answer")
 
 
 class SelfGuideStats(TypedDict):
@@ -113,6 +113,18 @@ def self_consistency_vote(
     answers = [text for key, text in survivors if key == best_key]
     answer = min(answers, key=lambda a: (len(a), a))
     return Vote(answer, share, "", shown, dict(rejected))
+
+
+def drop_repeated_answers(records: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], int]]]:
+    """Generation: rows whose (normalised) answer the vote gave to more than `limit` different inputs, dropped
+    from every one of them: an answer that does not depend on its input teaches the student to ignore it.
+    Measured on the built-in student: its own system prompt ("You are a helpful AI assistant named
+    SmolLM...") won the vote for 12 of 123 task1195 inputs, "No, no, no!" for 34 of 108 task039 inputs.
+    Returns the kept rows and (dropped row, how many inputs got that answer)."""
+    counts = Counter(normalize(r["output"]) for r in records)
+    kept = [r for r in records if counts[normalize(r["output"])] <= limit]
+    dropped = [(r, counts[normalize(r["output"])]) for r in records if counts[normalize(r["output"])] > limit]
+    return kept, dropped
 
 
 def balance_classes(records: list[dict[str, Any]], seed: int, floor: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -246,6 +258,13 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
                 "completion": vote.answer,
             }
         )
+
+    if not classification and cfg.answer_repeat_limit:
+        annotated, repeated = drop_repeated_answers(annotated, cfg.answer_repeat_limit)
+        vote_drops["repeated_answer"] += len(repeated)
+        for rec, times in repeated:
+            result.dropped.append({**rec, "stage": "repeated_answer",
+                                   "reason": f"the vote gave this answer to {times} different inputs"})
 
     progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled by the vote "
                      f"({vote_drops.get('no_consensus', 0)} without consensus, {vote_drops.get('no_valid_samples', 0)} "

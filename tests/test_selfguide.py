@@ -246,3 +246,25 @@ def test_answer_checks_apply_to_generation_only_and_can_be_switched_off():
     assert on.stats["samples_rejected"] == {"demo copy": 8}
     off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"answer_checks": False}), PromptFormat(), seed=0)
     assert off.stats["samples_rejected"] == {} and all(r["agreement"] == 0.5 for r in off.train)
+
+
+def test_answers_the_vote_gives_to_many_inputs_are_dropped_when_asked():
+    gen = Task(name="overlap", instruction="Name a word both sentences share.",
+               demos=[Demo("Sentence1: rain falls. Sentence2: rain helps.", "rain.")], type="generation")
+
+    def respond(prompt, i, request):
+        if "Write one new input" in prompt:
+            # the lead "Sentence1:" already starts the answer
+            return f" word{request.params.seed % 1000} here. Sentence2: word{request.params.seed % 1000} there."
+        n = int(prompt.split("Sentence1: word")[-1].split(" ")[0])
+        return " No, no, no!" if n % 3 else f" word{n}."  # a constant answer for two thirds of the inputs
+
+    cfg = SelfGuideConfig(num_inputs=9, wave_size=9, num_samples=3, output_length_filter=False)
+    off = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
+    assert sum(r["output"] == "No, no, no!" for r in off.train) >= 4  # the original method trains on it
+    on = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"answer_repeat_limit": 3}), PromptFormat(), seed=0)
+    assert on.train and all(r["output"] != "No, no, no!" for r in on.train)
+    assert all(r["output"].startswith("word") for r in on.train)
+    dropped = [d for d in on.dropped if d["stage"] == "repeated_answer"]
+    assert len(dropped) == len(off.train) - len(on.train) == on.stats["annotation_dropped"]["repeated_answer"]
+    assert on.stats["annotated"] + sum(on.stats["annotation_dropped"].values()) == on.stats["inputs_accepted"]
