@@ -354,8 +354,8 @@ def main() -> int:
         if n_par == 16 and not flash:
             profile = engine_profile(stats, dt)
             results["engine_profile_16"] = profile
+    context = sum(len(t) for t in prompt_tokens) // len(prompt_tokens) + new_tokens // 2  # the ceiling's mean KV length
     if args.profile:
-        context = sum(len(t) for t in prompt_tokens) // len(prompt_tokens) + new_tokens // 2
         rate = decode_ceiling(gguf, 16, context, min(new_tokens, 64), threads)
         results["decode_ceiling_tok_s"] = {"16": rate}
         print(f"   {'(d) bare llama_decode, 16 sequences':<44}{'':>8}{'':>9}{rate:>10.1f}{frac(rate):>10}")
@@ -372,7 +372,6 @@ def main() -> int:
             results["hf_tok_s"][str(batch)] = n_tok / dt
             print(f"   {f'(c) transformers generate fp32, batch {batch}':<44}{n_tok:>8}{dt:>9.1f}{n_tok / dt:>10.1f}"
                   f"{frac(n_tok / dt):>10}")
-    context = sum(len(t) for t in prompt_tokens) // len(prompt_tokens) + new_tokens // 2
     for n_seq in (1, 16):
         rate = decode_ceiling(gguf, n_seq, context, min(new_tokens, 64), threads)
         results.setdefault("decode_ceiling_tok_s", {})[str(n_seq)] = rate

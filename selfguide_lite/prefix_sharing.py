@@ -15,6 +15,7 @@ the plain path micro-batch by micro-batch.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 IGNORE = -100
@@ -26,8 +27,6 @@ def shared_prefix_length(input_ids, attention_mask, labels) -> int:
 
     The prefix must end at least one token before the earliest label, so that every logit the loss
     needs is computed in the tails' forward pass."""
-    import torch
-
     same = (input_ids == input_ids[:1]).all(dim=0) & attention_mask.bool().all(dim=0)
     differs = (~same).nonzero()
     common = int(differs[0]) if len(differs) else input_ids.shape[1]
@@ -86,10 +85,16 @@ def _first_label(labels) -> int:
 def _forward_arguments(model) -> tuple[str, bool]:
     """(name of the cache argument, whether forward takes `logits_to_keep`). transformers 5.24 renamed
     `past_key_values` to `cache`; models without `logits_to_keep` compute every position's logits."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_signature(type(base))
+
+
+@functools.cache
+def _forward_signature(model_class) -> tuple[str, bool]:
+    """Read once per model class, not once per micro-batch."""
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
+    params = inspect.signature(model_class.forward).parameters
     return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 

@@ -121,9 +121,10 @@ def drop_repeated_answers(records: list[dict[str, Any]], limit: int) -> tuple[li
     Measured on the built-in student: its own system prompt ("You are a helpful AI assistant named
     SmolLM...") won the vote for 12 of 123 task1195 inputs, "No, no, no!" for 34 of 108 task039 inputs.
     Returns the kept rows and (dropped row, how many inputs got that answer)."""
-    counts = Counter(normalize(r["output"]) for r in records)
-    kept = [r for r in records if counts[normalize(r["output"])] <= limit]
-    dropped = [(r, counts[normalize(r["output"])]) for r in records if counts[normalize(r["output"])] > limit]
+    keys = [normalize(r["output"]) for r in records]
+    counts = Counter(keys)
+    kept = [r for r, key in zip(records, keys, strict=True) if counts[key] <= limit]
+    dropped = [(r, counts[key]) for r, key in zip(records, keys, strict=True) if counts[key] > limit]
     return kept, dropped
 
 
