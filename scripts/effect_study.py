@@ -205,6 +205,42 @@ def aggregate(per_task: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def compare_to_reference(runs: list[dict[str, Any]], reference: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+    """Each run beside the reference run (`full`) of the same task and seed, at the last round both have
+    scored: the validation difference is the evidence a setting is chosen on, the test difference is
+    only reported. Runs without a reference are listed with None differences and left out of the means."""
+    rows = []
+    for run in runs:
+        ref = reference.get((run["task"], run["seed"]))
+        common = sorted(k for k in run["rounds"] if k and run["rounds"][k].get("validation") is not None
+                        and ref is not None and ref["rounds"].get(k, {}).get("validation") is not None)
+        k = common[-1] if common else None
+        mine = run["rounds"].get(k, {}) if k is not None else {}
+        theirs = ref["rounds"][k] if k is not None else {}
+        delta = {key: None if mine.get(key) is None or theirs.get(key) is None else mine[key] - theirs[key]
+                 for key in ("validation", "test")}
+        rows.append({"task": run["task"], "seed": run["seed"], "variant": run["variant"], "round": k,
+                     "validation": mine.get("validation"), "reference_validation": theirs.get("validation"),
+                     "delta_validation": delta["validation"], "test": mine.get("test"),
+                     "reference_test": theirs.get("test"), "delta_test": delta["test"],
+                     "train_rows": mine.get("train_rows"), "reference_train_rows": theirs.get("train_rows")})
+    return {"rows": rows, "mean_delta_validation": _mean([r["delta_validation"] for r in rows]),
+            "mean_delta_test": _mean([r["delta_test"] for r in rows]),
+            "worst_delta_validation": min((r["delta_validation"] for r in rows if r["delta_validation"] is not None),
+                                          default=None)}
+
+
+def print_comparison(variant: str, cmp: dict[str, Any]) -> None:
+    print(f"\n{variant} vs full, same task, seed and round (validation decides; test reported):")
+    for r in cmp["rows"]:
+        print(f"  {r['task']:<52} seed {r['seed']} round {r['round']}: validation {_f(r['validation'])} vs "
+              f"{_f(r['reference_validation'])} ({_f(r['delta_validation'], '+.1f')}), test {_f(r['test'])} vs "
+              f"{_f(r['reference_test'])} ({_f(r['delta_test'], '+.1f')}), rows {r['train_rows']} vs "
+              f"{r['reference_train_rows']}")
+    print(f"  mean difference: validation {_f(cmp['mean_delta_validation'], '+.1f')} (worst task "
+          f"{_f(cmp['worst_delta_validation'], '+.1f')}), test {_f(cmp['mean_delta_test'], '+.1f')}")
+
+
 def _f(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -289,6 +325,19 @@ def main() -> int:
             print(f"  mean over {group} ({g['tasks']} tasks): {_f(g['round0_test'])} -> {_f(g['final_test'])}, "
                   f"gain {_f(g['gain'], '+.1f')} (vs same quantization {_f(g['gain_vs_same_quant'], '+.1f')}), "
                   f"worst task {_f(g['worst_gain'], '+.1f')}")
+    others = [v for v in results if v != "full"]
+    if others:
+        reference = {(r["task"], r["seed"]): r for r in results.get("full", [])}
+        for path in tasks:  # a reference run finished by an earlier invocation is read, not rerun
+            for seed in args.seeds:
+                run_dir = args.work / "full" / path.stem / f"seed-{seed}"
+                if (path.stem, seed) not in reference and (run_dir / "manifest.json").is_file():
+                    cfg = study_config(path, seed, "full", args.rounds, args.model, args.config, run_dir)
+                    reference[(path.stem, seed)] = {**run_summary(cfg, load_task(path), run_dir), "seed": seed}
+        for variant in others:
+            cmp = compare_to_reference(results[variant], reference)
+            out["variants"][variant]["vs_full"] = cmp
+            print_comparison(variant, cmp)
     print(f"wall time of this invocation: {out['wall_seconds'] / 60:.1f} min")
     if args.json:
         print(f"wrote {write_json(args.json, out)}")

@@ -42,3 +42,34 @@ def test_effect_study_runs_scores_diagnoses_and_resumes(student, tmp_path):
     assert again["label_quality"] == q and again["final_test"] == run["final_test"]
     manifest = json.loads((tmp_path / "study" / "full" / demo_task_path().stem / "seed-0" / "manifest.json").read_text())
     assert all(rec.get("skipped") for name, rec in manifest["stages"].items())
+
+
+def _study_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("effect_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(task, seed, variant, rounds):
+    return {"task": task, "seed": seed, "variant": variant,
+            "rounds": {k: {"validation": v, "test": t, "train_rows": n} for k, (v, t, n) in rounds.items()}}
+
+
+def test_variants_are_compared_to_full_at_the_last_round_both_scored():
+    study = _study_module()
+    reference = {("a", 0): _run("a", 0, "full", {0: (10.0, 12.0, None), 1: (40.0, 44.0, 60), 2: (42.0, 41.0, 60)}),
+                 ("b", 0): _run("b", 0, "full", {0: (5.0, 5.0, None), 1: (5.0, 6.0, 30)})}
+    runs = [_run("a", 0, "no_vote", {0: (10.0, 12.0, None), 1: (30.0, 50.0, 64)}),   # only round 1 ran
+            _run("b", 0, "no_vote", {0: (5.0, 5.0, None), 1: (9.0, 2.0, 12)}),
+            _run("c", 0, "no_vote", {0: (1.0, 1.0, None), 1: (2.0, 2.0, 3)})]          # no reference run
+    cmp = study.compare_to_reference(runs, reference)
+    a, b, c = cmp["rows"]
+    assert a["round"] == 1 and a["delta_validation"] == -10.0 and a["delta_test"] == 6.0
+    assert (a["train_rows"], a["reference_train_rows"]) == (64, 60)
+    assert b["delta_validation"] == 4.0 and b["delta_test"] == -4.0
+    assert c["round"] is None and c["delta_validation"] is None
+    assert cmp["mean_delta_validation"] == -3.0 and cmp["mean_delta_test"] == 1.0
+    assert cmp["worst_delta_validation"] == -10.0
