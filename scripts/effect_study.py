@@ -18,9 +18,9 @@ ROUGE-L for generation), the funnel (candidates -> kept by the input filters -> 
   duplicate share, length against the real inputs;
 - training: rows per round, final training loss, promoted or not.
 Means over classification, generation and all tasks close the table. Variants (ablations):
-full, no_vote, no_input_filters, no_label_filter, no_balance, repeat_limit; and original (the published method,
+full, no_vote, no_input_filters, no_label_filter, no_balance, no_repeat_limit; and original (the published method,
 without this project's changes for small chat students: input lead, field filter, answer checks,
-balance floor, per-wave context).
+balance floor, per-wave context, the repeated-answer limit).
 
 Usage: python3 scripts/effect_study.py [--tasks T.json ...] [--seeds 0 1] [--rounds 2]
        [--variants full no_vote ...] [--config FILE] [--model NAME] [--work runs/effect-study] [--json FILE]
@@ -56,11 +56,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_input_filters": {"selfguide": {"input_filters": False}},
     "no_label_filter": {"selfguide": {"constrain_labels": False, "label_filter": False}},
     "no_balance": {"selfguide": {"balance": False}},
-    # generation: drop answers the vote gives to more than 3 different inputs (a candidate default)
-    "repeat_limit": {"selfguide": {"answer_repeat_limit": 3}},
+    # generation: keep answers the vote gives to many different inputs (the default drops those given to more than 3)
+    "no_repeat_limit": {"selfguide": {"answer_repeat_limit": 0}},
     # the method as first published, before this project's changes for small chat students
     "original": {"selfguide": {"input_lead": False, "field_filter": False, "answer_checks": False, "balance_floor": 0,
-                               "context_sampling": "request"}},
+                               "context_sampling": "request", "answer_repeat_limit": 0}},
 }
 
 

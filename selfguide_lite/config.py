@@ -66,7 +66,7 @@ class SelfGuideConfig(_Section):
         True, "generation: strip an answer lead-in ('The answer is:') and drop samples that repeat an example's "
               "answer the input does not contain, or run on past the examples' line count; false: the original vote")
     answer_repeat_limit: int = _f(
-        0, "generation: an answer the vote gives to more than this many different inputs does not depend on its "
+        3, "generation: an answer the vote gives to more than this many different inputs does not depend on its "
            "input (a small student's system prompt, 'No, no, no!') and is dropped from all of them; 0: off (the "
            "original method)", ge=0)
     noise_patterns: list[str] = _f(lambda: list(DEFAULT_NOISE_PATTERNS), "regexes marking a generated input as noise")

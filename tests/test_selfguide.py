@@ -240,7 +240,8 @@ def test_answer_checks_apply_to_generation_only_and_can_be_switched_off():
             return f" Where no when is {request.params.seed % 1000}?"
         return " What is it?" if i % 2 else " The answer is: When is it?"
 
-    cfg = SelfGuideConfig(num_inputs=4, wave_size=4, num_samples=4, output_length_filter=False)
+    # one answer for every input: the repeated-answer limit (tested below) is switched off here
+    cfg = SelfGuideConfig(num_inputs=4, wave_size=4, num_samples=4, output_length_filter=False, answer_repeat_limit=0)
     on = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
     assert {r["output"] for r in on.train} == {"When is it?"}
     assert on.stats["samples_rejected"] == {"demo copy": 8}
@@ -248,7 +249,7 @@ def test_answer_checks_apply_to_generation_only_and_can_be_switched_off():
     assert off.stats["samples_rejected"] == {} and all(r["agreement"] == 0.5 for r in off.train)
 
 
-def test_answers_the_vote_gives_to_many_inputs_are_dropped_when_asked():
+def test_answers_the_vote_gives_to_many_inputs_are_dropped():
     gen = Task(name="overlap", instruction="Name a word both sentences share.",
                demos=[Demo("Sentence1: rain falls. Sentence2: rain helps.", "rain.")], type="generation")
 
@@ -260,9 +261,10 @@ def test_answers_the_vote_gives_to_many_inputs_are_dropped_when_asked():
         return " No, no, no!" if n % 3 else f" word{n}."  # a constant answer for two thirds of the inputs
 
     cfg = SelfGuideConfig(num_inputs=9, wave_size=9, num_samples=3, output_length_filter=False)
-    off = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
+    off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"answer_repeat_limit": 0}), PromptFormat(), seed=0)
     assert sum(r["output"] == "No, no, no!" for r in off.train) >= 4  # the original method trains on it
-    on = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"answer_repeat_limit": 3}), PromptFormat(), seed=0)
+    assert cfg.answer_repeat_limit == 3  # the default drops it
+    on = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
     assert on.train and all(r["output"] != "No, no, no!" for r in on.train)
     assert all(r["output"].startswith("word") for r in on.train)
     dropped = [d for d in on.dropped if d["stage"] == "repeated_answer"]
