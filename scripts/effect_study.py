@@ -85,12 +85,13 @@ def self_label_quality(cfg: Config, task: Task, run_dir: Path, round0: dict[str,
     """The round-0 student's vote on the validation inputs against their gold answers, beside its greedy
     answers there. Cached in diagnostics/label_quality.json (keyed by student, settings, seed)."""
     from selfguide_lite.engine import open_sampler
+    from selfguide_lite.methods import method_for
     from selfguide_lite.prompts import PromptFormat
     from selfguide_lite.selfguide import annotate
 
     gguf = Path(round0["model"])
     out = run_dir / "diagnostics" / "label_quality.json"
-    key = value_hash([file_hash(gguf), cfg.selfguide.model_dump(), cfg.seed, task.name])
+    key = value_hash([file_hash(gguf), method_for(cfg).settings(), cfg.seed, task.name])
     if out.is_file() and (cached := read_json(out)).get("key") == key:
         return cached["quality"]
     rows = round0["tasks"][0]["validation"]["predictions"]

@@ -270,3 +270,23 @@ def test_answers_the_vote_gives_to_many_inputs_are_dropped():
     dropped = [d for d in on.dropped if d["stage"] == "repeated_answer"]
     assert len(dropped) == len(off.train) - len(on.train) == on.stats["annotation_dropped"]["repeated_answer"]
     assert on.stats["annotated"] + sum(on.stats["annotation_dropped"].values()) == on.stats["inputs_accepted"]
+
+
+def test_a_generation_only_setting_does_not_rekey_classification_synthesis(tmp_path):
+    """answer_repeat_limit keys a generation task's synthesis, never a classification task's (which does
+    not read it), and at 0 (off) it keys nothing, so runs cached before the setting existed stay valid."""
+    from selfguide_lite.config import load_config
+    from selfguide_lite.demo import demo_task_path
+    from selfguide_lite.methods import method_for
+
+    gen = tmp_path / "gen.json"
+    gen.write_text('{"Definition": ["Fix it."], "Positive Examples": [{"input": "a b", "output": "a"}], '
+                   '"Instances": [{"input": "c d", "output": ["c"]}]}')
+    for task, task_type, rekeyed in ((demo_task_path(), None, False), (gen, "generation", True)):
+        keys = [method_for(load_config(None, {"task": str(task), "task_type": task_type,
+                                              "selfguide": {"answer_repeat_limit": n}})).settings() for n in (0, 3)]
+        assert (keys[0] != keys[1]) == rekeyed
+        assert "answer_repeat_limit" not in keys[0]
+    cls = method_for(load_config(None, {"task": str(demo_task_path())}))
+    assert cls.settings() != method_for(load_config(None, {"task": str(demo_task_path()),
+                                                           "selfguide": {"num_samples": 5}})).settings()

@@ -30,7 +30,12 @@ class SelfGuide(Method):
         return Path(self.cfg.task).stem if self.cfg.task else "self-guide"
 
     def settings(self) -> dict[str, Any]:
-        return self.cfg.selfguide.model_dump()
+        """answer_repeat_limit enters the key only where it acts (generation, > 0): it was added after
+        runs had been cached, and a setting that changes nothing must not invalidate them."""
+        settings = self.cfg.selfguide.model_dump()
+        if self.eval_tasks()[0].is_classification or not settings["answer_repeat_limit"]:
+            del settings["answer_repeat_limit"]
+        return settings
 
     def synthesize(self, sampler: Sampler, seed: int) -> SynthResult:
         from ..selfguide import synthesize
