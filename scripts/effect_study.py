@@ -210,14 +210,14 @@ def compare_to_reference(runs: list[dict[str, Any]], reference: dict[tuple[str, 
     """Each run beside the reference run (`full`) of the same task and seed, at the last round both have
     scored: the validation difference is the evidence a setting is chosen on, the test difference is
     only reported. Runs without a reference are listed with None differences and left out of the means."""
+    def scored(run: dict[str, Any]) -> set[int]:
+        return {k for k, r in run["rounds"].items() if k and r.get("validation") is not None}
+
     rows = []
     for run in runs:
-        ref = reference.get((run["task"], run["seed"]))
-        common = sorted(k for k in run["rounds"] if k and run["rounds"][k].get("validation") is not None
-                        and ref is not None and ref["rounds"].get(k, {}).get("validation") is not None)
-        k = common[-1] if common else None
-        mine = run["rounds"].get(k, {}) if k is not None else {}
-        theirs = ref["rounds"][k] if k is not None else {}
+        ref = reference.get((run["task"], run["seed"]), {"rounds": {}})
+        k = max(scored(run) & scored(ref), default=None)
+        mine, theirs = run["rounds"].get(k, {}), ref["rounds"].get(k, {})
         delta = {key: None if mine.get(key) is None or theirs.get(key) is None else mine[key] - theirs[key]
                  for key in ("validation", "test")}
         rows.append({"task": run["task"], "seed": run["seed"], "variant": run["variant"], "round": k,
