@@ -273,6 +273,15 @@ def print_run(s: dict[str, Any], seed: int, variant: str) -> None:
           flush=True)
 
 
+def study_output(results: dict[str, list[dict[str, Any]]], command: str, commit: str | None,
+                 args: argparse.Namespace, t0: float, complete: bool) -> dict[str, Any]:
+    """The JSON document: every finished run with its variant's means. `complete` is False while
+    the invocation is still running (it rewrites the file after each run)."""
+    return {"command": command, "code": commit, "complete": complete,
+            "wall_seconds": round(time.perf_counter() - t0, 1), "seeds": args.seeds, "rounds": args.rounds,
+            "variants": {v: {"runs": runs, **aggregate(runs)} for v, runs in results.items()}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=Path, nargs="+", help="task files (default: every task in ../shared/data)")
@@ -309,14 +318,13 @@ def main() -> int:
                     summary.update(seed=seed, variant=variant, seconds_this_invocation=round(time.perf_counter() - started, 1))
                     results[variant].append(summary)
                     print_run(summary, seed, variant)
+                    if args.json:  # a session can end mid-study: keep what is finished
+                        write_json(args.json, study_output(results, command, commit, args, t0, complete=False))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out: dict[str, Any] = {"command": command, "code": commit, "wall_seconds": round(time.perf_counter() - t0, 1),
-                           "seeds": args.seeds, "rounds": args.rounds, "variants": {}}
-    for variant, runs in results.items():
-        agg = aggregate(runs)
-        out["variants"][variant] = {"runs": runs, **agg}
+    out = study_output(results, command, commit, args, t0, complete=True)
+    for variant, agg in out["variants"].items():
         print(f"\n{variant}: mean test gain (final student - round 0), per task averaged over seeds {args.seeds}:")
         for r in agg["per_task"]:
             print(f"  {r['task']:<52} {r['type']:<14} {_f(r['round0_test']):>6} -> {_f(r['final_test']):>6}  "

@@ -19,6 +19,7 @@ def test_effect_study_runs_scores_diagnoses_and_resumes(student, tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     out = json.loads((tmp_path / "s.json").read_text())
+    assert out["complete"] is True  # the file is rewritten after each run; the last write marks it finished
     run = out["variants"]["full"]["runs"][0]
     rounds = run["rounds"]
     assert set(rounds) == {"0", "1"}
