@@ -18,7 +18,8 @@ ROUGE-L for generation), the funnel (candidates -> kept by the input filters -> 
   duplicate share, length against the real inputs;
 - training: rows per round, final training loss, promoted or not.
 Means over classification, generation and all tasks close the table. Variants (ablations):
-full, no_vote, no_input_filters, no_label_filter, no_balance, no_repeat_limit; and original (the published method,
+full, no_vote, no_input_filters, no_label_filter, no_balance, no_repeat_limit; strip_input_echo (a
+candidate change, off by default); and original (the published method,
 without this project's changes for small chat students: input lead, field filter, answer checks,
 balance floor, per-wave context, the repeated-answer limit).
 
@@ -58,6 +59,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_balance": {"selfguide": {"balance": False}},
     # generation: keep answers the vote gives to many different inputs (the default drops those given to more than 3)
     "no_repeat_limit": {"selfguide": {"answer_repeat_limit": 0}},
+    # candidate change: keep an input the student wrote after an echoed "Input:" (stripped) instead of dropping it
+    "strip_input_echo": {"selfguide": {"strip_input_echo": True}},
     # the method as first published, before this project's changes for small chat students
     "original": {"selfguide": {"input_lead": False, "field_filter": False, "answer_checks": False, "balance_floor": 0,
                                "context_sampling": "request", "answer_repeat_limit": 0}},

@@ -182,6 +182,17 @@ class DuplicateFilter:
         self._seen.add(normalize_ws(text))
 
 
+_INPUT_ECHO = re.compile(r"^\s*input\s*:\s*", re.IGNORECASE)
+
+
+def strip_input_echo(text: str) -> tuple[str, bool]:
+    """The text without a leading "Input:", and whether one was there. The request for a new input
+    ends with "Input:", and a chat student often starts its answer by repeating it; the input after
+    it is usable, but the noise filter would drop the whole text for the marker."""
+    stripped = _INPUT_ECHO.sub("", text, count=1)
+    return stripped, stripped != text
+
+
 @dataclass
 class InputFilters:
     """Self-Guide input filters in order; `check` returns (stage, reason) for the first that drops."""

@@ -17,7 +17,15 @@ from typing import Any, TypedDict
 from . import progress
 from .config import SelfGuideConfig
 from .engine.base import Request, Sampler, SamplingParams
-from .filters import AnswerChecks, DuplicateFilter, FieldFilter, InputFilters, LengthWindow, NoiseFilter
+from .filters import (
+    AnswerChecks,
+    DuplicateFilter,
+    FieldFilter,
+    InputFilters,
+    LengthWindow,
+    NoiseFilter,
+    strip_input_echo,
+)
 from .methods.base import SynthResult, funnel_counts, stage_seed
 from .metrics import normalize
 from .prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
@@ -46,6 +54,7 @@ class SelfGuideStats(TypedDict):
     train_per_label: dict[str, int]
     missing_labels: list[str]  # labels the vote never produced
     samples: int  # annotation samples drawn (accepted inputs x num_samples)
+    input_echoes: int  # candidates that began with "Input:" (removed if strip_input_echo, else dropped as noise)
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     # 1-2. Input generation in waves, each candidate filtered in order as it arrives.
     accepted: list[dict[str, Any]] = []
     input_drops: Counter[str] = Counter()
+    echoes = 0
     with progress.bar("writing inputs", cfg.num_inputs, "inputs", samples=True) as bar:
         for wave_start in range(0, cfg.num_inputs, cfg.wave_size):
             indices = range(wave_start, min(cfg.num_inputs, wave_start + cfg.wave_size))
@@ -219,7 +229,12 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
                 requests.append(Request(prompt, replace(input_params, seed=stage_seed(seed, 1, i))))
                 targets.append(target)
             for i, target, outs in zip(indices, targets, sampler.generate(requests), strict=True):
-                text = (lead + outs[0].text).strip() if outs[0].text.strip() else ""
+                written = outs[0].text
+                without_echo, echoed = strip_input_echo(written)
+                echoes += echoed
+                if cfg.strip_input_echo:
+                    written = without_echo
+                text = (lead + written).strip() if written.strip() else ""
                 cand_id = f"c{i:05d}"
                 if drop := filters.check(text):
                     input_drops[drop[0]] += 1
@@ -298,6 +313,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         "train_per_label": dict(per_label),
         "missing_labels": [lab for lab in task.labels if per_label.get(lab, 0) == 0] if classification else [],
         "samples": len(accepted) * cfg.num_samples,
+        "input_echoes": echoes,
     })
     result.seconds = {"write_inputs": round(write_seconds, 2), "annotate": round(annotate_seconds, 2)}
     if classification and cfg.balance:

@@ -249,6 +249,34 @@ def test_answer_checks_apply_to_generation_only_and_can_be_switched_off():
     assert off.stats["samples_rejected"] == {} and all(r["agreement"] == 0.5 for r in off.train)
 
 
+def test_an_echoed_input_marker_is_counted_and_stripped_only_when_asked():
+    from selfguide_lite.filters import strip_input_echo
+
+    assert strip_input_echo(" Input: Who no what is it?") == ("Who no what is it?", True)
+    assert strip_input_echo("input :x") == ("x", True)
+    for kept in ("Inputs: x", "Output: x", "Who is it? Input: x"):
+        assert strip_input_echo(kept) == (kept, False)
+
+    gen = Task(name="fix", instruction="Fix the sentence.", demos=[Demo("Who no what is it?", "What is it?")],
+               type="generation")
+
+    def respond(prompt, i, request):
+        if "Write one new input" in prompt:
+            n = request.params.seed % 1000
+            return f" Input: Where no when is {n}?" if n % 2 else f" Where no when is {n}?"
+        return " When is " + prompt.rsplit("when is ", 1)[1].split("?")[0] + "?"
+
+    cfg = SelfGuideConfig(num_inputs=8, wave_size=8, num_samples=2, output_length_filter=False)
+    assert cfg.strip_input_echo is False  # the original filters stay the default until measured
+    off = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
+    on = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"strip_input_echo": True}), PromptFormat(), seed=0)
+    echoed = off.stats["input_echoes"]
+    assert echoed == on.stats["input_echoes"] and 0 < echoed < 8
+    assert off.stats["input_dropped"]["noise"] == echoed and on.stats["input_dropped"]["noise"] == 0
+    assert len(on.train) == len(off.train) + echoed
+    assert all(r["input"].startswith("Where no when is") for r in on.train)
+
+
 def test_answers_the_vote_gives_to_many_inputs_are_dropped():
     gen = Task(name="overlap", instruction="Name a word both sentences share.",
                demos=[Demo("Sentence1: rain falls. Sentence2: rain helps.", "rain.")], type="generation")
@@ -287,6 +315,9 @@ def test_a_generation_only_setting_does_not_rekey_classification_synthesis(tmp_p
                                               "selfguide": {"answer_repeat_limit": n}})).settings() for n in (0, 3)]
         assert (keys[0] != keys[1]) == rekeyed
         assert "answer_repeat_limit" not in keys[0]
+    echo = [method_for(load_config(None, {"task": str(gen), "task_type": "generation",
+                                          "selfguide": {"strip_input_echo": on}})).settings() for on in (False, True)]
+    assert "strip_input_echo" not in echo[0] and echo[1]["strip_input_echo"] is True
     cls = method_for(load_config(None, {"task": str(demo_task_path())}))
     assert cls.settings() != method_for(load_config(None, {"task": str(demo_task_path()),
                                                            "selfguide": {"num_samples": 5}})).settings()

@@ -30,11 +30,14 @@ class SelfGuide(Method):
         return Path(self.cfg.task).stem if self.cfg.task else "self-guide"
 
     def settings(self) -> dict[str, Any]:
-        """answer_repeat_limit enters the key only where it acts (generation, > 0): it was added after
-        runs had been cached, and a setting that changes nothing must not invalidate them."""
+        """Settings added after runs had been cached enter the key only where they act
+        (answer_repeat_limit: generation, > 0; strip_input_echo: on): a setting that changes nothing
+        must not invalidate finished runs."""
         settings = self.cfg.selfguide.model_dump()
         if self.eval_tasks()[0].is_classification or not settings["answer_repeat_limit"]:
             del settings["answer_repeat_limit"]
+        if not settings["strip_input_echo"]:
+            del settings["strip_input_echo"]
         return settings
 
     def synthesize(self, sampler: Sampler, seed: int) -> SynthResult:
