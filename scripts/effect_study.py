@@ -162,6 +162,8 @@ def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
             entry["funnel"] = {"candidates": stats.get("candidates"),
                                "after_input_filters": stats.get("inputs_accepted"),
                                "after_vote": stats.get("annotated"), "after_balance": stats.get("train")}
+            # why inputs were dropped; input_echoes: candidates that began with "Input:" (absent in older runs)
+            entry["input_drops"] = {**(stats.get("input_dropped") or {}), "input_echoes": stats.get("input_echoes")}
             entry["train_rows"] = rec.get("train_size")
             train_stage = manifest["stages"].get(f"round-{k}/train") or {}
             entry["train_loss"] = train_stage.get("train_loss")

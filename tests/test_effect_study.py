@@ -30,6 +30,8 @@ def test_effect_study_runs_scores_diagnoses_and_resumes(student, tmp_path):
     funnel = rounds["1"]["funnel"]
     assert funnel["candidates"] == 36 and funnel["candidates"] >= funnel["after_input_filters"] >= funnel["after_vote"] \
         >= funnel["after_balance"] == rounds["1"]["train_rows"]
+    drops = rounds["1"]["input_drops"]
+    assert sum(v for k, v in drops.items() if k != "input_echoes") == funnel["candidates"] - funnel["after_input_filters"]
     q = run["label_quality"]
     assert q["n"] == 8 and 0 <= q["coverage"] <= 100  # the tiny config's 8 validation instances
     assert rounds["1"]["inputs"]["target_agreement"] is not None  # the demo task is classification
