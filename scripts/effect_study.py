@@ -43,7 +43,14 @@ sys.path.insert(0, str(REPO))
 
 from selfguide_lite import progress  # noqa: E402
 from selfguide_lite.config import Config, load_config  # noqa: E402
-from selfguide_lite.diagnostics import copy_share, format_share, input_quality, label_quality  # noqa: E402
+from selfguide_lite.diagnostics import (  # noqa: E402
+    copy_share,
+    format_share,
+    input_copy_score,
+    input_copy_share,
+    input_quality,
+    label_quality,
+)
 from selfguide_lite.errors import UserError  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
 from selfguide_lite.models import DEFAULT_STUDENT  # noqa: E402
@@ -141,9 +148,8 @@ def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
     evals = {int(k): read_json(run_dir / f"round-{k}" / "eval.json") for k, r in rounds.items()
              if (run_dir / f"round-{k}" / "eval.json").is_file() and r.get("status") == "done"}
 
-    def test_predictions(k: int) -> tuple[list[str], list[list[str]]]:
-        rows = evals[k]["tasks"][0]["test"]["predictions"]
-        return [r["prediction"] for r in rows], [r["references"] for r in rows]
+    def test_rows(k: int) -> list[dict[str, Any]]:
+        return evals[k]["tasks"][0]["test"]["predictions"]
 
     final_round = manifest["final"]["round"]
     per_round = {}
@@ -153,10 +159,12 @@ def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
         if k in evals:
             entry["validation"] = evals[k]["validation"]["primary"]
             entry["test"] = evals[k]["test"]["primary"] if evals[k].get("test") else None
-            preds, refs = test_predictions(k)
+            rows = test_rows(k)
+            preds, refs = [r["prediction"] for r in rows], [r["references"] for r in rows]
             entry["format"] = format_share(preds, refs, labels)
             if labels is None:
                 entry["demo_copies"] = copy_share(preds, [d.output for d in task.demos])
+                entry["input_copies"] = input_copy_share(preds, [r["input"] for r in rows])
         if k > 0:
             stats = rec.get("synth_stats") or {}
             entry["funnel"] = {"candidates": stats.get("candidates"),
@@ -177,6 +185,9 @@ def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
                "rounds": per_round, "final_round": final_round,
                "round0_test": per_round[0].get("test"), "final_test": per_round[final_round].get("test"),
                "final_format": per_round[final_round].get("format")}
+    if labels is None and 0 in evals:  # the trivial answer "repeat the input", scored like a student
+        rows = test_rows(0)
+        summary["input_copy_test"] = input_copy_score([r["input"] for r in rows], [r["references"] for r in rows])
     summary["gain"] = (summary["final_test"] - summary["round0_test"]
                        if summary["final_test"] is not None and summary["round0_test"] is not None else None)
     summary["label_quality"] = self_label_quality(cfg, task, run_dir, evals[0])
@@ -258,7 +269,7 @@ def print_run(s: dict[str, Any], seed: int, variant: str) -> None:
     for k, r in s["rounds"].items():
         line = f"    round {k}: validation {_f(r.get('validation'))}, test {_f(r.get('test'))}, format {_f(r.get('format'))}%"
         if "demo_copies" in r:
-            line += f", demo copies {_f(r['demo_copies'])}%"
+            line += f", demo copies {_f(r['demo_copies'])}%, input copies {_f(r.get('input_copies'))}%"
         if k:
             fn = r.get("funnel") or {}
             line += (f"; funnel {fn.get('candidates')} -> {fn.get('after_input_filters')} -> {fn.get('after_vote')} -> "
@@ -270,6 +281,8 @@ def print_run(s: dict[str, Any], seed: int, variant: str) -> None:
                 if inp.get("labels_written"):
                     line += f", labels {inp['labels_written']}"
         print(line)
+    if s.get("input_copy_test") is not None:
+        print(f"    answering with the input itself scores {_f(s['input_copy_test'])} on test")
     if b := s.get("round0_same_quant"):
         print(f"    round 0 re-exported at {b['quant']}: validation {_f(b['validation'])}, test {_f(b['test'])}; "
               f"final gain over it {_f(s.get('gain_vs_same_quant'), '+.1f')}")

@@ -54,6 +54,24 @@ def copy_share(predictions: Sequence[str], demo_outputs: Sequence[str]) -> float
     return 100.0 * sum(any(o in normalize(p) for o in outs) for p in predictions) / len(predictions)
 
 
+def input_copy_share(predictions: Sequence[str], inputs: Sequence[str]) -> float:
+    """Percent of predictions that are the input itself (normalised). On a rewriting task that
+    changes a few words, answering with the input is a strong trivial strategy, and a round can gain
+    by moving towards it; this share and `input_copy_score` tell that apart from learning the task."""
+    if not predictions:
+        return 0.0
+    same = sum(normalize(p) == normalize(x) for p, x in zip(predictions, inputs, strict=True))
+    return 100.0 * same / len(predictions)
+
+
+def input_copy_score(inputs: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """ROUGE-L (0-100) of the trivial answer "repeat the input": the bar a generation gain should be
+    read against."""
+    if not inputs:
+        return 0.0
+    return 100.0 * sum(rouge_l(x, refs) for x, refs in zip(inputs, references, strict=True)) / len(inputs)
+
+
 def _score(answer: str, references: Sequence[str], classification: bool) -> float:
     return 100.0 * (exact_match(answer, references) if classification else rouge_l(answer, references))
 

@@ -5,6 +5,8 @@ import pytest
 from selfguide_lite.diagnostics import (
     copy_share,
     format_share,
+    input_copy_score,
+    input_copy_share,
     input_quality,
     is_label,
     is_single_answer,
@@ -76,3 +78,13 @@ def test_input_quality_measures_target_agreement_duplicates_and_length():
     assert q["labels_written"] == {"support": 3, "undermine": 1}
     gen = input_quality([{"input": "a b", "output": "c", "target_label": None}], {"candidates": 0}, [])
     assert gen["target_agreement"] is None and gen["duplicate_share"] == 0.0 and gen["length_ratio"] is None
+
+
+def test_input_copies_and_the_copy_the_input_baseline():
+    inputs = ["Who did no what did the Han want?", "Where is Paris?"]
+    preds = ["who did no what did the han want", "Paris is in France."]
+    assert input_copy_share(preds, inputs) == 50.0 and input_copy_share([], []) == 0.0
+    refs = [["What did the Han want?"], ["Where is Paris?"]]
+    score = input_copy_score(inputs, refs)
+    assert 50.0 < score < 100.0  # the second input is its reference; the first shares most words
+    assert input_copy_score(["x y"], [["a b"]]) == 0.0
