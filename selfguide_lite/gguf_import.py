@@ -359,8 +359,10 @@ def write_checkpoint(f: GGUFFile, dest: Path, digest: str) -> dict[str, Any]:
     if peak >= 60000:
         raise UserError(f"{f.path}: weights reach {peak:.0f}, beyond float16's range; import it from its HF checkpoint")
     with atomic_dir(dest) as tmp:
+        # One metadata key: safetensors writes several in hash-map order, so the same weights would give
+        # different bytes on every import (and a different stage key); the source is in the import record.
         save_file({k: w.astype(np.float16) for k, w in weights.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt", "source": f.path.name, "sha256": digest})
+                  metadata={"format": "pt"})
         del weights
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
         gen = {k: v for k, v in (("bos_token_id", cfg["bos_token_id"]), ("eos_token_id", cfg["eos_token_id"]),

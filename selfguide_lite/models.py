@@ -24,6 +24,7 @@ from typing import Any
 
 from .engine.base import ModelInfo
 from .errors import UserError
+from .store import IMPORT_RECORD  # written last into an imported checkpoint: its presence marks it complete
 
 Log = Callable[[str], None]
 
@@ -44,8 +45,7 @@ BUILTIN_STUDENTS = {
 }
 DEFAULT_STUDENT = "smollm2-135m-instruct"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-IMPORT_RECORD = "selfguide_import.json"  # written last into an imported checkpoint: its presence marks it complete
-IMPORTER_VERSION = 2  # bump when the importer's output changes: older imports are then redone
+IMPORTER_VERSION = 3  # bump when the importer's output changes: older imports are then redone
 
 
 def models_dir() -> Path:

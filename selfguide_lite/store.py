@@ -23,6 +23,10 @@ from .errors import UserError
 BIG_FILE = 64 * 1024 * 1024  # above this, hash size + head + tail instead of every byte
 RUN_FORMAT = 2  # layout version of a run directory; bump when an old run cannot be resumed as is
 DISK_MARGIN = 64 * 1024 * 1024  # kept free beyond an estimate, for logs, manifests and rounding
+# Written into an imported checkpoint (models.import_gguf): how it was made (timings included), not what
+# it is, so a directory's content hash leaves it out. Otherwise importing the same GGUF again, e.g. from
+# another working directory, re-keys every stage trained on it.
+IMPORT_RECORD = "selfguide_import.json"
 
 
 def ensure_free_space(where: str | Path, needed: int, what: str) -> None:
@@ -184,10 +188,11 @@ def disk_bytes(path: str | Path) -> int:
 
 
 def file_hash(path: str | Path) -> str:
-    """sha256 of a file, or of a directory's files (names and contents, in sorted order)."""
+    """sha256 of a file, or of a directory's files (names and contents, in sorted order; an import
+    record is left out, see IMPORT_RECORD)."""
     path = Path(path)
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != IMPORT_RECORD) if path.is_dir() else [path]
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
         size = f.stat().st_size

@@ -14,6 +14,7 @@ import pytest
 from selfguide_lite.errors import UserError
 from selfguide_lite.loop import promoted_on_validation
 from selfguide_lite.models import BUILTIN_STUDENTS, builtin_gguf, import_gguf
+from selfguide_lite.store import file_hash
 from selfguide_lite.tasks import load_task
 
 
@@ -122,6 +123,12 @@ def test_import_is_cached_by_hash(tiny_llama, tmp_path):
     assert not rec1.pop("cached") and rec2.pop("cached")
     assert again == first and rec2 == rec1 and (first / "model.safetensors").stat().st_mtime_ns == stamp
     assert rec1["sha256"] in first.name or first.name.endswith(rec1["sha256"][:12])
+    # Imported again elsewhere (another working directory's models/): the same checkpoint to every stage
+    # key, although the import record (timings) differs. Several safetensors metadata keys used to come
+    # out in hash-map order, which re-keyed every finished round after such a re-import.
+    elsewhere, _ = import_gguf(files["q8_0"], cache=tmp_path / "other-models")
+    assert file_hash(elsewhere / "model.safetensors") == file_hash(first / "model.safetensors")
+    assert file_hash(elsewhere) == file_hash(first)
 
 
 def _fake_gguf(path: Path, arch: str) -> Path:
@@ -220,3 +227,12 @@ def test_one_real_round_on_the_builtin_student(smollm2_models, tmp_path):
         assert m["validation"]["n"] == 6 and m["test"]["n"] == 6
     assert "validation" in out.stdout and "test" in out.stdout
     assert (tmp_path / "run" / "round-1" / "model-q8_0.gguf").is_file()
+    # The same command from a machine (or working directory) that imports the student afresh finds the
+    # run finished: no stage runs again.
+    env["SELFGUIDE_MODELS_DIR"] = str(tmp_path / "models-elsewhere")
+    again = run_cli("loop", "--task", str(real_demo_task_path()), "--model", "smollm2-135m-instruct", "--rounds", "1",
+                    "--run-dir", str(tmp_path / "run"), "--config", str(cfg), cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "models-elsewhere" / "imported").is_dir()
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert all(rec.get("skipped") for rec in stages.values()), {k: rec.get("skipped") for k, rec in stages.items()}
