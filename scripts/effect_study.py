@@ -18,10 +18,10 @@ ROUGE-L for generation), the funnel (candidates -> kept by the input filters -> 
   duplicate share, length against the real inputs;
 - training: rows per round, final training loss, promoted or not.
 Means over classification, generation and all tasks close the table. Variants (ablations):
-full, no_vote, no_input_filters, no_label_filter, no_balance, no_repeat_limit; strip_input_echo (a
-candidate change, off by default); and original (the published method,
-without this project's changes for small chat students: input lead, field filter, answer checks,
-balance floor, per-wave context, the repeated-answer limit).
+full, no_vote, no_input_filters, no_label_filter, no_balance, no_repeat_limit, no_strip_input_echo
+(drop an input written after an echoed "Input:" as the original filters do); and original (the published
+method, without this project's changes for small chat students: input lead, field filter, answer checks,
+balance floor, per-wave context, the repeated-answer limit, the echo strip).
 
 Usage: python3 scripts/effect_study.py [--tasks T.json ...] [--seeds 0 1] [--rounds 2]
        [--variants full no_vote ...] [--config FILE] [--model NAME] [--work runs/effect-study] [--json FILE]
@@ -66,11 +66,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_balance": {"selfguide": {"balance": False}},
     # generation: keep answers the vote gives to many different inputs (the default drops those given to more than 3)
     "no_repeat_limit": {"selfguide": {"answer_repeat_limit": 0}},
-    # candidate change: keep an input the student wrote after an echoed "Input:" (stripped) instead of dropping it
-    "strip_input_echo": {"selfguide": {"strip_input_echo": True}},
+    # drop an input the student wrote after an echoed "Input:" as noise (the default strips the echo and keeps it)
+    "no_strip_input_echo": {"selfguide": {"strip_input_echo": False}},
     # the method as first published, before this project's changes for small chat students
     "original": {"selfguide": {"input_lead": False, "field_filter": False, "answer_checks": False, "balance_floor": 0,
-                               "context_sampling": "request", "answer_repeat_limit": 0}},
+                               "context_sampling": "request", "answer_repeat_limit": 0,
+                               "strip_input_echo": False}},
 }
 
 

@@ -70,7 +70,7 @@ class SelfGuideConfig(_Section):
            "input (a small student's system prompt, 'No, no, no!') and is dropped from all of them; 0: off (the "
            "original method)", ge=0)
     strip_input_echo: bool = _f(
-        False, "remove an 'Input:' the student writes in front of a new input (it echoes the request, which ends "
+        True, "remove an 'Input:' the student writes in front of a new input (it echoes the request, which ends "
                "with 'Input:') before the filters, instead of dropping the input as a leaked format marker; "
                "false: the original filters")
     noise_patterns: list[str] = _f(lambda: list(DEFAULT_NOISE_PATTERNS), "regexes marking a generated input as noise")

@@ -249,7 +249,7 @@ def test_answer_checks_apply_to_generation_only_and_can_be_switched_off():
     assert off.stats["samples_rejected"] == {} and all(r["agreement"] == 0.5 for r in off.train)
 
 
-def test_an_echoed_input_marker_is_counted_and_stripped_only_when_asked():
+def test_an_echoed_input_marker_is_counted_and_stripped_unless_the_original_filters_are_asked_for():
     from selfguide_lite.filters import strip_input_echo
 
     assert strip_input_echo(" Input: Who no what is it?") == ("Who no what is it?", True)
@@ -267,9 +267,9 @@ def test_an_echoed_input_marker_is_counted_and_stripped_only_when_asked():
         return " When is " + prompt.rsplit("when is ", 1)[1].split("?")[0] + "?"
 
     cfg = SelfGuideConfig(num_inputs=8, wave_size=8, num_samples=2, output_length_filter=False)
-    assert cfg.strip_input_echo is False  # the original filters stay the default until measured
-    off = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
-    on = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"strip_input_echo": True}), PromptFormat(), seed=0)
+    assert cfg.strip_input_echo is True  # on by default since it was measured; false: the original filters
+    on = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
+    off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"strip_input_echo": False}), PromptFormat(), seed=0)
     echoed = off.stats["input_echoes"]
     assert echoed == on.stats["input_echoes"] and 0 < echoed < 8
     assert off.stats["input_dropped"]["noise"] == echoed and on.stats["input_dropped"]["noise"] == 0

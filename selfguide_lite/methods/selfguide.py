@@ -31,8 +31,9 @@ class SelfGuide(Method):
 
     def settings(self) -> dict[str, Any]:
         """Settings added after runs had been cached enter the key only where they act
-        (answer_repeat_limit: generation, > 0; strip_input_echo: on): a setting that changes nothing
-        must not invalidate finished runs."""
+        (answer_repeat_limit: generation, > 0; strip_input_echo: on, the default since it was measured): a
+        setting that changes nothing must not invalidate finished runs, and a run cached with the echo
+        filter's original behaviour stays valid for a config that asks for it."""
         settings = self.cfg.selfguide.model_dump()
         if self.eval_tasks()[0].is_classification or not settings["answer_repeat_limit"]:
             del settings["answer_repeat_limit"]
