@@ -76,3 +76,24 @@ def test_variants_are_compared_to_full_at_the_last_round_both_scored():
     assert c["round"] is None and c["delta_validation"] is None
     assert cmp["mean_delta_validation"] == -3.0 and cmp["mean_delta_test"] == 1.0
     assert cmp["worst_delta_validation"] == -10.0
+
+
+def test_seed_spread_joins_seeds_from_several_files_and_rejects_a_foreign_file(tmp_path):
+    script = SCRIPT.parent / "seed_spread.py"
+
+    def study(seed, gain):
+        run = {"task": "t", "seed": seed, "gain": gain, "final_round": 1,
+               "rounds": {"0": {"validation": 10.0, "test": 20.0}, "1": {"validation": 12.0, "test": 20.0 + gain}}}
+        return {"variants": {"full": {"runs": [run]}}}
+
+    files = []
+    for seed, gain in ((0, 5.0), (1, -1.5)):
+        files.append(tmp_path / f"s{seed}.json")
+        files[-1].write_text(json.dumps(study(seed, gain)))
+    out = subprocess.run([sys.executable, str(script), *map(str, files)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "spread of the gain over 2 seeds: 6.5 (mean +1.8)" in out.stdout
+    assert "seed 1: 1 tasks, mean gain -1.5" in out.stdout
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "bad.json")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
