@@ -81,7 +81,10 @@ def machine() -> dict:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+    from selfguide_lite.runtime import cpu_flags, named_features
+
+    return {"cpu": model, "cpu_features": named_features(cpu_flags()), "cores": os.cpu_count(),
+            "python": platform.python_version(),
             "llama_cpp_python": version("llama-cpp-python"), "torch": version("torch"),
             "transformers": version("transformers")}
 
@@ -145,10 +148,9 @@ def decode_ceiling(gguf: Path, n_seq: int, context: int, steps: int, threads: in
     the batch. No engine built on llama.cpp can beat this rate on this machine: it bounds (a)."""
     import llama_cpp as L
 
-    from selfguide_lite.engine.llamacpp import quiet_llama
+    from selfguide_lite.runtime import load_model
 
-    quiet_llama()
-    model = L.llama_model_load_from_file(str(gguf).encode(), L.llama_model_default_params())
+    model = load_model(gguf)
     cp = L.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_seq * (context + steps + 64), 512, 512, n_seq
     cp.n_threads = cp.n_threads_batch = threads
@@ -291,15 +293,27 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--profile", action="store_true",
                     help="only the engine at 16 parallel, the bare llama_decode ceiling and where the engine's time goes")
+    ap.add_argument("--extra-bufts", choices=("on", "off"),
+                    help="load with llama.cpp's extra buffer types (AMX, repacking) on or off instead of the "
+                         "installation's checked setting (scripts/bench_llama_builds.py compares them)")
     args = ap.parse_args()
+    if args.extra_bufts:
+        from selfguide_lite.runtime import pin_extra_bufts
+
+        pin_extra_bufts(args.extra_bufts == "on")
     if args.quick:
         args.prompts, args.new_tokens = 8, 16
     n_prompts, new_tokens, threads = args.prompts, args.new_tokens, args.threads
 
     info = machine()
+    from selfguide_lite.runtime import llama_cpp_module, verdict
+
+    info["llama_cpp_build"] = llama_cpp_module().llama_print_system_info().decode(errors="replace").strip()
+    info["extra_bufts"] = verdict()["extra_bufts"]
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"machine: {info['cpu']}, {info['cores']} cores; python {info['python']}, llama-cpp-python "
           f"{info['llama_cpp_python']}, torch {info['torch']}, transformers {info['transformers']}; threads {threads}")
+    print(f"llama.cpp build: {info['llama_cpp_build']}; extra buffer types {'on' if info['extra_bufts'] else 'off'}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (anything else running on these cores skews every number)")
 
     if args.model:

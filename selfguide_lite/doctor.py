@@ -48,28 +48,24 @@ def report(log: Callable[[str], None] = print, run_dir: str | Path = "runs") -> 
     except Exception as exc:
         log(f"GGUF converter: BROKEN: {exc}")
         ok = False
-    try:
-        import llama_cpp
+    if llama_cpp_report(log):  # nothing below loads llama.cpp in this process unless it passed
+        try:
+            from .compat import compat_line, converter_runtime_check
 
-        log(f"llama.cpp: ok (GPU offload {'yes' if llama_cpp.llama_supports_gpu_offload() else 'no'})")
-    except Exception as exc:
-        log(f"llama.cpp: BROKEN: {exc}")
+            log(compat_line(converter_runtime_check(use_cache=False)))
+        except Exception as exc:
+            log(f"converter and runtime: BROKEN: {exc}")
+            ok = False
+        try:
+            import llama_cpp.server.app  # noqa: F401
+
+            from .usage import serve  # noqa: F401
+
+            log("serve (OpenAI-compatible server): available")
+        except ImportError as exc:
+            log(f"serve: unavailable ({exc.name} missing: pip install 'llama-cpp-python[server]')")
+    else:
         ok = False
-    try:
-        from .compat import compat_line, converter_runtime_check
-
-        log(compat_line(converter_runtime_check(use_cache=False)))
-    except Exception as exc:
-        log(f"converter and runtime: BROKEN: {exc}")
-        ok = False
-    try:
-        import llama_cpp.server.app  # noqa: F401
-
-        from .usage import serve  # noqa: F401
-
-        log("serve (OpenAI-compatible server): available")
-    except ImportError as exc:
-        log(f"serve: unavailable ({exc.name} missing: pip install 'llama-cpp-python[server]')")
     from .errors import UserError
     from .models import BUILTIN_STUDENTS, builtin_gguf, models_dir
 
@@ -99,3 +95,26 @@ def report(log: Callable[[str], None] = print, run_dir: str | Path = "runs") -> 
         f"{'' if unsloth else '  (unsloth not installed: pip install -e .[unsloth] on a CUDA machine)'}")
     log("all required parts present" if ok else "some required parts are missing or broken")
     return ok
+
+
+def llama_cpp_report(log: Callable[[str], None]) -> bool:
+    """The CPU, the llama.cpp build's CPU features and whether it decodes quantized models correctly
+    here, checked afresh in child processes, so that a build that crashes on this CPU never crashes
+    `doctor`; llama.cpp is imported in-process only after that check passed."""
+    from .errors import UserError
+    from .runtime import check_runtime, llama_cpp_module, runtime_lines
+
+    try:
+        record = check_runtime(use_cache=False)
+    except UserError as exc:
+        log(f"llama.cpp: BROKEN: {exc}")
+        return False
+    except Exception as exc:  # the check itself could not run (no llama-cpp-python, no built-in student)
+        log(f"llama.cpp: BROKEN: the decode check could not run: {' '.join(str(exc).split())[:300]}")
+        return False
+    for line in runtime_lines(record):
+        log(line)
+    llama_cpp = llama_cpp_module()
+    log(f"llama.cpp: ok (GPU offload {'yes' if llama_cpp.llama_supports_gpu_offload() else 'no'})")
+    return True
+

@@ -198,11 +198,9 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str = "q4_k_m", n_thr
     """Quantize with llama.cpp in-process (`llama_model_quantize`), atomically."""
     import ctypes
 
-    import llama_cpp
+    from .runtime import llama_cpp_module
 
-    from .engine.llamacpp import quiet_llama
-
-    quiet_llama()
+    llama_cpp = llama_cpp_module()
     ftypes = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
               "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16, "f32": llama_cpp.LLAMA_FTYPE_ALL_F32}
     if quant not in ftypes:

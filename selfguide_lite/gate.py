@@ -91,7 +91,7 @@ def answer_trace(gguf_path: Path, prompt_ids: list[list[int]], n_tokens: int, fo
     `keep` prompts, the logits at each step."""
     import numpy as np
 
-    from .engine.llamacpp import load_llama
+    from .runtime import load_llama
 
     llm = load_llama(gguf_path, n_ctx=max(len(p) for p in prompt_ids) + n_tokens + 8, n_threads=None)
     eos = llm.token_eos()

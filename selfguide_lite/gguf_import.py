@@ -308,8 +308,8 @@ def measure_fidelity(hf_dir: Path, gguf_path: Path, prompts: tuple[str, ...] = F
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .engine.llamacpp import load_llama
     from .progress import quiet_libraries
+    from .runtime import load_llama
 
     quiet_libraries()
     ids = gguf_tokenize_all(gguf_path, rendered_prompts(hf_tok or load_tokenizer(hf_dir), prompts, use_chat_template))

@@ -161,18 +161,9 @@ def existing_gguf(path: str | Path) -> Path:
 def load_vocab_only(model_path: str | Path):
     """A GGUF's vocabulary and metadata without its weights (fast): a `llama_model` pointer that the
     caller frees with `llama_model_free`. For tokenizing and reading the chat template."""
-    import llama_cpp
+    from .runtime import load_model
 
-    from .engine.llamacpp import quiet_llama
-
-    path = existing_gguf(model_path)
-    quiet_llama()
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        raise UserError(f"llama.cpp could not load {path} (not a GGUF file, or truncated)")
-    return model
+    return load_model(model_path, vocab_only=True)
 
 
 def model_info(model) -> ModelInfo:

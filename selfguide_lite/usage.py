@@ -81,6 +81,9 @@ def serve(gguf: str | Path, host: str = "127.0.0.1", port: int = 8000, n_ctx: in
     """llama-cpp-python's OpenAI-compatible server (`/v1/completions`, `/v1/chat/completions`,
     `/v1/models`) on the student, until interrupted."""
     path = existing_gguf(gguf)
+    from .runtime import llama_cpp_module, llama_defaults
+
+    llama_cpp_module()  # the installation's check runs before the server's modules load llama.cpp
     try:
         import uvicorn
         from llama_cpp.server.app import create_app
@@ -90,13 +93,11 @@ def serve(gguf: str | Path, host: str = "127.0.0.1", port: int = 8000, n_ctx: in
                         "pip install 'llama-cpp-python[server]'") from None
     import os
 
-    from .engine.llamacpp import quiet_llama
-
-    quiet_llama()
     model = ModelSettings(model=str(path), model_alias=path.stem, n_ctx=n_ctx, verbose=False,
                           n_threads=n_threads or os.cpu_count() or 1, n_threads_batch=n_threads or os.cpu_count() or 1)
     try:
-        app = create_app(server_settings=ServerSettings(host=host, port=port), model_settings=[model])
+        with llama_defaults():  # the server loads the model here, through llama-cpp-python's own `Llama`
+            app = create_app(server_settings=ServerSettings(host=host, port=port), model_settings=[model])
     except ValueError as exc:
         raise UserError(f"llama.cpp could not load {path}: {exc}") from None
     print(f"serving {path.name} as '{path.stem}' on http://{host}:{port}/v1 (OpenAI API); Ctrl-C stops", flush=True)

@@ -48,8 +48,8 @@ import numpy as np
 from .. import progress
 from ..errors import UserError
 from ..models import existing_gguf, model_info
+from ..runtime import llama_cpp_module, load_model
 from .base import Completion, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
-from .llamacpp import quiet_llama
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default last_n_tokens_size: penalties match the sequential backend
 KV_BUDGET_BYTES = 3 << 30  # cap on the KV cache; beyond it fewer sequences run at once instead of failing
@@ -94,19 +94,14 @@ class BatchedSampler(Sampler):
     """Continuous batching of many sequences over one llama.cpp context (see module docstring)."""
 
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_parallel: int = 16) -> None:
-        import llama_cpp as L
-
+        L = llama_cpp_module()
         self._L = L
-        quiet_llama()
         path = existing_gguf(model_path)
         if n_parallel < 1 or n_parallel + 1 > L.llama_max_parallel_sequences():
             raise UserError(f"n_parallel must be between 1 and {L.llama_max_parallel_sequences() - 1}, got {n_parallel}")
         if n_ctx < 16:
             raise UserError(f"n_ctx must be at least 16, got {n_ctx}")
-        L.llama_backend_init()
-        self._model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
-        if not self._model:
-            raise UserError(f"llama.cpp could not load {path}")
+        self._model = load_model(path)
         self._ctx = None
         self._chains: list = []
         self.n_ctx = n_ctx  # per-sequence window: prompt + new tokens must fit, as for the sequential backend

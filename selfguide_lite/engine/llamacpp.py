@@ -7,44 +7,14 @@ the prefix sharing a serial decoder can do.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from .. import progress
 from ..errors import UserError
+from ..models import model_info
+from ..runtime import load_llama
 from .base import Completion, Request, Sampler, choices_grammar
-
-
-def quiet_llama() -> None:
-    """Route llama.cpp's own logging (model loading, quantization) to errors only."""
-    import llama_cpp._logger
-
-    llama_cpp._logger.set_verbose(False)
-
-
-def load_llama(model_path: str | Path, n_ctx: int, n_threads: int | None, **kwargs):
-    """Open a GGUF file with llama.cpp, turning a missing or unreadable file into a user error."""
-    from llama_cpp import Llama
-
-    from ..models import existing_gguf
-
-    quiet_llama()
-    path = existing_gguf(model_path)
-    try:
-        return Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_threads=n_threads or os.cpu_count(),
-            n_threads_batch=n_threads or os.cpu_count(),
-            verbose=False,
-            **kwargs,
-        )
-    except ValueError as exc:
-        raise UserError(f"llama.cpp could not load {path}: {exc}") from None
-
-
-from ..models import model_info  # noqa: E402  (the engines describe the student through it)
 
 
 class LlamaCppSampler(Sampler):
