@@ -77,7 +77,9 @@ def tokenizer_problem(tok, gguf_path: Path, texts: Sequence[str]) -> str | None:
 def _last_logits(llm):
     """The logits llama.cpp computed for the last token evaluated (the high-level API keeps them only
     with logits_all, which would compute the vocabulary projection at every prompt position)."""
-    import llama_cpp
+    from .runtime import llama_cpp_module
+
+    llama_cpp = llama_cpp_module()
     import numpy as np
 
     return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()

@@ -169,7 +169,9 @@ def load_vocab_only(model_path: str | Path):
 def model_info(model) -> ModelInfo:
     """Chat template and special-token texts of a loaded llama.cpp model (a `llama_model` pointer),
     read from its GGUF metadata and vocabulary. Both backends describe the student through this."""
-    import llama_cpp
+    from .runtime import llama_cpp_module
+
+    llama_cpp = llama_cpp_module()
 
     vocab = llama_cpp.llama_model_get_vocab(model)
 
@@ -190,7 +192,9 @@ def model_info(model) -> ModelInfo:
 @contextmanager
 def gguf_vocab(path: str | Path):
     """The GGUF's `llama_model` (vocabulary and metadata only), freed when the block ends."""
-    import llama_cpp
+    from .runtime import llama_cpp_module
+
+    llama_cpp = llama_cpp_module()
 
     model = load_vocab_only(path)
     try:
@@ -208,7 +212,9 @@ def gguf_model_info(path: str | Path) -> ModelInfo:
 def gguf_tokenize_all(path: str | Path, texts: list[str], add_special: bool = True) -> list[list[int]]:
     """llama.cpp's ids for each text (with BOS when the model wants one; special-token text parsed),
     opening the file's vocabulary once."""
-    import llama_cpp
+    from .runtime import llama_cpp_module
+
+    llama_cpp = llama_cpp_module()
 
     out = []
     with gguf_vocab(path) as model:
@@ -228,7 +234,9 @@ def gguf_tokenize(path: str | Path, text: str, add_special: bool = True) -> list
 
 def gguf_add_bos(path: str | Path) -> bool:
     """Whether llama.cpp puts BOS before a prompt for this model."""
-    import llama_cpp
+    from .runtime import llama_cpp_module
+
+    llama_cpp = llama_cpp_module()
 
     with gguf_vocab(path) as model:
         return bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(model)))

@@ -145,10 +145,10 @@ class HttpSampler(Sampler):
     # --- model description and tokenization ---------------------------------------------------
 
     def _load_vocab(self, path: Path) -> None:
-        import llama_cpp
-
         from ..models import load_vocab_only, model_info
+        from ..runtime import llama_cpp_module
 
+        llama_cpp = llama_cpp_module()
         model = load_vocab_only(path)
         self._vocab_model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
@@ -224,7 +224,9 @@ class HttpSampler(Sampler):
         return self._token_cache[text]
 
     def _tokenize_local(self, text: str) -> list[int]:
-        import llama_cpp
+        from ..runtime import llama_cpp_module
+
+        llama_cpp = llama_cpp_module()
 
         raw = text.encode("utf-8")
         size = len(raw) + 8
@@ -521,9 +523,9 @@ class HttpSampler(Sampler):
             self._sync_client.close()
             self._sync_client = None
         if self._vocab_model is not None:
-            import llama_cpp
+            from ..runtime import llama_cpp_module
 
-            llama_cpp.llama_model_free(self._vocab_model)
+            llama_cpp_module().llama_model_free(self._vocab_model)
             self._vocab_model = None
             self._vocab = None
 
