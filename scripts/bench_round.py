@@ -39,10 +39,11 @@ sys.path.insert(0, str(REPO / "scripts"))
 from bench_train import gradient_check, train_losses  # noqa: E402
 
 from selfguide_lite import progress  # noqa: E402
+from selfguide_lite.builtin_students import DEFAULT_STUDENT  # noqa: E402
 from selfguide_lite.config import load_config  # noqa: E402
 from selfguide_lite.demo import real_demo_task_path  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
-from selfguide_lite.models import DEFAULT_STUDENT, resolve_student  # noqa: E402
+from selfguide_lite.models import resolve_student  # noqa: E402
 from selfguide_lite.store import read_json, read_jsonl, write_json  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "natural-instructions"

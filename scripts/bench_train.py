@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfguide_lite import progress  # noqa: E402
+from selfguide_lite.builtin_students import DEFAULT_STUDENT  # noqa: E402
 from selfguide_lite.config import TrainConfig  # noqa: E402
 from selfguide_lite.demo import real_demo_task_path  # noqa: E402
-from selfguide_lite.models import DEFAULT_STUDENT, resolve_student  # noqa: E402
+from selfguide_lite.models import resolve_student  # noqa: E402
 from selfguide_lite.prompts import task_prompt  # noqa: E402
 from selfguide_lite.tasks import load_task  # noqa: E402
 

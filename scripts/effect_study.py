@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selfguide_lite import progress  # noqa: E402
+from selfguide_lite.builtin_students import DEFAULT_STUDENT  # noqa: E402
 from selfguide_lite.config import Config, load_config  # noqa: E402
 from selfguide_lite.diagnostics import (  # noqa: E402
     copy_share,
@@ -53,7 +54,6 @@ from selfguide_lite.diagnostics import (  # noqa: E402
 )
 from selfguide_lite.errors import UserError  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
-from selfguide_lite.models import DEFAULT_STUDENT  # noqa: E402
 from selfguide_lite.store import file_hash, read_json, read_jsonl, value_hash, write_json  # noqa: E402
 from selfguide_lite.tasks import Task, load_task  # noqa: E402
 

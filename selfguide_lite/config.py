@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UserError
 from .filters import DEFAULT_NOISE_PATTERNS
@@ -171,14 +171,8 @@ class LoopConfig(_Section):
     """The rounds (contract §4)."""
 
     rounds: int = _f(2, "rounds after round 0", ge=0)
+    # checked where the method is looked up (methods.method_class), so the configuration imports no method
     method: str = _f("self-guide", "self-guide (one task) or self-instruct (general): a name in selfguide_lite/methods")
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, name: str) -> str:
-        from .methods import method_class
-
-        return method_class(name).name  # one error naming the registered methods
     train_from: Literal["base", "previous"] = _f("base", "base: a fresh adapter on the original weights; previous: on the last student")
     data: Literal["latest", "accumulate"] = _f("latest", "latest: this round's rows; accumulate: every round's so far")
     promote_tolerance: float = _f(1.0, "a round this many validation points below the best is kept but not promoted", ge=0)

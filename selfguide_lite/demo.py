@@ -116,7 +116,7 @@ def demo_setup(name: str | None, method: str | None, overrides: dict, log: Calla
         overrides["run_dir"] = overrides.get("run_dir") or "runs/demo-self-instruct"
         return WORLD_PRESET
     if name == "smollm2":
-        from .models import DEFAULT_STUDENT
+        from .builtin_students import DEFAULT_STUDENT
 
         log("offline demo: Self-Guide with the built-in student SmolLM2-135M-Instruct on Natural Instructions "
             "task738 (perspectrum: does a perspective support or undermine a claim?).\nFor your own task: "

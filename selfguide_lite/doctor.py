@@ -66,8 +66,9 @@ def report(log: Callable[[str], None] = print, run_dir: str | Path = "runs") -> 
             log(f"serve: unavailable ({exc.name} missing: pip install 'llama-cpp-python[server]')")
     else:
         ok = False
+    from .builtin_students import BUILTIN_STUDENTS, builtin_gguf
     from .errors import UserError
-    from .models import BUILTIN_STUDENTS, builtin_gguf, models_dir
+    from .models import models_dir
 
     for name in BUILTIN_STUDENTS:
         try:

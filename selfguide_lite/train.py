@@ -27,7 +27,8 @@ from typing import Any
 from . import progress
 from .config import TrainConfig
 from .errors import UserError
-from .models import load_tokenizer, resolve_model_source
+from .hf_tokenizer import load_tokenizer
+from .models import resolve_model_source
 from .progress import quiet_libraries
 from .prompts import PromptFormat
 from .store import atomic_dir, read_json, read_jsonl, value_hash, write_json

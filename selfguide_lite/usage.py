@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .engine.base import ModelInfo
 from .errors import UserError
-from .models import existing_gguf, gguf_model_info
 from .prompts import PromptFormat
+from .runtime import existing_gguf, gguf_model_info
 from .store import atomic_write_text
 
 PLACEHOLDER = "\x00SELFGUIDE_PROMPT\x00"

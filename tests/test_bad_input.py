@@ -231,6 +231,16 @@ def test_bad_config_file(tmp_path, capsys):
                   "c.yaml", "train.learning_rate")
 
 
+def test_an_unknown_method_in_a_config_file_is_refused_where_the_method_is_looked_up(tmp_path, capsys):
+    task = tmp_path / "t.yaml"
+    task.write_text(GOOD_TASK)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("loop:\n  method: nope\n")
+    fails_cleanly(["loop", "--task", str(task), "--model", "m.gguf", "--config", str(cfg), "--run-dir",
+                   str(tmp_path / "r")], capsys, "loop.method", "self-guide, self-instruct", "'nope'")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_bug_is_one_line_unless_debug(tmp_path, capsys, monkeypatch):
     import selfguide_lite.cli as cli
 

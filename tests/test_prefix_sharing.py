@@ -47,7 +47,7 @@ def test_loss_and_gradients_equal_the_plain_computation(arch_fixture, request):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from selfguide_lite.models import load_tokenizer
+    from selfguide_lite.hf_tokenizer import load_tokenizer
 
     hf = request.getfixturevalue(arch_fixture)
     tok = load_tokenizer(hf)

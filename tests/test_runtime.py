@@ -120,7 +120,7 @@ def test_the_cli_turns_a_crashing_llama_cpp_into_one_error_line(fresh, monkeypat
     crash = fake_probe(fresh, INFO + "os.kill(os.getpid(), signal.SIGSEGV)\n")
     real = runtime.run_probe
     monkeypatch.setattr(runtime, "run_probe", lambda mode, cmd=None: real(mode, crash))
-    from selfguide_lite.models import DEFAULT_STUDENT, builtin_gguf
+    from selfguide_lite.builtin_students import DEFAULT_STUDENT, builtin_gguf
 
     capsys.readouterr()
     code = main(["--quiet", "chat", str(builtin_gguf(DEFAULT_STUDENT))])

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from selfguide_lite.builtin_students import BUILTIN_STUDENTS, builtin_gguf
 from selfguide_lite.errors import UserError
 from selfguide_lite.loop import promoted_on_validation
-from selfguide_lite.models import BUILTIN_STUDENTS, builtin_gguf, import_gguf
+from selfguide_lite.models import import_gguf
 from selfguide_lite.store import file_hash
 from selfguide_lite.tasks import load_task
 
@@ -106,8 +107,8 @@ def test_tiny_gguf_imports_back_with_measured_fidelity(arch_fixture, request, tm
         assert fid["top1_agreement"] >= min_top1, (quant, fid)
         assert fid["max_abs_logit_diff"] <= max_rel * fid["logit_range"], (quant, fid)
     # the tokenizer that training loads gives llama.cpp's ids (checked at import; checked here again)
-    from selfguide_lite.models import gguf_tokenize as llama_tokenize
-    from selfguide_lite.models import load_tokenizer
+    from selfguide_lite.hf_tokenizer import load_tokenizer
+    from selfguide_lite.runtime import gguf_tokenize as llama_tokenize
 
     tok = load_tokenizer(imported)
     for text in ("Input: the team wins\nOutput: sports", "digits 12345 é"):

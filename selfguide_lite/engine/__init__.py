@@ -15,7 +15,7 @@ def open_sampler(model_path: str | Path, cfg: EngineConfig | None = None) -> Sam
     llama-cpp-python's one-sequence-at-a-time `create_completion` (the reference the batched engine is
     tested against), or, with `endpoints`, OpenAI-compatible servers that serve the same model."""
     cfg = cfg or EngineConfig()
-    from ..models import existing_gguf
+    from ..runtime import existing_gguf
 
     path = existing_gguf(model_path)
     if cfg.endpoints:  # remote servers sample; the local GGUF only tokenizes and names the prompt format

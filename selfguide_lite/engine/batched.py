@@ -47,8 +47,7 @@ import numpy as np
 
 from .. import progress
 from ..errors import UserError
-from ..models import existing_gguf, model_info
-from ..runtime import llama_cpp_module, load_model
+from ..runtime import existing_gguf, llama_cpp_module, load_model, model_info
 from .base import Completion, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default last_n_tokens_size: penalties match the sequential backend

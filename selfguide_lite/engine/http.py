@@ -145,8 +145,7 @@ class HttpSampler(Sampler):
     # --- model description and tokenization ---------------------------------------------------
 
     def _load_vocab(self, path: Path) -> None:
-        from ..models import load_vocab_only, model_info
-        from ..runtime import llama_cpp_module
+        from ..runtime import llama_cpp_module, load_vocab_only, model_info
 
         llama_cpp = llama_cpp_module()
         model = load_vocab_only(path)

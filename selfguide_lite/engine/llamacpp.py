@@ -12,8 +12,7 @@ from pathlib import Path
 
 from .. import progress
 from ..errors import UserError
-from ..models import model_info
-from ..runtime import load_llama
+from ..runtime import llama_cpp_module, load_llama, model_info
 from .base import Completion, Request, Sampler, choices_grammar
 
 
@@ -28,9 +27,7 @@ class LlamaCppSampler(Sampler):
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def _complete(self, prompt: str, params, seed: int) -> Completion:
-        from llama_cpp import LlamaGrammar
-
-        grammar = LlamaGrammar.from_string(choices_grammar(params.choices), verbose=False) if params.choices else None
+        grammar = llama_cpp_module().LlamaGrammar.from_string(choices_grammar(params.choices), verbose=False) if params.choices else None
         logit_bias = {self.llama.token_eos(): float("-inf")} if params.ignore_eos else None
         out = self.llama.create_completion(
             prompt,

@@ -139,7 +139,7 @@ def register(cls: type[Method]) -> type[Method]:
 def method_class(name: str) -> type[Method]:
     _load_builtin_methods()
     if name not in METHODS:
-        raise UserError(f"--method must be one of {', '.join(METHODS)}, not {name!r}")
+        raise UserError(f"--method (loop.method) must be one of {', '.join(METHODS)}, not {name!r}")
     return METHODS[name]
 
 
@@ -162,9 +162,8 @@ def _load_builtin_methods() -> None:
     """Import every module of this package: each registers its method, so a new method is one new file."""
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    from .. import methods
-
-    for module in pkgutil.iter_modules(methods.__path__):
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if module.name != "base":
-            importlib.import_module(f"{methods.__name__}.{module.name}")
+            importlib.import_module(f"{__package__}.{module.name}")
