@@ -27,8 +27,8 @@ from selfguide_lite.builtin_students import DEFAULT_STUDENT, builtin_gguf  # noq
 from selfguide_lite.config import EngineConfig, SelfGuideConfig  # noqa: E402
 from selfguide_lite.demo import real_demo_task_path  # noqa: E402
 from selfguide_lite.engine import open_sampler  # noqa: E402
+from selfguide_lite.methods.selfguide import synthesize  # noqa: E402
 from selfguide_lite.prompts import PromptFormat  # noqa: E402
-from selfguide_lite.selfguide import synthesize  # noqa: E402
 from selfguide_lite.tasks import load_task  # noqa: E402
 
 

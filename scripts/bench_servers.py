@@ -18,8 +18,8 @@ from selfguide_lite import progress
 from selfguide_lite.config import EngineConfig, SelfGuideConfig
 from selfguide_lite.engine import open_sampler
 from selfguide_lite.engine.http import HttpSampler
+from selfguide_lite.methods.selfguide import synthesize
 from selfguide_lite.prompts import PromptFormat
-from selfguide_lite.selfguide import synthesize
 from selfguide_lite.tasks import load_task
 from selfguide_lite.world import world_task_path
 

@@ -37,8 +37,8 @@ from selfguide_lite.engine.http import HttpSampler, normalize_endpoint
 from selfguide_lite.engine.journal import JournaledSampler
 from selfguide_lite.engine.llamacpp import LlamaCppSampler
 from selfguide_lite.errors import UserError
+from selfguide_lite.methods.selfguide import synthesize
 from selfguide_lite.prompts import PromptFormat, task_prompt
-from selfguide_lite.selfguide import synthesize
 
 CFG = SelfGuideConfig(num_inputs=24, wave_size=12, num_samples=3, annotate_temperature=0.7, length_filter=False)
 SEED = 5

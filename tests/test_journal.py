@@ -4,8 +4,8 @@ import pytest
 
 from selfguide_lite.config import SelfGuideConfig
 from selfguide_lite.engine.journal import JournaledSampler
+from selfguide_lite.methods.selfguide import synthesize
 from selfguide_lite.prompts import PromptFormat
-from selfguide_lite.selfguide import synthesize
 from tests.helpers import ScriptedSampler
 from tests.test_selfguide import TASK, scripted
 

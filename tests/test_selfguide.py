@@ -5,8 +5,8 @@ import pytest
 
 from selfguide_lite.config import SelfGuideConfig
 from selfguide_lite.filters import LengthWindow, NoiseFilter
+from selfguide_lite.methods.selfguide import balance_classes, self_consistency_vote, synthesize
 from selfguide_lite.prompts import PromptFormat
-from selfguide_lite.selfguide import balance_classes, self_consistency_vote, synthesize
 from selfguide_lite.tasks import Demo, Task
 from tests.helpers import ScriptedSampler
 

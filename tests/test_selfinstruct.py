@@ -20,8 +20,7 @@ from selfguide_lite.filters import (
     start_check,
     word_count_check,
 )
-from selfguide_lite.prompts import PromptFormat, instruct_training_prompt
-from selfguide_lite.selfinstruct import (
+from selfguide_lite.methods.selfinstruct import (
     INSTANCE_STAGES,
     INSTRUCTION_STAGES,
     bootstrap,
@@ -35,6 +34,7 @@ from selfguide_lite.selfinstruct import (
     selfinstruct_training_rows,
     zero_shot_prompt,
 )
+from selfguide_lite.prompts import PromptFormat, instruct_training_prompt
 from selfguide_lite.tasks import Demo, SeedTask, Task, load_seed_pool
 from selfguide_lite.train import render_rows
 
