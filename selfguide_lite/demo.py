@@ -193,34 +193,3 @@ def build_demo_model(out: Path, size: str = "tiny", seconds: float = 150.0, seed
 
 def _task_digest() -> str:
     return hashlib.sha256(demo_task_path().read_bytes()).hexdigest()[:16]
-
-
-def write_demo_task_yaml(path: Path, n_eval: int = 60, seed: int = 12345) -> None:
-    """Maintenance helper that produced data/demo_task.yaml (kept so the file can be regenerated)."""
-    import yaml
-
-    rng = random.Random(seed)
-    seen: set[str] = set()
-
-    def unique(label: str) -> str:
-        while (h := headline(label, rng)) in seen:
-            pass
-        seen.add(h)
-        return h
-
-    examples = [{"input": unique(lab), "output": lab} for lab in DEMO_LABELS] + [
-        {"input": unique("sports"), "output": "sports"}
-    ]
-    evals = []
-    for n in range(n_eval):
-        lab = DEMO_LABELS[n % 3] if n % 4 else rng.choice(DEMO_LABELS)
-        evals.append({"id": f"demo-{n:03d}", "input": unique(lab), "output": lab})
-    doc = {
-        "name": "demo_headline_topic",
-        "instruction": "Read the news headline and say what it is about. Answer with one word: sports, weather or food.",
-        "type": "classification",
-        "labels": list(DEMO_LABELS),
-        "examples": examples,
-        "eval": evals,
-    }
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, width=120))

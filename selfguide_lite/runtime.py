@@ -197,12 +197,36 @@ def llama_cpp_module():
     return _quiet_llama_cpp()
 
 
-def _quiet_llama_cpp():
-    import llama_cpp
-    import llama_cpp._logger
+_GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5  # ggml_log_level in the llama.cpp that 0.3.36 vendors (ggml.h)
+_log_state: dict[str, Any] = {"callback": None, "last": 0, "errors": []}
 
-    llama_cpp._logger.set_verbose(False)
+
+def _quiet_llama_cpp():
+    """The bindings, with llama.cpp's own log silenced; its error lines are kept for our messages
+    (`llama_errors`). We replace llama-cpp-python 0.3.36's callback because it maps an older
+    ggml_log_level enum (WARN = 2, ERROR = 3): with verbose off it printed warnings (WARN is 3 now)
+    into our output and dropped errors (4)."""
+    import ctypes
+
+    import llama_cpp
+
+    if _log_state["callback"] is None:
+        @llama_cpp.llama_log_callback
+        def keep_errors(level: int, text: bytes, user_data) -> None:
+            level = _log_state["last"] if level == _GGML_LOG_CONT else level
+            _log_state["last"] = level
+            if level == _GGML_LOG_ERROR:
+                _log_state["errors"] = [*_log_state["errors"][-9:], text.decode("utf-8", errors="replace").strip()]
+
+        _log_state["callback"] = keep_errors  # kept referenced: llama.cpp calls it for the process's life
+        llama_cpp.llama_log_set(keep_errors, ctypes.c_void_p(0))
     return llama_cpp
+
+
+def llama_errors() -> str:
+    """llama.cpp's error lines since the last call, joined (for a user error's message), then forgotten."""
+    errors, _log_state["errors"] = _log_state["errors"], []
+    return " ".join(" / ".join(e for e in errors if e).split())[:300]
 
 
 def load_model(model_path: str | Path, *, vocab_only: bool = False, extra_bufts: bool | None = None):
@@ -212,9 +236,11 @@ def load_model(model_path: str | Path, *, vocab_only: bool = False, extra_bufts:
     params = model_params(extra_bufts, vocab_only=vocab_only)  # checks the installation first
     llama_cpp = _quiet_llama_cpp()
     llama_cpp.llama_backend_init()
+    llama_errors()  # forget older errors: the message names this load's
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
     if not model:
-        raise UserError(f"llama.cpp could not load {path} (not a GGUF file, truncated, or an unknown architecture)")
+        said = llama_errors()
+        raise UserError(f"llama.cpp could not load {path} ({said or 'not a GGUF file, truncated, or an unknown architecture'})")
     return model
 
 
@@ -222,12 +248,15 @@ def load_llama(model_path: str | Path, n_ctx: int, n_threads: int | None, *, ext
     """Open a GGUF with llama-cpp-python's high-level `Llama`, turning a missing or unreadable file into
     a user error."""
     path = existing_gguf(model_path)
+    threads = n_threads or os.cpu_count()
     try:
         with llama_defaults(extra_bufts):  # checks the installation first
-            return _quiet_llama_cpp().Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
-                         n_threads_batch=n_threads or os.cpu_count(), verbose=False, **kwargs)
+            llama_errors()
+            return _quiet_llama_cpp().Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
+                                            n_threads_batch=threads, verbose=False, **kwargs)
     except ValueError as exc:
-        raise UserError(f"llama.cpp could not load {path}: {exc}") from None
+        said = llama_errors()
+        raise UserError(f"llama.cpp could not load {path}: {exc}{f' ({said})' if said else ''}") from None
 
 
 # --- GGUF files: the one place that checks, opens (vocabulary only), describes and tokenizes them ---

@@ -126,6 +126,14 @@ def test_loop_promotes_on_validation_and_synthesises_with_the_promoted_student(t
     assert rounds[1].metrics.test.primary == 90 and rounds[1].status == "done"
 
 
+def test_a_tie_on_validation_keeps_the_earlier_round_as_the_final_student(tmp_path, monkeypatch):
+    # round 1 ties round 0 on validation (promoted: within tolerance) but is no evidence of a gain
+    fake = FakeStages(tmp_path, rows={1: 3, 2: 3}, scores={0: (50, 10), 1: (50, 90), 2: (50, 90)})
+    summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=2)
+    assert rounds[1].promoted and rounds[2].promoted
+    assert summary["final_round"] == 0 and summary["last_promoted_round"] == 2
+
+
 def test_no_data_and_diverged_rounds_keep_the_student(tmp_path, monkeypatch):
     fake = FakeStages(tmp_path, rows={1: 0, 2: 4, 3: 2}, scores={0: (50, 50), 3: (70, 70)}, diverge={2})
     summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=3)

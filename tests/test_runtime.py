@@ -159,3 +159,20 @@ def test_doctor_reports_a_crashing_llama_cpp_and_never_loads_it_in_process(fresh
     broken = [line for line in lines if line.startswith("llama.cpp: BROKEN")]
     assert len(broken) == 1 and "SIGSEGV" in broken[0] and "Repair:" in broken[0]
     assert not any(line.startswith("serve") for line in lines)
+
+
+def test_llama_cpp_warnings_stay_out_of_the_output_and_its_errors_go_into_the_message(tmp_path, capfd):
+    """llama-cpp-python 0.3.36 maps an older log-level enum: it printed warnings with verbose off and hid
+    errors. The tiny converter check loads a model with a context above its training length (a warning);
+    a file that is not a GGUF fails with llama.cpp's own reason in the one error line."""
+    from selfguide_lite.compat import converter_runtime_check
+
+    capfd.readouterr()
+    assert converter_runtime_check(use_cache=False)["ok"]
+    err = capfd.readouterr().err
+    assert "n_ctx_seq" not in err and "Writing model shards" not in err, err
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOPE" * 64)
+    with pytest.raises(UserError, match="invalid magic characters"):
+        runtime.load_model(bad)
+    assert capfd.readouterr().err == ""
