@@ -161,15 +161,36 @@ def compare_answers(reference: list[list[int]], quantized: list[list[int]], refe
             "mean_kl": float(np.mean(kl)) if kl else 0.0}
 
 
+def merged_logit_agreement(merged_dir: Path, prompt_ids: list[list[int]], answers: list[list[int]],
+                           f16_rows: list) -> dict[str, Any]:
+    """The merged 16-bit model's logits along the f16 conversion's greedy answers, against the f16 file's
+    own (`f16_rows`, one array per prompt): top-1 agreement and the largest difference."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    model.eval()
+    agree = total = 0
+    max_diff, lo, hi = 0.0, float("inf"), float("-inf")
+    for prompt, answer, theirs in zip(prompt_ids, answers, f16_rows, strict=False):
+        seq = prompt + answer[:-1]  # step j's logits come after the prompt and the first j answer tokens
+        with torch.no_grad():
+            ours = model(torch.tensor([seq])).logits[0, len(prompt) - 1:].float().numpy()
+        agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+        total += len(theirs)
+        max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
+        lo, hi = min(lo, float(theirs.min())), max(hi, float(theirs.max()))
+    del model
+    return {"positions": total, "top1_agreement": agree / total, "max_abs_logit_diff": max_diff,
+            "logit_range": hi - lo, "max_diff_share_of_range": max_diff / max(hi - lo, 1e-6)}
+
+
 def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts: Sequence[str], cfg,
                  use_chat_template: bool = True) -> dict[str, Any]:
     """Run the four checks; returns their numbers, or raises ExportRejected naming what differs.
 
     `user_texts`: validation prompts (user text, before rendering); `cfg`: the ExportConfig."""
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from .hf_tokenizer import load_tokenizer
     from .progress import quiet_libraries
     from .prompts import PromptFormat
@@ -193,27 +214,12 @@ def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts:
     prompt_ids = gguf_tokenize_all(f16_gguf, rendered)
     n_full = min(3, len(prompt_ids))
     answers, answer_rows = answer_trace(f16_gguf, prompt_ids, cfg.gate_answer_tokens, keep=len(prompt_ids))
-    f16_rows = answer_rows[:n_full]
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
-    model.eval()
-    agree = total = 0
-    max_diff, lo, hi = 0.0, float("inf"), float("-inf")
-    for prompt, answer, theirs in zip(prompt_ids, answers, f16_rows, strict=False):
-        seq = prompt + answer[:-1]  # step j's logits come after the prompt and the first j answer tokens
-        with torch.no_grad():
-            ours = model(torch.tensor([seq])).logits[0, len(prompt) - 1:].float().numpy()
-        agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
-        total += len(theirs)
-        max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
-        lo, hi = min(lo, float(theirs.min())), max(hi, float(theirs.max()))
-    del model
-    share = max_diff / max(hi - lo, 1e-6)
-    record: dict[str, Any] = {"logits": {"prompts": n_full, "positions": total, "top1_agreement": agree / total,
-                                         "max_abs_logit_diff": max_diff, "logit_range": hi - lo,
-                                         "max_diff_share_of_range": share}}
-    if agree / total < cfg.gate_min_top1 or share > cfg.gate_max_logit_diff:
+    logits = merged_logit_agreement(merged_dir, prompt_ids, answers, answer_rows[:n_full])
+    record: dict[str, Any] = {"logits": {"prompts": n_full, **logits}}
+    if logits["top1_agreement"] < cfg.gate_min_top1 or logits["max_diff_share_of_range"] > cfg.gate_max_logit_diff:
         problems.append(f"logits of the f16 conversion differ from the merged model (top-1 agreement "
-                        f"{agree / total:.0%}, largest difference {max_diff:.2f} = {share:.1%} of the logit range)")
+                        f"{logits['top1_agreement']:.0%}, largest difference {logits['max_abs_logit_diff']:.2f} = "
+                        f"{logits['max_diff_share_of_range']:.1%} of the logit range)")
 
     # 4. answers: the quantized file's greedy choice at every step of the 16-bit model's answers
     if quant_gguf != f16_gguf:

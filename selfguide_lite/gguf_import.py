@@ -198,18 +198,43 @@ def _spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]
     return [(x[4], x[5]) for x in found]
 
 
+def _byte_level_bpe(f: GGUFFile, tokens: list[str], vocab: dict[str, int]):
+    """GPT-2-style byte-level BPE (`tokenizer.ggml.model: gpt2`) with the pre-tokenizer the GGUF names."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    pre = str(f.get("tokenizer.ggml.pre", "default"))
+    if pre not in BPE_PRE_TOKENIZERS:
+        raise UserError(f"{f.path}: BPE pre-tokenizer {pre!r} is not supported by the GGUF importer "
+                        f"(supported: {', '.join(BPE_PRE_TOKENIZERS)})")
+    merges = [tuple(m.split(" ", 1)) for m in f.get("tokenizer.ggml.merges") or []]
+    tok = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+    splits = [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in BPE_PRE_TOKENIZERS[pre]]
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _sentencepiece_bpe(f: GGUFFile, tokens: list[str], vocab: dict[str, int]):
+    """SentencePiece-style BPE (`tokenizer.ggml.model: llama`): merges from the scores, byte fallback."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    unk_id = f.get("tokenizer.ggml.unknown_token_id")
+    scores = [float(s) for s in f.get("tokenizer.ggml.scores") or [0.0] * len(tokens)]
+    unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
+    tok = Tokenizer(models.BPE(vocab, _spm_merges(tokens, scores), unk_token=unk, fuse_unk=True, byte_fallback=True))
+    space_prefix = bool(f.get("tokenizer.ggml.add_space_prefix", True))
+    # llama.cpp puts a space before the text and after every special token, even before a space
+    # (Metaspace's prepend skips text that already starts with one, so Prepend it is).
+    escape = normalizers.Replace(" ", "▁")
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), escape]) if space_prefix else escape
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
+    return tok
+
+
 def build_tokenizer(f: GGUFFile, add_bos: bool):
     """A transformers fast tokenizer rebuilt from the GGUF's vocabulary metadata."""
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-    )
+    from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
 
     kind = f.get("tokenizer.ggml.model")
@@ -218,28 +243,10 @@ def build_tokenizer(f: GGUFFile, add_bos: bool):
         raise UserError(f"{f.path}: the GGUF holds no vocabulary (tokenizer.ggml.tokens)")
     types = list(f.get("tokenizer.ggml.token_type") or [1] * len(tokens))
     vocab = {t: i for i, t in enumerate(tokens)}
-    unk_id = f.get("tokenizer.ggml.unknown_token_id")
     if kind == "gpt2":
-        pre = str(f.get("tokenizer.ggml.pre", "default"))
-        if pre not in BPE_PRE_TOKENIZERS:
-            raise UserError(f"{f.path}: BPE pre-tokenizer {pre!r} is not supported by the GGUF importer "
-                            f"(supported: {', '.join(BPE_PRE_TOKENIZERS)})")
-        merges = [tuple(m.split(" ", 1)) for m in f.get("tokenizer.ggml.merges") or []]
-        tok = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
-        splits = [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in BPE_PRE_TOKENIZERS[pre]]
-        tok.pre_tokenizer = pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        tok.decoder = decoders.ByteLevel()
+        tok = _byte_level_bpe(f, tokens, vocab)
     elif kind == "llama":
-        scores = [float(s) for s in f.get("tokenizer.ggml.scores") or [0.0] * len(tokens)]
-        unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
-        tok = Tokenizer(models.BPE(vocab, _spm_merges(tokens, scores), unk_token=unk, fuse_unk=True, byte_fallback=True))
-        space_prefix = bool(f.get("tokenizer.ggml.add_space_prefix", True))
-        # llama.cpp puts a space before the text and after every special token, even before a space
-        # (Metaspace's prepend skips text that already starts with one, so Prepend it is).
-        escape = normalizers.Replace(" ", "▁")
-        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), escape]) if space_prefix else escape
-        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-        tok.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
+        tok = _sentencepiece_bpe(f, tokens, vocab)
     else:
         raise UserError(f"{f.path}: tokenizer model {kind!r} is not supported by the GGUF importer (gpt2 BPE or llama SPM)")
 

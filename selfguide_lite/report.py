@@ -152,25 +152,23 @@ def _examples_section(k: int, synth: Path) -> str:
     return out
 
 
-def write_report(run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
-    manifest = read_json(run_dir / "manifest.json")
-    rounds = list(rounds_of(manifest).items())
-    config = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else "(missing)"
-    final = manifest.get("final") or {}
-
-    score_rows = []
+def _score_rows(rounds: list[tuple[int, RoundRecord]]) -> list[list[Any]]:
+    rows = []
     for k, rec in rounds:
         def cell(split: str, key: str, rec: RoundRecord = rec) -> str:
             s = rec.metrics.get(split) if rec.metrics else None
             return f"{getattr(s, key):.1f}" if s else "-"
 
-        score_rows.append([
+        rows.append([
             k, rec.status, "-" if rec.train_size is None else rec.train_size,
             cell("validation", "exact_match"), cell("validation", "rougeL"), cell("test", "exact_match"),
             cell("test", "rougeL"), "yes" if rec.promoted else "no", rec.gguf or "-",
         ])
+    return rows
 
+
+def _synthesis_sections(run_dir: Path, rounds: list[tuple[int, RoundRecord]]) -> tuple[list[str], list[str], list[str]]:
+    """Per round that synthesised: its funnel (plot + table), class balance, examples kept and dropped."""
     funnels, balances, examples = [], [], []
     for k, rec in rounds:
         stats = rec.synth_stats
@@ -184,7 +182,10 @@ def write_report(run_dir: str | Path) -> Path:
             note = f"<p class='warn'>labels never produced: {_esc(', '.join(missing))}</p>" if missing else ""
             balances.append(balance_plot(k, balance.labelled, balance.kept) + note)
         examples.append(_examples_section(k, run_dir / f"round-{k}" / "synth"))
+    return funnels, balances, examples
 
+
+def _gate_table(rounds: list[tuple[int, RoundRecord]]) -> str:
     gate_rows = []
     for k, rec in rounds:
         if rec.gate:
@@ -196,28 +197,53 @@ def write_report(run_dir: str | Path) -> Path:
                               f"{answers['agree']}/{answers['prompts']} answers"
                               if answers else "-",
                               rec.gate.get("seconds", "-"), "; ".join(rec.gate.get("problems") or []) or "-"])
-    gate_table = _table(["round", "export check", "f16 logits top-1", "largest logit difference (share of range)",
-                         "quantized vs 16-bit answers", "seconds", "problems"], gate_rows) if gate_rows else ""
-    pruned = manifest.get("pruned") or {}
-    disk_rows = []
+    return _table(["round", "export check", "f16 logits top-1", "largest logit difference (share of range)",
+                   "quantized vs 16-bit answers", "seconds", "problems"], gate_rows) if gate_rows else ""
+
+
+def _disk_rows(run_dir: Path, rounds: list[tuple[int, RoundRecord]], pruned: dict[str, Any]) -> list[list[Any]]:
+    rows = []
     for k, _rec in rounds:
         kept = disk_bytes(run_dir / f"round-{k}")
         freed = sum(p["bytes"] for p in pruned.values() if p.get("round") == k)
-        disk_rows.append([k, f"{kept / 2**20:.1f}", f"{freed / 2**20:.1f}",
-                          ", ".join(sorted(Path(n).name for n, p in pruned.items() if p.get("round") == k)) or "-"])
-    stages = manifest.get("stages", {})
-    stage_rows = [[name, s.get("status", ""), s.get("seconds", "-"), "yes" if s.get("skipped") else ""]
-                  for name, s in stages.items()]
-    commands = manifest.get("commands") or []
-    summary = (f"final student: round {final.get('round')} ({_esc(final.get('gguf'))}); best round "
-               f"{final.get('best_round')} with {final.get('best_validation_score', 0):.1f} on validation") \
-        if final else "the run has not finished"
-    imported = manifest.get("import")
-    import_note = "" if not imported else "<p>" + _esc(
+        rows.append([k, f"{kept / 2**20:.1f}", f"{freed / 2**20:.1f}",
+                     ", ".join(sorted(Path(n).name for n, p in pruned.items() if p.get("round") == k)) or "-"])
+    return rows
+
+
+def _summary_line(final: dict[str, Any]) -> str:
+    if not final:
+        return "the run has not finished"
+    return (f"final student: round {final.get('round')} ({_esc(final.get('gguf'))}); best round "
+            f"{final.get('best_round')} with {final.get('best_validation_score', 0):.1f} on validation")
+
+
+def _import_note(imported: dict[str, Any] | None) -> str:
+    if not imported:
+        return ""
+    return "<p>" + _esc(
         f"student imported from {Path(imported['source']).name} ({imported['quantization']}) in {imported['seconds']}s; "
         f"fidelity against llama.cpp on that file: top-1 agreement {imported['fidelity']['top1_agreement'] * 100:.1f}% "
         f"over {imported['fidelity']['positions']} positions, largest logit difference "
         f"{imported['fidelity']['max_abs_logit_diff']:.3g}") + "</p>"
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """RUN_DIR/report.html from the run directory's files: one section per concern, built below."""
+    run_dir = Path(run_dir)
+    manifest = read_json(run_dir / "manifest.json")
+    rounds = list(rounds_of(manifest).items())
+    config = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else "(missing)"
+    score_rows = _score_rows(rounds)
+    funnels, balances, examples = _synthesis_sections(run_dir, rounds)
+    gate_table = _gate_table(rounds)
+    disk_rows = _disk_rows(run_dir, rounds, manifest.get("pruned") or {})
+    stages = manifest.get("stages", {})
+    stage_rows = [[name, s.get("status", ""), s.get("seconds", "-"), "yes" if s.get("skipped") else ""]
+                  for name, s in stages.items()]
+    commands = manifest.get("commands") or []
+    summary = _summary_line(manifest.get("final") or {})
+    import_note = _import_note(manifest.get("import"))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>selfguide_lite run {_esc(run_dir.name)}</title>
 <style>

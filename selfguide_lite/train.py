@@ -258,22 +258,7 @@ def train_adapter(
     log(f"training: {len(rows)} rows, backend {backend}, {cfg.quantization if cfg.quantization == 'nf4' else '16-bit'} LoRA r={cfg.lora_r}")
     t0 = time.monotonic()
     quiet_libraries()
-    for attempt in range(cfg.oom_retries + 1):
-        try:
-            result, resumed, trainer, tok = _train_once(rows, source, cfg, work_dir, backend, use_chat_template, log)
-            break
-        except Exception as exc:
-            if not _is_out_of_memory(exc):
-                if isinstance(exc, TrainingDiverged):
-                    shutil.rmtree(work_dir, ignore_errors=True)  # never resume from a diverged state
-                raise
-            _free_accelerator_memory()
-            if cfg.batch_size == 1 or attempt == cfg.oom_retries:
-                raise UserError(f"out of GPU memory while training at micro-batch {cfg.batch_size}: lower "
-                                f"train.max_seq_length (now {cfg.max_seq_length}) or use train.quantization: nf4") from None
-            cfg = cfg.model_copy(update={"batch_size": cfg.batch_size // 2, "grad_accum": cfg.grad_accum * 2})
-            log(f"out of GPU memory: retrying with micro-batch {cfg.batch_size} x {cfg.grad_accum} accumulation steps")
-            shutil.rmtree(work_dir, ignore_errors=True)
+    cfg, (result, resumed, trainer, tok) = _train_within_memory(rows, source, cfg, work_dir, backend, use_chat_template, log)
     info = {
         "backend": backend,
         "quantization": cfg.quantization,
@@ -297,6 +282,28 @@ def train_adapter(
         shutil.rmtree(work_dir, ignore_errors=True)
         log(f"training done: {info['steps']} steps, loss {info['train_loss']}, {info['seconds']}s")
     return info
+
+
+def _train_within_memory(rows, source, cfg: TrainConfig, work_dir: Path, backend: str, use_chat_template: bool,
+                         log: Callable[[str], None]):
+    """`_train_once`, retried with half the micro-batch (and twice the accumulation, so the effective
+    batch stays) when the accelerator runs out of memory. Returns the settings that fitted and the result."""
+    for attempt in range(cfg.oom_retries + 1):
+        try:
+            return cfg, _train_once(rows, source, cfg, work_dir, backend, use_chat_template, log)
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                if isinstance(exc, TrainingDiverged):
+                    shutil.rmtree(work_dir, ignore_errors=True)  # never resume from a diverged state
+                raise
+            _free_accelerator_memory()
+            if cfg.batch_size == 1 or attempt == cfg.oom_retries:
+                raise UserError(f"out of GPU memory while training at micro-batch {cfg.batch_size}: lower "
+                                f"train.max_seq_length (now {cfg.max_seq_length}) or use train.quantization: nf4") from None
+            cfg = cfg.model_copy(update={"batch_size": cfg.batch_size // 2, "grad_accum": cfg.grad_accum * 2})
+            log(f"out of GPU memory: retrying with micro-batch {cfg.batch_size} x {cfg.grad_accum} accumulation steps")
+            shutil.rmtree(work_dir, ignore_errors=True)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _is_main_process() -> bool:

@@ -195,10 +195,53 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     """One Self-Guide round: generate inputs, filter them, annotate by vote, balance."""
     result = SynthResult()
     classification = task.is_classification
-    rng = random.Random(seed)
+    filters, lead = input_filters(task, cfg)
+    written = write_inputs(task, sampler, cfg, fmt, seed, filters, lead, result)
+    labelled = label_inputs(task, sampler, cfg, fmt, seed, written.accepted, filters.noise, result)
+    annotated = labelled.annotated
 
-    use_length = cfg.length_filter if cfg.length_filter is not None else classification
+    # 4. Class balance.
+    final = annotated
+    balance_dropped: list[dict[str, Any]] = []
+    if classification and cfg.balance:
+        final, balance_dropped = balance_classes(annotated, seed, cfg.balance_floor)
+        for rec in balance_dropped:
+            result.dropped.append({**rec, "stage": "balance", "reason": f"class {rec['output']!r} down-sampled"})
+    result.train = final
+
+    per_label = Counter(r["output"] for r in final) if classification else {}
+    shares = labelled.shares
+    result.stats = SelfGuideStats(**{
+        "method": "self-guide",
+        "task": task.name,
+        "type": task.type,
+        "labels": list(task.labels),
+        "candidates": cfg.num_inputs,
+        "input_dropped": funnel_counts(written.drops, INPUT_STAGES),
+        "inputs_accepted": len(written.accepted),
+        "annotation_dropped": funnel_counts(labelled.drops, VOTE_STAGES),
+        "samples_rejected": dict(labelled.sample_rejects),
+        "annotated": len(annotated),
+        "mean_agreement": round(sum(shares) / len(shares), 4) if shares else None,
+        "balance_dropped": len(balance_dropped),
+        "train": len(final),
+        "train_per_label": dict(per_label),
+        "missing_labels": [lab for lab in task.labels if per_label.get(lab, 0) == 0] if classification else [],
+        "samples": len(written.accepted) * cfg.num_samples,
+        "input_echoes": written.echoes,
+    })
+    result.seconds = {"write_inputs": round(written.seconds, 2), "annotate": round(labelled.seconds, 2)}
+    if classification and cfg.balance:
+        progress.summary(f"balance: {len(final)} rows kept, {len(balance_dropped)} down-sampled ("
+                         f"{', '.join(f'{k} {v}' for k, v in per_label.items()) or 'nothing left'})")
+    return result
+
+
+def input_filters(task: Task, cfg: SelfGuideConfig) -> tuple[InputFilters, str]:
+    """The filters a written input passes (set up from the demonstrations), and the input lead: the
+    field marker every demonstration input starts with, written for the student when it is on."""
     demo_inputs = [d.input for d in task.demos]
+    use_length = cfg.length_filter if cfg.length_filter is not None else task.is_classification
     fields = FieldFilter.from_examples(demo_inputs)
     lead = fields.lead(demo_inputs) if cfg.input_lead else ""
     filters = InputFilters(
@@ -208,14 +251,29 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         fields=fields if cfg.field_filter and fields.fields else None,
         enabled=cfg.input_filters,
     )
+    return filters, lead
+
+
+@dataclass
+class WrittenInputs:
+    accepted: list[dict[str, Any]]  # {id, input, target_label}
+    drops: Counter[str]  # filter stage -> inputs it dropped
+    echoes: int  # candidates that began with an echoed "Input:"
+    seconds: float
+
+
+def write_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int,
+                 filters: InputFilters, lead: str, result: SynthResult) -> WrittenInputs:
+    """Steps 1-2: input generation in waves, each candidate filtered in order as it arrives (drops are
+    recorded in `result.dropped`)."""
+    classification = task.is_classification
+    rng = random.Random(seed)
     input_params = SamplingParams(
         temperature=cfg.input_temperature_classification if classification else cfg.input_temperature_generation,
         top_k=cfg.input_top_k,
         max_tokens=max_tokens_for(sampler, [d.input for d in task.demos], cfg.max_tokens_factor),
         stop=INPUT_STOPS,
     )
-
-    # 1-2. Input generation in waves, each candidate filtered in order as it arrives.
     accepted: list[dict[str, Any]] = []
     input_drops: Counter[str] = Counter()
     echoes = 0
@@ -245,18 +303,32 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
                     continue
                 filters.accept(text)
                 accepted.append({"id": cand_id, "input": text, "target_label": target})
-    write_seconds = bar.seconds
+    seconds = bar.seconds
     progress.summary(f"inputs: {len(accepted)} of {cfg.num_inputs} kept ("
-                     f"{', '.join(f'{k} {v}' for k, v in input_drops.items()) or 'none dropped'}) in {bar.seconds:.0f}s")
+                     f"{', '.join(f'{k} {v}' for k, v in input_drops.items()) or 'none dropped'}) in {seconds:.0f}s")
+    return WrittenInputs(accepted, input_drops, echoes, seconds)
 
-    # 3. Annotation: every accepted input, num_samples samples each, in one batch, then the vote.
+
+@dataclass
+class LabelledInputs:
+    annotated: list[dict[str, Any]]  # accepted inputs with the vote's answer, as training rows
+    drops: Counter[str]  # vote stage -> inputs it dropped
+    sample_rejects: Counter[str]  # why single samples did not count
+    shares: list[float]  # the winning answer's share of the samples, per labelled input
+    seconds: float
+
+
+def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int,
+                 accepted: list[dict[str, Any]], noise: NoiseFilter, result: SynthResult) -> LabelledInputs:
+    """Step 3: every accepted input, num_samples samples each, in one batch, then the vote; for generation,
+    answers the vote gave to too many inputs are dropped (drops recorded in `result.dropped`)."""
     annotated: list[dict[str, Any]] = []
     vote_drops: Counter[str] = Counter()
     sample_rejects: Counter[str] = Counter()
     shares: list[float] = []
     with progress.bar("annotating", len(accepted) * cfg.num_samples, "samples", samples=True) as bar:
-        votes = annotate(task, sampler, cfg, fmt, [a["input"] for a in accepted], seed, filters.noise)
-    annotate_seconds = bar.seconds
+        votes = annotate(task, sampler, cfg, fmt, [a["input"] for a in accepted], seed, noise)
+    seconds = bar.seconds
     for cand, vote in zip(accepted, votes, strict=True):
         sample_rejects.update(vote.rejected)
         if vote.answer is None:
@@ -277,52 +349,16 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
                 "completion": vote.answer,
             }
         )
-
-    if not classification and cfg.answer_repeat_limit:
+    if not task.is_classification and cfg.answer_repeat_limit:
         annotated, repeated = drop_repeated_answers(annotated, cfg.answer_repeat_limit)
         vote_drops["repeated_answer"] += len(repeated)
         for rec, times in repeated:
             result.dropped.append({**rec, "stage": "repeated_answer",
                                    "reason": f"the vote gave this answer to {times} different inputs"})
-
     progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled by the vote "
                      f"({vote_drops.get('no_consensus', 0)} without consensus, {vote_drops.get('no_valid_samples', 0)} "
-                     f"without a valid sample) in {annotate_seconds:.0f}s")
-
-    # 4. Class balance.
-    final = annotated
-    balance_dropped: list[dict[str, Any]] = []
-    if classification and cfg.balance:
-        final, balance_dropped = balance_classes(annotated, seed, cfg.balance_floor)
-        for rec in balance_dropped:
-            result.dropped.append({**rec, "stage": "balance", "reason": f"class {rec['output']!r} down-sampled"})
-    result.train = final
-
-    per_label = Counter(r["output"] for r in final) if classification else {}
-    result.stats = SelfGuideStats(**{
-        "method": "self-guide",
-        "task": task.name,
-        "type": task.type,
-        "labels": list(task.labels),
-        "candidates": cfg.num_inputs,
-        "input_dropped": funnel_counts(input_drops, INPUT_STAGES),
-        "inputs_accepted": len(accepted),
-        "annotation_dropped": funnel_counts(vote_drops, VOTE_STAGES),
-        "samples_rejected": dict(sample_rejects),
-        "annotated": len(annotated),
-        "mean_agreement": round(sum(shares) / len(shares), 4) if shares else None,
-        "balance_dropped": len(balance_dropped),
-        "train": len(final),
-        "train_per_label": dict(per_label),
-        "missing_labels": [lab for lab in task.labels if per_label.get(lab, 0) == 0] if classification else [],
-        "samples": len(accepted) * cfg.num_samples,
-        "input_echoes": echoes,
-    })
-    result.seconds = {"write_inputs": round(write_seconds, 2), "annotate": round(annotate_seconds, 2)}
-    if classification and cfg.balance:
-        progress.summary(f"balance: {len(final)} rows kept, {len(balance_dropped)} down-sampled ("
-                         f"{', '.join(f'{k} {v}' for k, v in per_label.items()) or 'nothing left'})")
-    return result
+                     f"without a valid sample) in {seconds:.0f}s")
+    return LabelledInputs(annotated, vote_drops, sample_rejects, shares, seconds)
 
 
 @register
@@ -356,7 +392,6 @@ class SelfGuide(Method):
         return settings
 
     def synthesize(self, sampler: Sampler, seed: int) -> SynthResult:
-
         task = self.eval_tasks()[0]
         return synthesize(task, sampler, self.cfg.selfguide, PromptFormat.from_info(sampler.info), seed=seed)
 
