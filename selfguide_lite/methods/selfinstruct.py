@@ -14,7 +14,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
 
 from .. import progress
@@ -276,11 +276,50 @@ def bootstrap(
         raise ValueError("bootstrap needs a non-empty seed pool")
     target = num_instructions if num_instructions is not None else cfg.num_instructions
     result = SynthResult()
+    written = write_instructions(seeds, sampler, cfg, fmt, seed, target, patience, result)
+    accepted = written.accepted
+    cls_counts = classify_instructions(seeds, sampler, cfg, fmt, seed, accepted)
+    instances = write_instances(sampler, cfg, fmt, seed, accepted, result)
+    result.stats = SelfInstructStats(**{
+        "method": "self-instruct",
+        "seeds": len(seeds),
+        "target": target,
+        "stopped": written.stopped,
+        "waves": written.waves,
+        "requests": written.requests,
+        "empty_completions": written.empty_completions,
+        "candidates": written.candidates,
+        "instruction_dropped": funnel_counts(written.drops, INSTRUCTION_STAGES),
+        "instructions_accepted": len(accepted),
+        "classification": {k: cls_counts.get(k, 0) for k in ("yes", "no", "unclear")},
+        "instance_candidates": instances.candidates,
+        "instance_dropped": funnel_counts(instances.drops, INSTANCE_STAGES),
+        "instructions_with_instances": instances.with_instances,
+        "instructions_without_instances": len(accepted) - instances.with_instances,
+        "train": len(result.train),
+    })
+    return result
+
+
+@dataclass
+class WrittenInstructions:
+    accepted: list[dict[str, Any]]  # {id, instruction, request}
+    drops: Counter[str] = field(default_factory=Counter)  # filter stage -> instructions it dropped
+    requests: int = 0
+    candidates: int = 0
+    waves: int = 0
+    empty_completions: int = 0
+    stopped: str = "target reached"
+
+
+def write_instructions(seeds: list[SeedTask], sampler: Sampler, cfg: SelfInstructConfig, fmt: PromptFormat, seed: int,
+                       target: int, patience: int, result: SynthResult) -> WrittenInstructions:
+    """Steps 1-2: instruction generation in waves; each candidate filtered in order as it arrives
+    (drops recorded in `result.dropped`)."""
     rng = random.Random(seed)
     seed_instructions = [s.instruction for s in seeds]
     pool = RougePool(seed_instructions, threshold=cfg.rouge_threshold)
     ifilters = InstructionFilters()
-
     gen_params = SamplingParams(
         temperature=cfg.temperature,
         top_k=0,  # nucleus sampling alone, as Self-Instruct does
@@ -289,81 +328,92 @@ def bootstrap(
         max_tokens=cfg.max_tokens,
         stop=instruction_stops(),
     )
-
-    # 1-2. Instruction generation in waves; each candidate filtered in order as it arrives.
-    accepted: list[dict[str, Any]] = []
-    drops: Counter[str] = Counter()
-    n_requests = n_candidates = n_waves = empty_completions = stalled = 0
-    stopped = "target reached"
+    out = WrittenInstructions(accepted=[])
+    stalled = 0
     with progress.bar("writing instructions", target, "instructions") as bar:
-        while len(accepted) < target:
-            remaining = target - len(accepted)
-            per_request = max(0.5, len(accepted) / n_requests) if n_requests else 1.0
+        while len(out.accepted) < target:
+            remaining = target - len(out.accepted)
+            per_request = max(0.5, len(out.accepted) / out.requests) if out.requests else 1.0
             size = min(cfg.wave_size, max(1, math.ceil(remaining / per_request)))
             requests, shown_lists = [], []
-            for r in range(n_requests, n_requests + size):
-                shown = sample_context(seed_instructions, [a["instruction"] for a in accepted], cfg, rng)
+            for r in range(out.requests, out.requests + size):
+                shown = sample_context(seed_instructions, [a["instruction"] for a in out.accepted], cfg, rng)
                 prompt = fmt.render(instruction_generation_prompt(shown))
                 requests.append(Request(prompt, replace(gen_params, seed=stage_seed(seed, 1, r))))
                 shown_lists.append(shown)
-            completions = sampler.generate(requests)
-            n_waves += 1
-
-            # Parse every completion of the wave into candidates, in request order.
-            wave: list[dict[str, Any]] = []
-            for r, shown, outs in zip(
-                range(n_requests, n_requests + size), shown_lists, completions, strict=True
-            ):
-                comp = outs[0]
-                items = parse_instruction_list(comp.text, len(shown) + 1)
-                # Out of tokens: the last item may stop mid-sentence. Empty items ("10." then nothing)
-                # are list debris, not candidates.
-                cut = items.pop() if comp.finish_reason == "length" and items else ""
-                parsed = [(it, None) for it in items if it]
-                if cut:
-                    parsed.append((cut, ("truncated", "last item cut off at max_tokens")))
-                if not parsed:
-                    empty_completions += 1
-                for item, drop in parsed:
-                    cand = {"id": f"i{n_candidates:05d}", "instruction": item, "request": r}
-                    n_candidates += 1
-                    why = drop or ifilters.check(item)
-                    if why is not None:
-                        cand["drop"] = why
-                    wave.append(cand)
-            n_requests += size
-
-            # ROUGE-L against the pool, each candidate also against the ones kept before it this wave.
-            checked = [c for c in wave if "drop" not in c]
-            for cand, near in zip(
-                checked, pool.filter_batch([c["instruction"] for c in checked], add=False), strict=True
-            ):
-                if near is not None:
-                    cand["drop"] = ("rouge", f"ROUGE-L {near.score:.3f} > {cfg.rouge_threshold}")
-                    cand["nearest"] = near.text
-
-            before = len(accepted)
-            for cand in wave:
-                if len(accepted) >= target:
-                    cand["drop"] = ("surplus", "target reached")
-                stage_reason = cand.pop("drop", None)
-                if stage_reason is not None:
-                    stage, reason = stage_reason
-                    drops[stage] += 1
-                    result.dropped.append({"kind": "instruction", "stage": stage, "reason": reason} | cand)
-                    continue
-                pool.add(cand["instruction"])
-                accepted.append(cand)
-            bar.advance(len(accepted) - before)
-            stalled = stalled + 1 if len(accepted) == before else 0
-            if stalled >= patience and len(accepted) < target:
-                stopped = f"stalled ({patience} waves without a new instruction)"
+            wave = _parse_wave(range(out.requests, out.requests + size), shown_lists, sampler.generate(requests),
+                               ifilters, out)
+            out.waves += 1
+            out.requests += size
+            _drop_near_duplicates(wave, pool, cfg.rouge_threshold)
+            before = len(out.accepted)
+            _admit(wave, pool, target, out, result)
+            bar.advance(len(out.accepted) - before)
+            stalled = stalled + 1 if len(out.accepted) == before else 0
+            if stalled >= patience and len(out.accepted) < target:
+                out.stopped = f"stalled ({patience} waves without a new instruction)"
                 break
-    progress.summary(f"instructions: {len(accepted)} accepted from {n_candidates} candidates in {n_waves} waves "
-                     f"({stopped}) in {bar.seconds:.0f}s")
+    progress.summary(f"instructions: {len(out.accepted)} accepted from {out.candidates} candidates in {out.waves} waves "
+                     f"({out.stopped}) in {bar.seconds:.0f}s")
+    return out
 
-    # 3. Classification or not: one greedy, Yes/No-constrained request per instruction.
-    # Its own generator: the shots must not depend on how many waves the loop above took.
+
+def _parse_wave(request_ids: range, shown_lists: list[list[str]], completions, ifilters: InstructionFilters,
+                out: WrittenInstructions) -> list[dict[str, Any]]:
+    """Every completion of a wave parsed into candidates, in request order; a candidate the
+    instruction filters refuse carries its `drop` (stage, reason)."""
+    wave: list[dict[str, Any]] = []
+    for r, shown, outs in zip(request_ids, shown_lists, completions, strict=True):
+        comp = outs[0]
+        items = parse_instruction_list(comp.text, len(shown) + 1)
+        # Out of tokens: the last item may stop mid-sentence. Empty items ("10." then nothing)
+        # are list debris, not candidates.
+        cut = items.pop() if comp.finish_reason == "length" and items else ""
+        parsed = [(it, None) for it in items if it]
+        if cut:
+            parsed.append((cut, ("truncated", "last item cut off at max_tokens")))
+        if not parsed:
+            out.empty_completions += 1
+        for item, drop in parsed:
+            cand = {"id": f"i{out.candidates:05d}", "instruction": item, "request": r}
+            out.candidates += 1
+            why = drop or ifilters.check(item)
+            if why is not None:
+                cand["drop"] = why
+            wave.append(cand)
+    return wave
+
+
+def _drop_near_duplicates(wave: list[dict[str, Any]], pool: RougePool, threshold: float) -> None:
+    """ROUGE-L against the pool, each candidate also against the ones kept before it this wave."""
+    checked = [c for c in wave if "drop" not in c]
+    for cand, near in zip(checked, pool.filter_batch([c["instruction"] for c in checked], add=False), strict=True):
+        if near is not None:
+            cand["drop"] = ("rouge", f"ROUGE-L {near.score:.3f} > {threshold}")
+            cand["nearest"] = near.text
+
+
+def _admit(wave: list[dict[str, Any]], pool: RougePool, target: int, out: WrittenInstructions,
+           result: SynthResult) -> None:
+    """Accept the wave's surviving candidates until the target is reached; record every drop."""
+    for cand in wave:
+        if len(out.accepted) >= target:
+            cand["drop"] = ("surplus", "target reached")
+        stage_reason = cand.pop("drop", None)
+        if stage_reason is not None:
+            stage, reason = stage_reason
+            out.drops[stage] += 1
+            result.dropped.append({"kind": "instruction", "stage": stage, "reason": reason} | cand)
+            continue
+        pool.add(cand["instruction"])
+        out.accepted.append(cand)
+
+
+def classify_instructions(seeds: list[SeedTask], sampler: Sampler, cfg: SelfInstructConfig, fmt: PromptFormat,
+                          seed: int, accepted: list[dict[str, Any]]) -> Counter[str]:
+    """Step 3, classification or not: one greedy, Yes/No-constrained request per instruction; sets each
+    candidate's `is_classification` and counts yes / no / unclear."""
+    # Its own generator: the shots must not depend on how many waves the instruction loop took.
     shots = classification_examples(seeds, cfg, random.Random(stage_seed(seed, 2, -1)))
     cls_params = SamplingParams(temperature=0.0, max_tokens=4, stop=("\n",), choices=CLASSIFICATION_CHOICES)
     requests = [
@@ -380,8 +430,20 @@ def bootstrap(
         answer = parse_yes_no(outs[0].text)
         cand["is_classification"] = bool(answer)
         cls_counts["yes" if answer else "no" if answer is False else "unclear"] += 1
+    return cls_counts
 
-    # 4. Instances: output-first for classification, input-first otherwise.
+
+@dataclass
+class WrittenInstances:
+    candidates: int = 0
+    drops: Counter[str] = field(default_factory=Counter)  # filter stage -> instances it dropped
+    with_instances: int = 0  # instructions left with at least one instance
+
+
+def write_instances(sampler: Sampler, cfg: SelfInstructConfig, fmt: PromptFormat, seed: int,
+                    accepted: list[dict[str, Any]], result: SynthResult) -> WrittenInstances:
+    """Steps 4-5: instances (output-first for classification, input-first otherwise), then the instance
+    filters; survivors become `result.train`, drops go to `result.dropped`."""
     limit = cfg.instances_per_instruction
     inst_params = SamplingParams(temperature=cfg.instance_temperature, max_tokens=cfg.instance_max_tokens)
     requests = []
@@ -390,71 +452,47 @@ def bootstrap(
         text = output_first_prompt(cand["instruction"]) if cls else input_first_prompt(cand["instruction"])
         params = replace(inst_params, stop=instance_stops(cls, limit), seed=stage_seed(seed, 3, n))
         requests.append(Request(fmt.render(text), params))
-
-    # 5. Instance filters.
-    inst_drops: Counter[str] = Counter()
-    n_instance_candidates = 0
-    with_instances = 0
+    out = WrittenInstances()
     with progress.bar("writing instances", len(requests), "instructions", samples=True):
         outputs = sampler.generate(requests) if requests else []
     for cand, outs in zip(accepted, outputs, strict=True):
-        comp = outs[0]
-        cls = cand["is_classification"]
-        pairs = parse_output_first(comp.text) if cls else parse_input_first(comp.text)
-        n_instance_candidates += len(pairs)
-        truncated = comp.finish_reason == "length" and bool(pairs)
-        usable = pairs[:-1] if truncated else pairs
-        kept, dropped = filter_instances(usable, limit)
-        if truncated:
-            dropped.append((len(pairs) - 1, "truncated", "last instance cut off at max_tokens"))
-        base = {"instruction_id": cand["id"], "instruction": cand["instruction"], "is_classification": cls}
-        for k, stage, reason in dropped:
-            inst_drops[stage] += 1
-            inp, out = pairs[k]
-            result.dropped.append(
-                {"kind": "instance", "id": f"{cand['id']}-c{k}", "stage": stage, "reason": reason}
-                | base
-                | {"input": inp, "output": out}
-            )
-        if not kept:
-            # Visible in dropped.jsonl too, though it is not an instruction-filter drop.
-            result.dropped.append(
-                {
-                    "kind": "instruction",
-                    "id": cand["id"],
-                    "stage": "no_instances",
-                    "reason": "no instance survived",
-                }
-                | base
-                | {"request": cand["request"]}
-            )
-            continue
-        with_instances += 1
-        for k, (inp, out) in enumerate(kept):
-            result.train.append(
-                {"id": f"{cand['id']}-{k}", "instruction": cand["instruction"], "input": inp, "output": out}
-                | {"is_classification": cls}
-            )
+        _keep_instances(cand, outs[0], limit, out, result)
+    return out
 
-    result.stats = SelfInstructStats(**{
-        "method": "self-instruct",
-        "seeds": len(seeds),
-        "target": target,
-        "stopped": stopped,
-        "waves": n_waves,
-        "requests": n_requests,
-        "empty_completions": empty_completions,
-        "candidates": n_candidates,
-        "instruction_dropped": funnel_counts(drops, INSTRUCTION_STAGES),
-        "instructions_accepted": len(accepted),
-        "classification": {k: cls_counts.get(k, 0) for k in ("yes", "no", "unclear")},
-        "instance_candidates": n_instance_candidates,
-        "instance_dropped": funnel_counts(inst_drops, INSTANCE_STAGES),
-        "instructions_with_instances": with_instances,
-        "instructions_without_instances": len(accepted) - with_instances,
-        "train": len(result.train),
-    })
-    return result
+
+def _keep_instances(cand: dict[str, Any], comp, limit: int, out: WrittenInstances, result: SynthResult) -> None:
+    """One instruction's completion parsed into instances and filtered."""
+    cls = cand["is_classification"]
+    pairs = parse_output_first(comp.text) if cls else parse_input_first(comp.text)
+    out.candidates += len(pairs)
+    truncated = comp.finish_reason == "length" and bool(pairs)
+    usable = pairs[:-1] if truncated else pairs
+    kept, dropped = filter_instances(usable, limit)
+    if truncated:
+        dropped.append((len(pairs) - 1, "truncated", "last instance cut off at max_tokens"))
+    base = {"instruction_id": cand["id"], "instruction": cand["instruction"], "is_classification": cls}
+    for k, stage, reason in dropped:
+        out.drops[stage] += 1
+        inp, output = pairs[k]
+        result.dropped.append(
+            {"kind": "instance", "id": f"{cand['id']}-c{k}", "stage": stage, "reason": reason}
+            | base
+            | {"input": inp, "output": output}
+        )
+    if not kept:
+        # Visible in dropped.jsonl too, though it is not an instruction-filter drop.
+        result.dropped.append(
+            {"kind": "instruction", "id": cand["id"], "stage": "no_instances", "reason": "no instance survived"}
+            | base
+            | {"request": cand["request"]}
+        )
+        return
+    out.with_instances += 1
+    for k, (inp, output) in enumerate(kept):
+        result.train.append(
+            {"id": f"{cand['id']}-{k}", "instruction": cand["instruction"], "input": inp, "output": output}
+            | {"is_classification": cls}
+        )
 
 
 def selfinstruct_training_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
