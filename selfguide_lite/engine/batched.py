@@ -392,177 +392,8 @@ class BatchedSampler(Sampler):
         return results  # type: ignore[return-value]
 
     def _run(self, live_jobs: list[_Job], jobs: list[_Job], results, shared: int) -> None:
-        """Continuous batching until every sample of `live_jobs` is finished.
-
-        KV copies between streams are queued by llama.cpp and carried out at the start of the next
-        llama_decode, before that call writes anything, so a source may change right after a copy.
-        """
-        L, mem = self._L, self._mem
-        index = {id(j): i for i, j in enumerate(jobs)}
-        queue = deque(live_jobs)
-        slots: list[_Seq | None] = [None] * self.n_slots
-        dirty: dict[int, int] = {}  # free slot -> request whose prompt KV it still holds
-        pieces, eog = self._pieces, self._eog
-
-        def copy(src: int, dst: int) -> None:
-            L.llama_memory_seq_cp(mem, src, dst, -1, -1)
-            self._copied = True
-
-        def finish(seq: _Seq, reason: str, text: str) -> None:
-            results[seq.req][seq.index] = Completion(text=text, n_tokens=len(seq.tokens), finish_reason=reason)
-            progress.sample_done()
-            slots[seq.slot] = None
-            dirty[seq.slot] = seq.req
-            self._free_chain(seq.chain)
-
-        def accept(seq: _Seq, token: int) -> None:
-            """Record a sampled token; finish the sample or queue the token for the next step."""
-            self.stats["generated"] += 1
-            job = jobs[seq.req]
-            p = job.params
-            if token in eog and not (p.ignore_eos and not p.choices):
-                finish(seq, "stop", seq.data.decode("utf-8", errors="ignore"))
-                return
-            seq.tokens.append(token)
-            seq.data += pieces[token]
-            text = seq.data.decode("utf-8", errors="ignore")
-            if p.stop:
-                cut, found = truncate_at_stop(text, p.stop)
-                if found:
-                    finish(seq, "stop", cut)
-                    return
-            if job.terminal and (text[1:] if text[:1] in WHITESPACE else text) in job.terminal:
-                finish(seq, "stop", text)
-            elif len(seq.tokens) >= seq.limit:
-                finish(seq, "length", text)
-            else:
-                seq.next_token = token
-
-        def donor_for(req: int, slot: int) -> int | None:
-            """A slot holding the KV of request `req`'s whole prompt (prefill finished)."""
-            if dirty.get(slot) == req:
-                return slot
-            for s in slots:
-                if s is not None and s.req == req and s.leader is None and not s.pending and s.pos >= s.prompt_len:
-                    return s.slot
-            return next((s for s, r in dirty.items() if r == req), None)
-
-        def admit() -> None:
-            while queue:
-                free = [s for s in range(self.n_slots) if slots[s] is None]
-                if not free:
-                    break
-                job = queue[0]
-                req = index[id(job)]
-                slot = next((s for s in free if dirty.get(s) == req), free[0])
-                i = job.next_index
-                job.next_index += 1
-                if job.next_index >= job.params.n:
-                    queue.popleft()
-                n = len(job.tokens)
-                seq = _Seq(req=req, index=i, slot=slot, chain=self._make_chain(job.params, job.params.seed + i),
-                           prompt_len=n, limit=job.limit)
-                slots[slot] = seq
-                donor = donor_for(req, slot) if job.first_logits is not None else None
-                leader = next((s for s in slots if s is not None and s.req == req and s.pending), None)
-                if donor is not None:
-                    if donor != slot:
-                        copy(donor, slot)  # a whole stream: the only copy llama.cpp does
-                    L.llama_memory_seq_rm(mem, slot, n, -1)
-                    dirty.pop(slot, None)
-                    seq.pos = n
-                    first = job.first_logits
-                    if job.next_index >= job.params.n:
-                        job.first_logits = None
-                    accept(seq, self._sample_row(seq.chain, first, job.allowed))
-                    continue
-                if slot in dirty:
-                    L.llama_memory_seq_rm(mem, slot, -1, -1)
-                    dirty.pop(slot)
-                if leader is not None:
-                    seq.leader = leader
-                    leader.followers.append(seq)
-                else:
-                    if shared:
-                        copy(self._prefix_seq, slot)
-                    seq.pending, seq.pos = job.tokens[shared:], shared
-            for s in list(dirty):
-                L.llama_memory_seq_rm(mem, s, -1, -1)
-            dirty.clear()
-
-        def pack() -> None:
-            """Move sequences from the top slots into holes below them: one forward pass per run of
-            consecutive slots, so a hole costs a pass while a move costs one stream copy."""
-            while True:
-                free = [s for s in range(self.n_slots) if slots[s] is None]
-                top = max((s for s in range(self.n_slots) if slots[s] is not None), default=-1)
-                if not free or free[0] > top:
-                    return
-                seq, dst = slots[top], free[0]
-                if seq.leader is None:  # a waiting follower has no KV yet
-                    copy(top, dst)
-                    L.llama_memory_seq_rm(mem, top, -1, -1)
-                slots[dst], slots[top], seq.slot = seq, None, dst
-
-        def sample(seq: _Seq, idx: int) -> int:
-            allowed = jobs[seq.req].allowed
-            if allowed is None:
-                start = time.perf_counter()
-                token = L.llama_sampler_sample(seq.chain, self._ctx, idx)
-                self.stats["sample_seconds"] += time.perf_counter() - start
-                return token
-            return self._sample_row(seq.chain, self._logits(idx), allowed)
-
-        tok, pos, seqb, logits = self._b_tok, self._b_pos, self._b_seq, self._b_logits
-        while True:
-            admit()
-            pack()
-            live = [s for s in slots if s is not None]
-            if not live:
-                break
-            n = 0
-            prompt_tokens = False
-            outputs: list[tuple[int, _Seq]] = []
-            for s in live:  # slot order: llama.cpp makes one pass per run of consecutive sequence ids
-                if s.next_token is not None and n < self.n_batch:
-                    tok[n], pos[n], seqb[n], logits[n] = s.next_token, s.pos, s.slot, 1
-                    outputs.append((n, s))
-                    s.next_token = None
-                    s.pos += 1
-                    n += 1
-                elif s.pending and n < self.n_batch:
-                    budget = self.n_batch - n - sum(1 for o in live if o.slot > s.slot and o.next_token is not None)
-                    k = min(len(s.pending), max(budget, 0))
-                    if k == 0:
-                        continue
-                    tok[n:n + k] = s.pending[:k]
-                    pos[n:n + k] = np.arange(s.pos, s.pos + k, dtype=np.int32)
-                    seqb[n:n + k] = s.slot
-                    logits[n:n + k] = 0
-                    s.pending = s.pending[k:]
-                    s.pos += k
-                    n += k
-                    prompt_tokens = True
-                    self.stats["prefill_computed"] += k
-                    if not s.pending:
-                        logits[n - 1] = 1
-                        outputs.append((n - 1, s))
-            if n == 0:
-                raise RuntimeError("batched engine stalled: nothing to decode")  # a bug, not a user error
-            self._decode(n, generated_only=not prompt_tokens)
-            for idx, s in outputs:
-                group = [s]
-                if s.pos == s.prompt_len and s.next_token is None and not s.tokens:  # the prompt was just completed
-                    job = jobs[s.req]
-                    if job.next_index < job.params.n:  # samples still queued start from these logits
-                        job.first_logits = self._logits(idx).copy()
-                    for f in s.followers:  # queued now, so it copies the leader before it changes
-                        copy(s.slot, f.slot)
-                        f.leader, f.pos = None, s.prompt_len
-                    group += s.followers
-                    s.followers = []
-                for member in group:
-                    accept(member, sample(member, idx))
+        """Continuous batching until every sample of `live_jobs` is finished (see `_BatchRun`)."""
+        _BatchRun(self, live_jobs, jobs, results, shared).run()
 
     def close(self) -> None:
         L = getattr(self, "_L", None)
@@ -610,3 +441,202 @@ def _trie_size(seqs: Sequence[Sequence[int]]) -> int:
         total += len(s) - _common_prefix(prev, s)
         prev = s
     return total
+
+
+class _BatchRun:
+    """One `generate` call's continuous batching: which sample sits in which slot, which request's
+    prompt KV a free slot still holds, and what the next llama_decode carries. The engine owns the
+    model, the context and the sampler chains; this object owns one call's bookkeeping.
+
+    KV copies between streams are queued by llama.cpp and carried out at the start of the next
+    llama_decode, before that call writes anything, so a source may change right after a copy.
+    """
+
+    def __init__(self, engine: BatchedSampler, live_jobs: list[_Job], jobs: list[_Job], results, shared: int) -> None:
+        self.engine, self.L, self.mem = engine, engine._L, engine._mem
+        self.jobs, self.results, self.shared = jobs, results, shared
+        self.index = {id(j): i for i, j in enumerate(jobs)}
+        self.queue = deque(live_jobs)
+        self.slots: list[_Seq | None] = [None] * engine.n_slots
+        self.dirty: dict[int, int] = {}  # free slot -> request whose prompt KV it still holds
+        self.pieces, self.eog = engine._pieces, engine._eog
+
+    def run(self) -> None:
+        engine = self.engine
+        while True:
+            self.admit()
+            self.pack()
+            live = [s for s in self.slots if s is not None]
+            if not live:
+                break
+            n, outputs, prompt_tokens = self.fill_batch(live)
+            if n == 0:
+                raise RuntimeError("batched engine stalled: nothing to decode")  # a bug, not a user error
+            engine._decode(n, generated_only=not prompt_tokens)
+            self.take_outputs(outputs)
+
+    def copy(self, src: int, dst: int) -> None:
+        self.L.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+        self.engine._copied = True
+
+    def finish(self, seq: _Seq, reason: str, text: str) -> None:
+        self.results[seq.req][seq.index] = Completion(text=text, n_tokens=len(seq.tokens), finish_reason=reason)
+        progress.sample_done()
+        self.slots[seq.slot] = None
+        self.dirty[seq.slot] = seq.req
+        self.engine._free_chain(seq.chain)
+
+    def accept(self, seq: _Seq, token: int) -> None:
+        """Record a sampled token; finish the sample or queue the token for the next step."""
+        self.engine.stats["generated"] += 1
+        job = self.jobs[seq.req]
+        p = job.params
+        if token in self.eog and not (p.ignore_eos and not p.choices):
+            self.finish(seq, "stop", seq.data.decode("utf-8", errors="ignore"))
+            return
+        seq.tokens.append(token)
+        seq.data += self.pieces[token]
+        text = seq.data.decode("utf-8", errors="ignore")
+        if p.stop:
+            cut, found = truncate_at_stop(text, p.stop)
+            if found:
+                self.finish(seq, "stop", cut)
+                return
+        if job.terminal and (text[1:] if text[:1] in WHITESPACE else text) in job.terminal:
+            self.finish(seq, "stop", text)
+        elif len(seq.tokens) >= seq.limit:
+            self.finish(seq, "length", text)
+        else:
+            seq.next_token = token
+
+    def donor_for(self, req: int, slot: int) -> int | None:
+        """A slot holding the KV of request `req`'s whole prompt (prefill finished)."""
+        if self.dirty.get(slot) == req:
+            return slot
+        for s in self.slots:
+            if s is not None and s.req == req and s.leader is None and not s.pending and s.pos >= s.prompt_len:
+                return s.slot
+        return next((s for s, r in self.dirty.items() if r == req), None)
+
+    def admit(self) -> None:
+        """Fill free slots from the queue: a sample whose prompt KV exists elsewhere copies it and starts
+        sampling at once; one whose prompt is being prefilled follows that leader; else it prefills."""
+        engine, slots, dirty = self.engine, self.slots, self.dirty
+        while self.queue:
+            free = [s for s in range(engine.n_slots) if slots[s] is None]
+            if not free:
+                break
+            job = self.queue[0]
+            req = self.index[id(job)]
+            slot = next((s for s in free if dirty.get(s) == req), free[0])
+            i = job.next_index
+            job.next_index += 1
+            if job.next_index >= job.params.n:
+                self.queue.popleft()
+            n = len(job.tokens)
+            seq = _Seq(req=req, index=i, slot=slot, chain=engine._make_chain(job.params, job.params.seed + i),
+                       prompt_len=n, limit=job.limit)
+            slots[slot] = seq
+            donor = self.donor_for(req, slot) if job.first_logits is not None else None
+            leader = next((s for s in slots if s is not None and s.req == req and s.pending), None)
+            if donor is not None:
+                if donor != slot:
+                    self.copy(donor, slot)  # a whole stream: the only copy llama.cpp does
+                self.L.llama_memory_seq_rm(self.mem, slot, n, -1)
+                dirty.pop(slot, None)
+                seq.pos = n
+                first = job.first_logits
+                if job.next_index >= job.params.n:
+                    job.first_logits = None
+                self.accept(seq, engine._sample_row(seq.chain, first, job.allowed))
+                continue
+            if slot in dirty:
+                self.L.llama_memory_seq_rm(self.mem, slot, -1, -1)
+                dirty.pop(slot)
+            if leader is not None:
+                seq.leader = leader
+                leader.followers.append(seq)
+            else:
+                if self.shared:
+                    self.copy(engine._prefix_seq, slot)
+                seq.pending, seq.pos = job.tokens[self.shared:], self.shared
+        for s in list(dirty):
+            self.L.llama_memory_seq_rm(self.mem, s, -1, -1)
+        dirty.clear()
+
+    def pack(self) -> None:
+        """Move sequences from the top slots into holes below them: one forward pass per run of
+        consecutive slots, so a hole costs a pass while a move costs one stream copy."""
+        slots, n_slots = self.slots, self.engine.n_slots
+        while True:
+            free = [s for s in range(n_slots) if slots[s] is None]
+            top = max((s for s in range(n_slots) if slots[s] is not None), default=-1)
+            if not free or free[0] > top:
+                return
+            seq, dst = slots[top], free[0]
+            if seq.leader is None:  # a waiting follower has no KV yet
+                self.copy(top, dst)
+                self.L.llama_memory_seq_rm(self.mem, top, -1, -1)
+            slots[dst], slots[top], seq.slot = seq, None, dst
+
+    def fill_batch(self, live: list[_Seq]) -> tuple[int, list[tuple[int, _Seq]], bool]:
+        """The next llama_decode's batch: each sample's next token, and prompt tokens up to n_batch.
+        Returns the token count, the (batch row, sample) pairs that want logits, and whether prompt
+        tokens are in it."""
+        engine = self.engine
+        tok, pos, seqb, logits = engine._b_tok, engine._b_pos, engine._b_seq, engine._b_logits
+        n = 0
+        prompt_tokens = False
+        outputs: list[tuple[int, _Seq]] = []
+        for s in live:  # slot order: llama.cpp makes one pass per run of consecutive sequence ids
+            if s.next_token is not None and n < engine.n_batch:
+                tok[n], pos[n], seqb[n], logits[n] = s.next_token, s.pos, s.slot, 1
+                outputs.append((n, s))
+                s.next_token = None
+                s.pos += 1
+                n += 1
+            elif s.pending and n < engine.n_batch:
+                budget = engine.n_batch - n - sum(1 for o in live if o.slot > s.slot and o.next_token is not None)
+                k = min(len(s.pending), max(budget, 0))
+                if k == 0:
+                    continue
+                tok[n:n + k] = s.pending[:k]
+                pos[n:n + k] = np.arange(s.pos, s.pos + k, dtype=np.int32)
+                seqb[n:n + k] = s.slot
+                logits[n:n + k] = 0
+                s.pending = s.pending[k:]
+                s.pos += k
+                n += k
+                prompt_tokens = True
+                engine.stats["prefill_computed"] += k
+                if not s.pending:
+                    logits[n - 1] = 1
+                    outputs.append((n - 1, s))
+        return n, outputs, prompt_tokens
+
+    def take_outputs(self, outputs: list[tuple[int, _Seq]]) -> None:
+        """Sample from the logits just computed; a prompt just completed starts its followers too."""
+        for idx, s in outputs:
+            group = [s]
+            if s.pos == s.prompt_len and s.next_token is None and not s.tokens:  # the prompt was just completed
+                job = self.jobs[s.req]
+                if job.next_index < job.params.n:  # samples still queued start from these logits
+                    job.first_logits = self.engine._logits(idx).copy()
+                for f in s.followers:  # queued now, so it copies the leader before it changes
+                    self.copy(s.slot, f.slot)
+                    f.leader, f.pos = None, s.prompt_len
+                group += s.followers
+                s.followers = []
+            for member in group:
+                self.accept(member, self.sample(member, idx))
+
+    def sample(self, seq: _Seq, idx: int) -> int:
+        allowed = self.jobs[seq.req].allowed
+        engine = self.engine
+        if allowed is None:
+            start = time.perf_counter()
+            token = self.L.llama_sampler_sample(seq.chain, engine._ctx, idx)
+            engine.stats["sample_seconds"] += time.perf_counter() - start
+            return token
+        return engine._sample_row(seq.chain, engine._logits(idx), allowed)
+
