@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from selfguide_lite import progress  # noqa: E402
 from selfguide_lite.builtin_students import DEFAULT_STUDENT, builtin_gguf  # noqa: E402

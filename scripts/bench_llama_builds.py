@@ -31,7 +31,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def run_one(build_dir: Path | None, extra: str, model: Path | None, out: Path) -> dict:

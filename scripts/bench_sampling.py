@@ -42,7 +42,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from selfguide_lite.engine.base import Request, SamplingParams  # noqa: E402
 from selfguide_lite.engine.batched import BatchedSampler  # noqa: E402

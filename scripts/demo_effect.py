@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from selfguide_lite import progress  # noqa: E402
 from selfguide_lite.config import load_config  # noqa: E402

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from selfguide_lite import progress  # noqa: E402
 from selfguide_lite.builtin_students import DEFAULT_STUDENT  # noqa: E402

@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # the device machine runs this from a checkout, without installing the package
 
 ROWS = [{"prompt": f"Classify the headline.\n\nInput: headline number {i} about {w}\nOutput:", "completion": w}
         for i in range(48) for w in ("sports", "weather", "food")][:96]
