@@ -164,7 +164,8 @@ class EvalConfig(_Section):
     validation_size: int = _f(100, "validation instances per task (they decide promotion and settings)", ge=1)
     test_size: int = _f(100, "test instances per task, disjoint from validation (only reported)", ge=0)
     constrain_labels: bool = _f(False, "decode only label strings (off: measure what the model writes)")
-    max_tokens: int | None = _f(None, "max new tokens (null: 2x the longest reference, in tokens)")
+    max_tokens: int | None = _f(None, "max new tokens (null: 2x the longest demonstration or validation answer, in "
+                                      "tokens; never the test references)")
 
 
 class LoopConfig(_Section):

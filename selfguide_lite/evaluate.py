@@ -37,14 +37,9 @@ def predict(
     fmt = fmt or PromptFormat.from_info(sampler.info)
     if not instances:
         raise UserError(f"task {task.name} has no evaluation instances")
-    if cfg.max_tokens is not None:
-        max_tokens = cfg.max_tokens
-    else:
-        longest = max(sampler.count_tokens(ref) for inst in instances for ref in inst.outputs)
-        max_tokens = min(512, max(8, math.ceil(2 * longest)))
     params = SamplingParams(
         temperature=0.0,
-        max_tokens=max_tokens,
+        max_tokens=cfg.max_tokens if cfg.max_tokens is not None else answer_cap(task, sampler, cfg),
         stop=fmt.answer_stops + extra_stops,
         choices=tuple(task.labels) if (task.is_classification and cfg.constrain_labels) else None,
     )
@@ -54,6 +49,16 @@ def predict(
         {"id": inst.id, "input": inst.input, "prediction": out[0].text.strip(), "references": list(inst.outputs)}
         for inst, out in zip(instances, outs, strict=True)
     ]
+
+
+def answer_cap(task: Task, sampler: Sampler, cfg: EvalConfig) -> int:
+    """Max new tokens of an evaluation answer: twice the longest answer among the demonstrations and the
+    validation references (in the student's tokens), 8 to 512. Never read from the test references,
+    which are only reported, whichever split is being predicted."""
+    refs = [d.output for d in task.demos]
+    refs += [ref for inst in task.split("validation", cfg.validation_size, cfg.test_size) for ref in inst.outputs]
+    longest = max((sampler.count_tokens(ref) for ref in refs), default=4)
+    return min(512, max(8, math.ceil(2 * longest)))
 
 
 def score_rows(task: Task, rows: list[dict[str, Any]], known: list | None = None) -> dict[str, Any]:

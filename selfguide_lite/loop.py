@@ -277,7 +277,9 @@ def start_run(cfg: Config, log: Log, command: str | None) -> RunContext:
 
 def stage_eval(ctx: RunContext, k: int, gguf: Path, cfg: Config | None = None) -> dict[str, Any]:
     out = ctx.run_dir / f"round-{k}" / "eval.json"
-    rec = ctx.stage(f"round-{k}/eval", {"gguf": gguf, "tasks": ctx.tasks_key, "eval": ctx.cfg.eval.model_dump()},
+    # "cap": the answer cap's rule (demonstrations + validation since 2026-12-04, was all references)
+    rec = ctx.stage(f"round-{k}/eval", {"gguf": gguf, "tasks": ctx.tasks_key, "eval": ctx.cfg.eval.model_dump(),
+                                        "cap": "demos+validation"},
                     [out], partial(evaluate_student, cfg or ctx.local_cfg, ctx.method, ctx.tasks, gguf, out))
     return {**read_json(out), "seconds": rec.get("seconds")}
 

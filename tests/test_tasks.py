@@ -74,3 +74,28 @@ def test_seed_pool_loads_real_file_and_rejects_bad_lines(tmp_path):
     bad.write_text('{"id": "x"}\n')
     with pytest.raises(UserError, match="s.jsonl:1: missing or empty .instruction."):
         load_seed_pool(bad)
+
+
+def test_the_answer_cap_never_reads_the_test_references(tmp_path):
+    """Validation decides, test is only reported: the evaluation's max new tokens come from the
+    demonstrations and the validation references, even when the test references are longer."""
+    from selfguide_lite.config import EvalConfig
+    from selfguide_lite.evaluate import answer_cap, evaluate
+    from tests.helpers import ScriptedSampler
+
+    long_answer = " ".join(["word"] * 40)
+    doc = {
+        "instruction": "Summarise.", "type": "generation",
+        "examples": [{"input": "a text", "output": "three short words"}],
+        "eval": [{"input": f"v{i}", "output": "five words in this one"} for i in range(3)]
+        + [{"input": f"t{i}", "output": long_answer} for i in range(2)],
+    }
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    task = load_task(path)
+    cfg = EvalConfig(validation_size=3, test_size=2)
+    sampler = ScriptedSampler(lambda prompt, i, request: "an answer")
+    assert [i.outputs[0] for i in task.split("test", 3, 2)] == [long_answer, long_answer]
+    assert answer_cap(task, sampler, cfg) == 10  # 2 x the 5-word validation answer; the test's 40 words unread
+    evaluate(task, sampler, cfg)
+    assert {r.params.max_tokens for r in sampler.requests} == {10}
