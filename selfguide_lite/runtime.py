@@ -151,8 +151,8 @@ def extra_bufts_rule(flags: frozenset[str], build: dict[str, bool]) -> tuple[boo
     or Q8_0 weights there (it takes Q4_0, Q4_K, Q2_K, IQ4_NL, MXFP4), so the crash on the built-in Q4_1
     student can only come from AMX."""
     if build.get("AMX_INT8") and "amx_int8" in flags:
-        return False, ("off: this build's AMX kernels run on this CPU, and llama-cpp-python "
-                       f"{LLAMA_CPP_VERSION}'s crash on multi-token batches there (llama.cpp issue 20824)")
+        return False, ("off: this build's AMX kernels run on this CPU, and in llama-cpp-python "
+                       f"{LLAMA_CPP_VERSION} they crash on multi-token batches (llama.cpp issue 20824)")
     return True, "on: no AMX kernels in this build or on this CPU"
 
 
@@ -191,8 +191,8 @@ def llama_defaults(extra_bufts: bool | None = None) -> Iterator[None]:
 
 def llama_cpp_module():
     """The `llama_cpp` bindings, imported only once this installation passed its check: importing them
-    loads the native library, which is where a build for another CPU dies. llama.cpp's own logging
-    (model loading, quantization) goes to errors only."""
+    loads the native library, which is where a build for another CPU dies. llama.cpp's own log is
+    silenced; its error lines go into our messages (`llama_errors`)."""
     ensure_runtime()
     return _quiet_llama_cpp()
 
