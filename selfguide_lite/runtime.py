@@ -20,6 +20,7 @@ ends in one `error:` line naming the CPU, the version and the command that repai
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -218,9 +219,22 @@ def _quiet_llama_cpp():
             if level == _GGML_LOG_ERROR:
                 _log_state["errors"] = [*_log_state["errors"][-9:], text.decode("utf-8", errors="replace").strip()]
 
-        _log_state["callback"] = keep_errors  # kept referenced: llama.cpp calls it for the process's life
+        _log_state["callback"] = keep_errors  # kept referenced while llama.cpp may call it
         llama_cpp.llama_log_set(keep_errors, ctypes.c_void_p(0))
+        atexit.register(_restore_llama_log)
     return llama_cpp
+
+
+def _restore_llama_log() -> None:
+    """At exit, before the interpreter tears down our module (and with it the callback's trampoline),
+    hand llama.cpp back llama-cpp-python's own callback: models freed during teardown still log, and a
+    call into a freed trampoline is a segfault (seen: `serve` stopped with SIGSEGV)."""
+    import ctypes
+
+    import llama_cpp
+    import llama_cpp._logger
+
+    llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def llama_errors() -> str:
