@@ -43,9 +43,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from selfguide_lite.engine.base import Request, SamplingParams  # noqa: E402
 from selfguide_lite.engine.batched import BatchedSampler  # noqa: E402
 from selfguide_lite.engine.llamacpp import LlamaCppSampler  # noqa: E402
+from selfguide_lite.engine.sampler import Request, SamplingParams  # noqa: E402
 from selfguide_lite.prompts import input_generation_prompt, task_prompt  # noqa: E402
 from selfguide_lite.tasks import load_task  # noqa: E402
 

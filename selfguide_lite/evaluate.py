@@ -8,7 +8,7 @@ from typing import Any
 
 from . import progress
 from .config import EvalConfig
-from .engine.base import Request, Sampler, SamplingParams
+from .engine.sampler import Request, Sampler, SamplingParams
 from .errors import UserError
 from .metrics import score_predictions
 from .prompts import PromptFormat, task_prompt

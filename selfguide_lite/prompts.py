@@ -17,7 +17,7 @@ from functools import lru_cache
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .engine.base import ModelInfo
+from .engine.sampler import ModelInfo
 from .errors import UserError
 from .tasks import Demo, Task
 

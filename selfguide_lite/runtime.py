@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import UserError
 
 if TYPE_CHECKING:
-    from .engine.base import ModelInfo
+    from .engine.sampler import ModelInfo
 
 LLAMA_CPP_VERSION = "0.3.36"  # the version this check and the struct field it sets were verified with
 CHECK_VERSION = 1  # bump when the probe changes: cached verdicts are then redone
@@ -294,7 +294,7 @@ def load_vocab_only(model_path: str | Path):
 def model_info(model) -> ModelInfo:
     """Chat template and special-token texts of a loaded llama.cpp model (a `llama_model` pointer),
     read from its GGUF metadata and vocabulary. Both backends describe the student through this."""
-    from .engine.base import ModelInfo
+    from .engine.sampler import ModelInfo
 
     llama_cpp = llama_cpp_module()
 

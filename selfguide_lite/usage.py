@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from .engine.base import ModelInfo
+from .engine.sampler import ModelInfo
 from .errors import UserError
 from .prompts import PromptFormat
 from .runtime import existing_gguf, gguf_model_info
@@ -54,8 +54,8 @@ def chat(gguf: str | Path, read: Callable[[str], str] = input, write: Callable[[
          max_tokens: int = 256, n_ctx: int = 0) -> int:
     """A quick interactive check: each line you type is one single-turn prompt, answered greedily
     through the model's own prompt format. Empty line, `/exit` or end of input quits."""
-    from .engine.base import Request, SamplingParams
     from .engine.llamacpp import LlamaCppSampler
+    from .engine.sampler import Request, SamplingParams
 
     turns = 0
     with LlamaCppSampler(gguf, n_ctx=n_ctx) as sampler:  # n_ctx 0: the model's training context

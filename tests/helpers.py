@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from selfguide_lite.engine.base import Completion, ModelInfo, Request, Sampler
+from selfguide_lite.engine.sampler import Completion, ModelInfo, Request, Sampler
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

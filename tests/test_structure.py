@@ -87,3 +87,8 @@ def test_llama_cpp_is_imported_only_by_the_runtime_door():
                 if name.split(".")[0] == "llama_cpp" and not name.startswith("llama_cpp.server"):
                     importers.setdefault(module_name(path), set()).add(name)
     assert set(importers) == {"selfguide_lite.runtime"}, importers
+
+
+def test_no_two_modules_share_a_name():
+    names = [p.stem for p in PACKAGE.rglob("*.py") if p.stem != "__init__"]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import EngineConfig
-from .base import Completion, ModelInfo, Request, Sampler, SamplingParams
+from .sampler import Completion, ModelInfo, Request, Sampler, SamplingParams
 
 __all__ = ["Completion", "ModelInfo", "Request", "Sampler", "SamplingParams", "open_sampler"]
 

@@ -48,7 +48,7 @@ import numpy as np
 from .. import progress
 from ..errors import UserError
 from ..runtime import existing_gguf, llama_cpp_module, load_model, model_info
-from .base import Completion, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
+from .sampler import Completion, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default last_n_tokens_size: penalties match the sequential backend
 KV_BUDGET_BYTES = 3 << 30  # cap on the KV cache; beyond it fewer sequences run at once instead of failing

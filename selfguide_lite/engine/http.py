@@ -35,7 +35,15 @@ from typing import Any
 
 from .. import progress
 from ..errors import UserError
-from .base import Completion, ModelInfo, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
+from .sampler import (
+    Completion,
+    ModelInfo,
+    Request,
+    Sampler,
+    SamplingParams,
+    choices_grammar,
+    truncate_at_stop,
+)
 
 # How an endpoint is asked to constrain a classification answer, in the order they are tried.
 CONSTRAINT_MODES = ("grammar", "guided_choice", "none")

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import progress
-from .base import Completion, Request, Sampler
+from .sampler import Completion, Request, Sampler
 
 CHUNK = 64  # requests decoded (and journaled) together
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import progress
 from ..errors import UserError
 from ..runtime import llama_cpp_module, load_llama, model_info
-from .base import Completion, Request, Sampler, choices_grammar
+from .sampler import Completion, Request, Sampler, choices_grammar
 
 
 class LlamaCppSampler(Sampler):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..config import Config
-from ..engine.base import ModelInfo, Sampler
+from ..engine.sampler import ModelInfo, Sampler
 from ..errors import UserError
 from ..prompts import PromptFormat
 from ..tasks import Task, load_task

@@ -18,7 +18,7 @@ from typing import Any, TypedDict
 
 from .. import progress
 from ..config import SelfGuideConfig
-from ..engine.base import Request, Sampler, SamplingParams
+from ..engine.sampler import Request, Sampler, SamplingParams
 from ..errors import UserError
 from ..filters import (
     AnswerChecks,

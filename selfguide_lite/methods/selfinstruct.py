@@ -19,7 +19,7 @@ from typing import Any, TypedDict
 
 from .. import progress
 from ..config import SelfInstructConfig
-from ..engine.base import Request, Sampler, SamplingParams, truncate_at_stop
+from ..engine.sampler import Request, Sampler, SamplingParams, truncate_at_stop
 from ..errors import UserError
 from ..filters import InstructionFilters, conflicting_inputs, instance_check
 from ..prompts import (
