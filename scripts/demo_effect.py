@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 from selfguide_lite import progress  # noqa: E402
-from selfguide_lite.config import load_config  # noqa: E402
+from selfguide_lite.config import deep_merge, load_config  # noqa: E402
 from selfguide_lite.demo import WORLD_PRESET  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
 from selfguide_lite.runs import rounds_of  # noqa: E402
@@ -37,13 +37,6 @@ ABLATIONS = {
     "no_label_filter": {"selfguide": {"constrain_labels": False, "label_filter": False, "balance": False}},
     "no_input_filters": {"selfguide": {"input_filters": False}},
 }
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def main() -> int:
@@ -69,7 +62,7 @@ def main() -> int:
             run_dir = args.work / f"{variant}-seed{seed}"
             cfg = load_config(None, {"task": str(world_task_path()), "model": str(student), "run_dir": str(run_dir),
                                      "seed": seed, "loop": {"rounds": args.rounds}},
-                              _merge(WORLD_PRESET, ABLATIONS[variant]))
+                              deep_merge(WORLD_PRESET, ABLATIONS[variant]))
             started = time.monotonic()
             summary = run_loop(cfg, log=lambda m: None)
             rounds = rounds_of(summary)

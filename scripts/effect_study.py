@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from selfguide_lite import progress  # noqa: E402
 from selfguide_lite.builtin_students import DEFAULT_STUDENT  # noqa: E402
-from selfguide_lite.config import Config, load_config  # noqa: E402
+from selfguide_lite.config import Config, deep_merge, load_config  # noqa: E402
 from selfguide_lite.diagnostics import (  # noqa: E402
     copy_share,
     format_share,
@@ -74,15 +74,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def study_config(task: Path, seed: int, variant: str, rounds: int, model: str, config: Path | None, run_dir: Path) -> Config:
-    overrides = _merge(VARIANTS[variant], {"model": model, "task": str(task), "run_dir": str(run_dir), "seed": seed,
+    overrides = deep_merge(VARIANTS[variant], {"model": model, "task": str(task), "run_dir": str(run_dir), "seed": seed,
                                            "loop": {"rounds": rounds}})
     return load_config(config, overrides)
 

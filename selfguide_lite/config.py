@@ -224,11 +224,13 @@ def annotated_yaml(cfg: Config | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid on `base`: nested sections merge key by key, anything else replaces (new dicts; the
+    precedence rule of configuration files and flags, and of the scripts' variants)."""
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -278,9 +280,9 @@ def load_config(
         data = loaded
     _validate(data, str(path or "config"))
     if preset:
-        data = _deep_merge(preset, data)
+        data = deep_merge(preset, data)
     if overrides:
-        data = _deep_merge(data, _drop_none(overrides))
+        data = deep_merge(data, _drop_none(overrides))
     return _validate(data, "command line")
 
 
