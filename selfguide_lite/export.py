@@ -158,7 +158,7 @@ def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f1
     os.close(fd)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_LOCAL_GGUF": "1"}
     cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(hf_dir), "--outfile", tmp, "--outtype", outtype]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=_die_with_parent)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=_die_with_parent())
     if proc.returncode != 0:
         Path(tmp).unlink(missing_ok=True)
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
@@ -170,14 +170,23 @@ def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f1
     return out_path
 
 
-def _die_with_parent() -> None:
-    """Runs in the converter child (Linux): if we are killed, the kernel kills the converter too, so
-    no orphan keeps writing a temporary GGUF after a restart has cleaned the run directory."""
-    import ctypes
-    import signal
+def _die_with_parent(parent: int | None = None):
+    """The converter child's preexec function (Linux): if we are killed, the kernel kills the converter
+    too, so no orphan keeps writing a temporary GGUF after a restart has cleaned the run directory.
+    A parent killed between the fork and the prctl call would leave the child orphaned already (a
+    killed resume test saw one recreate its temporary file): the child checks and exits then."""
+    parent = os.getpid() if parent is None else parent
 
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    def arm() -> None:
+        import ctypes
+        import signal
+
+        with suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 @contextmanager

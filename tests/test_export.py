@@ -109,3 +109,18 @@ def test_chat_template_travels_into_the_gguf_and_both_backends(tmp_path):
             assert sampler.info.chat_template == template
             assert (sampler.info.bos_token, sampler.info.eos_token) == ("<s>", "</s>")
             assert PromptFormat.from_info(sampler.info).render("hi") == "<<hi>>A:"
+
+
+def test_the_converter_child_never_outlives_a_parent_killed_before_it_armed(tmp_path):
+    """The converter runs in a child that the kernel kills with us; a child whose parent is already
+    gone when it arms that (here: a parent pid that is not its parent) exits instead of converting."""
+    import subprocess
+    import sys
+
+    from selfguide_lite.export import _die_with_parent
+
+    write = [sys.executable, "-c", f"open({str(tmp_path / 'written')!r}, 'w').write('x')"]
+    orphan = subprocess.run(write, preexec_fn=_die_with_parent(parent=1), capture_output=True)
+    assert orphan.returncode != 0 and not (tmp_path / "written").exists()
+    assert subprocess.run(write, preexec_fn=_die_with_parent(), capture_output=True).returncode == 0
+    assert (tmp_path / "written").read_text() == "x"
