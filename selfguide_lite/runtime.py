@@ -397,13 +397,11 @@ def check_runtime(use_cache: bool = True, log: Log | None = None, probe_cmd: lis
     flags = cpu_flags()
     key = installation_key(flags)
     cache = cache_dir() / f"llama-runtime-{key[:20]}.json"
-    if use_cache and cache.is_file():
-        try:
-            cached = json.loads(cache.read_text())
-            if cached.get("key") == key and cached.get("ok"):
-                return {**cached, "cached": True}
-        except (OSError, json.JSONDecodeError):
-            pass
+    from .store import atomic_write_text, read_cache_record
+
+    cached = read_cache_record(cache) if use_cache else None
+    if cached and cached.get("key") == key and cached.get("ok"):
+        return {**cached, "cached": True}
     log(f"checking that llama.cpp decodes correctly on this CPU (once per installation; cached in {cache.parent})")
     t0 = time.monotonic()
     attempts = [run_probe("auto", probe_cmd)]
@@ -423,8 +421,6 @@ def check_runtime(use_cache: bool = True, log: Log | None = None, probe_cmd: lis
     if len(attempts) > 1:
         log(f"llama.cpp failed with extra buffer types on ({first['failure']}); it decodes correctly with them off, "
             "which this installation now uses")
-    from .store import atomic_write_text
-
     atomic_write_text(cache, json.dumps(record, indent=2))
     return {**record, "cached": False}
 
@@ -484,11 +480,11 @@ def repair_command(flags: frozenset[str], record: dict[str, Any]) -> str:
 
 
 def failure_message(record: dict[str, Any]) -> str:
-    flags = cpu_flags()
+    features = record["cpu_features"]  # the CPU's flags that matter to llama.cpp, read once by the check
     tried = "; ".join(f"{_setting_text(a)}: {a['failure']}" for a in record["attempts"])
     return (f"llama.cpp (llama-cpp-python {record['llama_cpp_python']}) does not decode quantized models correctly on "
-            f"this CPU ({record['cpu']}; {' '.join(named_features(flags)) or 'no x86 vector features found'}): {tried}. "
-            f"Repair: {repair_command(flags, record)}")
+            f"this CPU ({record['cpu']}; {' '.join(features) or 'no x86 vector features found'}): {tried}. "
+            f"Repair: {repair_command(frozenset(features), record)}")
 
 
 def _setting_text(attempt: dict[str, Any]) -> str:

@@ -81,6 +81,9 @@ def test_a_crash_with_extra_buffer_types_falls_back_to_plain_kernels_and_is_cach
     again = runtime.check_runtime(probe_cmd=fake_probe(fresh, "sys.exit(5)\n"))  # would fail if it ran
     assert again["cached"] and again["extra_bufts"] is False
     assert runtime.check_runtime(use_cache=False, probe_cmd=probe)["cached"] is False
+    for cache_file in (fresh / "cache").glob("**/llama-runtime-*.json"):
+        cache_file.write_text("[not a record")  # a damaged cache is a miss: the check runs again
+    assert runtime.check_runtime(probe_cmd=probe)["cached"] is False
 
 
 def test_the_cache_key_follows_the_cpu_flags():
