@@ -1,7 +1,7 @@
 """Where writing inputs spends its time: one Self-Guide synthesis per context setting, timed per call.
 
 On the built-in student and the shipped demo task, writes `--num-inputs` inputs in waves of 32 (one
-annotation sample each, so the input stage dominates) with `selfguide.context_sampling: request` and
+annotation sample each, so the input stage dominates) with one draw of shown inputs per request (`selfguide.without: [wave_context]`) and
 `wave`, side by side in one run, and prints for every sampler call the requests, prompt and
 completion tokens and seconds.
 
@@ -65,7 +65,8 @@ def main() -> int:
     with open_sampler(builtin_gguf(DEFAULT_STUDENT), EngineConfig()) as sampler:
         for mode in ("request", "wave"):
             timed = TimedSampler(sampler)
-            cfg = SelfGuideConfig(num_inputs=args.num_inputs, wave_size=32, num_samples=1, context_sampling=mode)
+            cfg = SelfGuideConfig(num_inputs=args.num_inputs, wave_size=32, num_samples=1,
+                                  without=["wave_context"] if mode == "request" else [])
             synthesize(task, timed, cfg, PromptFormat.from_info(sampler.info), seed=1)
             writing = sum(c["seconds"] for c in timed.calls if c["writes_inputs"])
             result[mode] = {"input_seconds": writing, "inputs_per_s": args.num_inputs / writing, "calls": timed.calls}

@@ -11,7 +11,7 @@
    in waves against a growing pool, as the bootstrap does; 20,000 timed, 52,000 projected from the
    measured per-wave cost (and measured too, unless --no-52k).
 
-Usage: python3 scripts/bench_rouge.py [--seeds PATH] [--pairs N] [--json FILE]
+Usage: python3 scripts/bench_rouge.py [--seed-tasks PATH] [--pairs N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def project(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--seeds", default=str(REPO.parent / "shared" / "data" / "self-instruct" / "seed_tasks.jsonl")
+        "--seed-tasks", default=str(REPO.parent / "shared" / "data" / "self-instruct" / "seed_tasks.jsonl")
     )
     ap.add_argument("--pairs", type=int, default=240_000, help="pairs checked against rouge_score (>= 200k)")
     ap.add_argument("--variants", type=int, default=36, help="perturbed variants per seed")
@@ -221,9 +221,9 @@ def main() -> int:
     print("command:", " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print("machine:", machine())
     seeds = [
-        json.loads(line)["instruction"] for line in Path(args.seeds).read_text().splitlines() if line.strip()
+        json.loads(line)["instruction"] for line in Path(args.seed_tasks).read_text().splitlines() if line.strip()
     ]
-    print(f"seeds: {len(seeds)} from {args.seeds}")
+    print(f"seeds: {len(seeds)} from {args.seed_tasks}")
     rng = random.Random(args.seed)
 
     # 1. Agreement on a dense block, checked on sampled pairs.

@@ -52,7 +52,7 @@ def run_round(task: Path, mode: str, work: Path) -> dict:
     """Round 0 + one default round through the product's loop; figures read back from the manifest."""
     run_dir = work / f"{task.stem}-{mode}"
     cfg = load_config(None, {"model": DEFAULT_STUDENT, "task": str(task), "run_dir": str(run_dir),
-                             "loop": {"rounds": 1}, "selfguide": {"context_sampling": mode}})
+                             "loop": {"rounds": 1}, "selfguide": {"without": ["wave_context"] if mode == "request" else []}})
     t0 = time.perf_counter()
     run_loop(cfg, log=lambda m: None)
     wall = time.perf_counter() - t0

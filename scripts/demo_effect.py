@@ -34,7 +34,7 @@ from selfguide_lite.world import build_world_student, world_task_path  # noqa: E
 ABLATIONS = {
     "full": {},
     "no_vote": {"selfguide": {"num_samples": 1, "annotate_temperature": 0.0}},
-    "no_label_filter": {"selfguide": {"constrain_labels": False, "label_filter": False, "balance": False}},
+    "no_label_filter": {"selfguide": {"labels_in_vote": "any", "balance": False}},
     "no_input_filters": {"selfguide": {"input_filters": False}},
 }
 

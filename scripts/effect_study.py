@@ -61,16 +61,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
     "no_vote": {"selfguide": {"num_samples": 1, "annotate_temperature": 0.0}},
     "no_input_filters": {"selfguide": {"input_filters": False}},
-    "no_label_filter": {"selfguide": {"constrain_labels": False, "label_filter": False}},
+    "no_label_filter": {"selfguide": {"labels_in_vote": "any"}},
     "no_balance": {"selfguide": {"balance": False}},
     # generation: keep answers the vote gives to many different inputs (the default drops those given to more than 3)
-    "no_repeat_limit": {"selfguide": {"answer_repeat_limit": 0}},
+    "no_repeat_limit": {"selfguide": {"without": ["repeat_limit"]}},
     # drop an input the student wrote after an echoed "Input:" as noise (the default strips the echo and keeps it)
-    "no_strip_input_echo": {"selfguide": {"strip_input_echo": False}},
+    "no_strip_input_echo": {"selfguide": {"without": ["strip_input_echo"]}},
     # the method as first published, before this project's changes for small chat students
-    "original": {"selfguide": {"input_lead": False, "field_filter": False, "answer_checks": False, "balance_floor": 0,
-                               "context_sampling": "request", "answer_repeat_limit": 0,
-                               "strip_input_echo": False}},
+    "original": {"selfguide": {"preset": "original"}},
 }
 
 

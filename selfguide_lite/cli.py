@@ -82,7 +82,8 @@ def loop(
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
     seed: Annotated[int | None, typer.Option(help=setting_help("seed"))] = None,
     method: Annotated[str | None, typer.Option(help=setting_help("loop.method"))] = None,
-    seeds: Annotated[str | None, typer.Option(help=setting_help("seeds"))] = None,
+    seed_tasks: Annotated[str | None, typer.Option(help=setting_help("seed_tasks"))] = None,
+    seeds: OldSeedsOption = None,
     eval_tasks: Annotated[list[str] | None, typer.Option(help=setting_help("eval_tasks"))] = None,
     task_type: TaskTypeOption = None,
     labels: LabelsOption = None,
@@ -103,10 +104,10 @@ def loop(
     if demo is not None and not is_demo:
         raise UserError("--demo runs a built-in demo: leave out --task and --model")
     _check_loop_options(method, resume, fresh, {"--labels": labels, "--task-type": task_type, "--num-inputs": num_inputs,
-                                                "--seeds": seeds, "--eval-tasks": eval_tasks,
+                                                "--seed-tasks": _seed_tasks(seed_tasks, seeds), "--eval-tasks": eval_tasks,
                                                 "--num-instructions": num_instructions})
     overrides = {
-        "task": task, "model": model, "run_dir": run_dir, "seed": seed, "seeds": seeds,
+        "task": task, "model": model, "run_dir": run_dir, "seed": seed, "seed_tasks": _seed_tasks(seed_tasks, seeds),
         "eval_tasks": eval_tasks, "task_type": task_type,
         "labels": [x.strip() for x in labels.split(",")] if labels else None,
         "selfguide": {"num_inputs": num_inputs},
@@ -132,6 +133,16 @@ def loop(
 
     for line in summary_lines(summary):
         _log(line)
+
+
+OldSeedsOption = Annotated[str | None, typer.Option("--seeds", hidden=True, help="old name of --seed-tasks")]
+
+
+def _seed_tasks(seed_tasks: str | None, old_seeds: str | None) -> str | None:
+    """--seed-tasks, or the old --seeds with one warning line (scripts use --seeds for random seeds)."""
+    if old_seeds is not None:
+        print("warning: --seeds is now --seed-tasks (the Self-Instruct seed tasks file)", file=sys.stderr)
+    return seed_tasks if seed_tasks is not None else old_seeds
 
 
 def _check_loop_options(method: str | None, resume: bool, fresh: bool, given: dict[str, object]) -> None:
@@ -176,9 +187,10 @@ def synth(
 
 @app.command()
 def instruct(
-    seeds: Annotated[str, typer.Option(help="seed pool (JSON Lines)")],
     model: Annotated[str, typer.Option(help="student GGUF file")],
     out: Annotated[Path, typer.Option(help="output directory")],
+    seed_tasks: Annotated[str | None, typer.Option(help=setting_help("seed_tasks"))] = None,
+    seeds: OldSeedsOption = None,
     num_instructions: Annotated[int | None, typer.Option(help=setting_help("selfinstruct.num_instructions"))] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
     seed: Annotated[int | None, typer.Option(help="seed (default: the config's seed)")] = None,
@@ -190,10 +202,13 @@ def instruct(
     from .models import sampling_gguf
     from .tasks import load_seed_pool
 
+    seed_tasks = _seed_tasks(seed_tasks, seeds)
+    if not seed_tasks:
+        raise UserError("instruct needs --seed-tasks (Self-Instruct seed tasks, JSON Lines)")
     output_dir(out)
-    cfg = _config(config, seeds=seeds, selfinstruct={"num_instructions": num_instructions}, engine={"endpoints": endpoint},
+    cfg = _config(config, seed_tasks=seed_tasks, selfinstruct={"num_instructions": num_instructions}, engine={"endpoints": endpoint},
                   loop={"method": "self-instruct"})
-    load_seed_pool(seeds, cfg.selfinstruct.bad_seed_lines)  # a bad seed file fails here, before the model loads
+    load_seed_pool(seed_tasks, cfg.selfinstruct.bad_seed_lines)  # a bad seed file fails here, before the model loads
     stats = run_synthesis(cfg, method_for(cfg), sampling_gguf(model), out, cfg.seed if seed is None else seed)
     _log(json.dumps(stats, indent=2))
 

@@ -7,6 +7,8 @@ directory so a run can be read back and repeated.
 from __future__ import annotations
 
 import difflib
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,19 +42,26 @@ class EngineConfig(_Section):
     retries: int = _f(4, "endpoints: attempts per request before giving up", ge=0)
 
 
+SmallStudentChange = Literal["input_lead", "wave_context", "strip_input_echo", "field_filter", "answer_checks",
+                             "repeat_limit", "balance_floor"]
+
+
 class SelfGuideConfig(_Section):
     """Self-Guide synthesis (contract §2)."""
 
+    preset: Literal["small-student", "original"] = _f(
+        "small-student", "small-student: the method with this project's changes for small chat students (see "
+                         "`without`); original: the method as first published, every such change off")
+    without: list[SmallStudentChange] = _f(
+        list, "changes of the small-student preset to switch off one by one (ablations): input_lead (start a "
+              "written input with the demonstrations' first field), wave_context (one draw of accepted inputs per "
+              "wave, shared as a prefix), strip_input_echo (remove an echoed 'Input:' instead of dropping the input), "
+              "field_filter (drop inputs missing or repeating a demonstration field), answer_checks (generation: "
+              "strip a lead-in, drop copies of a demonstration's answer and run-ons), repeat_limit "
+              "(answer_repeat_limit), balance_floor (balance_floor)")
     num_inputs: int = _f(400, "input candidates drawn per round", ge=1)
     context_inputs: int = _f(10, "accepted inputs shown back to the model when it writes new ones", ge=0)
     wave_size: int = _f(32, "input requests issued together before filtering", ge=1)
-    context_sampling: Literal["request", "wave"] = _f(
-        "wave", "wave: one random draw of accepted inputs per wave, so the wave's prompts share it as a prefix "
-                "(prefilled once: several times faster); request: each request draws its own (the original)")
-    input_lead: bool = _f(
-        True, "start each written input with the field every example input starts with (e.g. 'Premise:') as the "
-              "beginning of the answer, so a chat student continues an input instead of replying to the request; "
-              "false: the request alone (the original prompt)")
     input_temperature_classification: float = _f(0.7, "temperature for writing inputs, classification tasks", ge=0)
     input_temperature_generation: float = _f(0.9, "temperature for writing inputs, generation tasks", ge=0)
     input_top_k: int = _f(40, "top-k for writing inputs", ge=0)
@@ -62,29 +71,34 @@ class SelfGuideConfig(_Section):
     vote_threshold: float = _f(0.3, "an answer needs this share of the samples to be kept", ge=0, le=1)
     length_filter: bool | None = _f(None, "drop inputs far longer/shorter than the examples (null: on for classification)")
     output_length_filter: bool = _f(True, "generation: drop outputs far from the examples' length")
-    answer_checks: bool = _f(
-        True, "generation: strip an answer lead-in ('The answer is:') and drop samples that repeat an example's "
-              "answer the input does not contain, or run on past the examples' line count; false: the original vote")
     answer_repeat_limit: int = _f(
         3, "generation: an answer the vote gives to more than this many different inputs does not depend on its "
-           "input (a small student's system prompt, 'No, no, no!') and is dropped from all of them; 0: off (the "
-           "original method)", ge=0)
-    strip_input_echo: bool = _f(
-        True, "remove an 'Input:' the student writes in front of a new input (it echoes the request, which ends "
-               "with 'Input:') before the filters, instead of dropping the input as a leaked format marker; "
-               "false: the original filters")
+           "input (a small student's system prompt, 'No, no, no!') and is dropped from all of them; 0: off "
+           "(the preset's repeat_limit)", ge=0)
     noise_patterns: list[str] = _f(lambda: list(DEFAULT_NOISE_PATTERNS), "regexes marking a generated input as noise")
     input_filters: bool = _f(True, "drop noisy, duplicate and (classification) odd-length inputs; false: keep all")
-    field_filter: bool = _f(
-        True, "drop inputs missing a field every example input has ('perspective:') or repeating one "
-              "(part of the input filters; false: the original filters only)")
-    constrain_labels: bool = _f(True, "classification: decode only label strings (grammar-constrained)")
-    label_filter: bool = _f(True, "classification: only samples that are exactly a label count in the vote")
+    labels_in_vote: Literal["constrained", "exact", "any"] = _f(
+        "constrained", "classification: constrained: annotation decodes only label strings (grammar); exact: free "
+                       "decoding, only samples that are exactly a label count in the vote; any: every sample counts")
     balance: bool = _f(True, "classification: trim every label to the rarest label's count")
     balance_floor: int = _f(
-        32, "balance never trims a label below this many rows (0: the original rule, down to the rarest label, "
-            "which leaves 2 rows when the vote gives one label 63 times and the other once)", ge=0)
+        32, "balance never trims a label below this many rows (the preset's balance_floor; 0: down to the rarest "
+            "label, which leaves 2 rows when the vote gives one label 63 times and the other once)", ge=0)
     max_tokens_factor: float = _f(2.0, "max new tokens = this x the longest example (in tokens)", gt=0)
+
+    def uses(self, change: str) -> bool:
+        """Whether one of the small-student changes is on: the preset asks for it and `without` leaves it."""
+        return self.preset == "small-student" and change not in self.without
+
+    @property
+    def repeat_limit(self) -> int:
+        """The answer_repeat_limit in force (0: off)."""
+        return self.answer_repeat_limit if self.uses("repeat_limit") else 0
+
+    @property
+    def floor(self) -> int:
+        """The balance_floor in force (0: the rarest label's count)."""
+        return self.balance_floor if self.uses("balance_floor") else 0
 
 
 class SelfInstructConfig(_Section):
@@ -185,7 +199,7 @@ class Config(_Section):
     task: str | None = _f(None, "Self-Guide task file (Natural Instructions JSON or our YAML/JSON)")
     model: str | None = _f(None, "student: a built-in name (smollm2-135m-instruct), a GGUF file, a local HF "
                                  "checkpoint directory, or a hub id")
-    seeds: str | None = _f(None, "Self-Instruct seed pool (JSON Lines)")
+    seed_tasks: str | None = _f(None, "Self-Instruct seed tasks (JSON Lines: instruction, instances)")
     eval_tasks: list[str] = _f(list, "Self-Instruct: task files to evaluate on")
     task_type: Literal["classification", "generation"] | None = _f(
         None, "override the inferred task type: classification or generation")
@@ -236,6 +250,47 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Settings renamed or folded into the preset: (old key, its value) -> what it now means, for config files
+# written before (they load with one warning line).
+_OLD_SWITCHES = {"input_lead": "input_lead", "field_filter": "field_filter", "answer_checks": "answer_checks",
+                 "strip_input_echo": "strip_input_echo"}
+
+
+def migrate_old_keys(data: dict[str, Any], where: str, warn: Callable[[str], None]) -> dict[str, Any]:
+    """A configuration written with the keys before the Self-Guide preset (and before `seeds` became
+    `seed_tasks`), rewritten with today's keys; one warning line names what was rewritten."""
+    renamed: list[str] = []
+    data = dict(data)
+    if "seeds" in data:
+        data["seed_tasks"] = data.pop("seeds")
+        renamed.append("seeds -> seed_tasks")
+    section = data.get("selfguide")
+    if isinstance(section, dict):
+        section = dict(section)
+        without = list(section.get("without") or [])
+        for old, change in _OLD_SWITCHES.items():
+            if old in section:
+                value = section.pop(old)
+                renamed.append(f"selfguide.{old}")
+                if value is False and change not in without:
+                    without.append(change)
+        if "context_sampling" in section:
+            renamed.append("selfguide.context_sampling")
+            if section.pop("context_sampling") == "request" and "wave_context" not in without:
+                without.append("wave_context")
+        if "constrain_labels" in section or "label_filter" in section:
+            renamed.append("selfguide.constrain_labels/label_filter")
+            constrain, exact = section.pop("constrain_labels", True), section.pop("label_filter", True)
+            section["labels_in_vote"] = "constrained" if constrain else "exact" if exact else "any"
+        if without:
+            section["without"] = without
+        data["selfguide"] = section
+    if renamed:
+        warn(f"warning: {where}: old setting names read as today's ({', '.join(renamed)}); "
+             "`config --print` shows the current names")
+    return data
+
+
 def _validate(data: dict[str, Any], where: str) -> Config:
     try:
         return Config.model_validate(data)
@@ -263,9 +318,11 @@ def _suggestion(loc: tuple) -> str:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None, preset: dict[str, Any] | None = None
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, preset: dict[str, Any] | None = None,
+    warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> Config:
-    """Defaults <- preset (e.g. the demo's sizes) <- YAML file <- overrides (None values are ignored)."""
+    """Defaults <- preset (e.g. the demo's sizes) <- YAML file <- overrides (None values are ignored).
+    Old setting names are read as today's, with one warning line (`migrate_old_keys`)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -277,12 +334,12 @@ def load_config(
             raise UserError(f"{p}: invalid YAML ({exc.__class__.__name__})") from None
         if not isinstance(loaded, dict):
             raise UserError(f"{p}: a config file must hold a mapping")
-        data = loaded
+        data = migrate_old_keys(loaded, str(p), warn)
     _validate(data, str(path or "config"))
     if preset:
         data = deep_merge(preset, data)
     if overrides:
-        data = deep_merge(data, _drop_none(overrides))
+        data = deep_merge(data, migrate_old_keys(_drop_none(overrides), "command line", warn))
     return _validate(data, "command line")
 
 

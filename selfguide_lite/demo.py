@@ -111,7 +111,7 @@ def demo_setup(name: str | None, method: str | None, overrides: dict, log: Calla
         log("offline Self-Instruct demo: a tiny (~1M parameter) Llama student built here; it shows every stage "
             "running for real, it is not a useful model.")
         overrides["model"] = str(build_demo_model(demo_model_dir(), log=log))
-        overrides["seeds"] = overrides.get("seeds") or str(seed_pool_path())
+        overrides["seed_tasks"] = overrides.get("seed_tasks") or str(seed_pool_path())
         overrides["eval_tasks"] = overrides.get("eval_tasks") or [str(demo_task_path())]
         overrides["run_dir"] = overrides.get("run_dir") or "runs/demo-self-instruct"
         return WORLD_PRESET

@@ -257,7 +257,7 @@ def start_run(cfg: Config, log: Log, command: str | None) -> RunContext:
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_partial(run_dir)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    manifest.data.update(method=method.name, model=cfg.model, task=cfg.task, seeds=cfg.seeds)
+    manifest.data.update(method=method.name, model=cfg.model, task=cfg.task, seed_tasks=cfg.seed_tasks)
     if command:
         manifest.data.setdefault("commands", []).append(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {command}")
     if source.imported and manifest.data.get("import", {}).get("sha256") != source.imported["sha256"]:

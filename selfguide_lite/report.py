@@ -254,7 +254,7 @@ th{{background:#f3f5f7}} pre{{background:#f3f5f7;padding:1em;overflow:auto;font-
 </style></head><body>
 <h1>selfguide_lite: {_esc(run_dir.name)}</h1>
 <p>method <b>{_esc(manifest.get('method'))}</b> &middot; model <b>{_esc(manifest.get('model'))}</b> &middot;
-task <b>{_esc(manifest.get('task') or manifest.get('seeds'))}</b></p>
+task <b>{_esc(manifest.get('task') or manifest.get('seed_tasks') or manifest.get('seeds'))}</b></p>
 <p>{summary}</p>
 <nav><a href="#scores">scores</a><a href="#funnel">data funnel</a><a href="#balance">class balance</a>
 <a href="#examples">examples</a><a href="#disk">disk</a><a href="#time">time</a><a href="#config">command &amp; configuration</a></nav>

@@ -92,7 +92,7 @@ def test_seed_file_bad_line_stops_with_its_number_or_is_skipped(tmp_path, capsys
     seeds = tmp_path / "s.jsonl"
     good = {"id": "a", "instruction": "Say hi.", "instances": [{"input": "", "output": "hi"}], "is_classification": False}
     seeds.write_text(json.dumps(good) + "\n{not json\n" + json.dumps({**good, "instruction": ""}) + "\n")
-    fails_cleanly(["instruct", "--seeds", str(seeds), "--model", str(tmp_path / "m.gguf"), "--out", str(tmp_path / "o")],
+    fails_cleanly(["instruct", "--seed-tasks", str(seeds), "--model", str(tmp_path / "m.gguf"), "--out", str(tmp_path / "o")],
                   capsys, "s.jsonl:2:", "not valid JSON", "bad_seed_lines")
     assert not (tmp_path / "o").exists()
     warnings: list[str] = []
@@ -201,7 +201,7 @@ def test_incompatible_or_corrupt_run_directory(tmp_path, capsys, tiny_llama):
     [
         (["--resume", "--fresh"], "--resume and --fresh contradict"),
         (["--method", "self-instruct", "--labels", "a,b"], "--labels applies to --method self-guide"),
-        (["--seeds", "s.jsonl"], "--seeds applies to --method self-instruct"),
+        (["--seed-tasks", "s.jsonl"], "--seed-tasks applies to --method self-instruct"),
         (["--method", "both"], "--method must be"),
         (["--rounds", "-1"], "rounds"),
         (["--quant", "q3_k"], "quant"),

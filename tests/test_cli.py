@@ -122,7 +122,7 @@ def test_instruct_command_writes_every_output(demo_student_gguf, tmp_path):
 
     _, gguf = demo_student_gguf
     out = tmp_path / "si"
-    res = run_cli("instruct", "--seeds", str(seed_pool_path()), "--model", str(gguf), "--out", str(out),
+    res = run_cli("instruct", "--seed-tasks", str(seed_pool_path()), "--model", str(gguf), "--out", str(out),
                   "--num-instructions", "5")
     assert res.returncode == 0, res.stderr[-2000:]
     stats = json.loads((out / "stats.json").read_text())
@@ -142,7 +142,7 @@ def test_self_instruct_loop_survives_a_round_without_data(demo_student_gguf, tmp
     cfg = tmp_path / "c.yaml"
     cfg.write_text("selfinstruct: {num_instructions: 4, wave_size: 4, max_tokens: 64}\neval: {validation_size: 6, test_size: 0}\n"
                    "export: {quant: q8_0}\nengine: {n_ctx: 2048}\n")
-    res = run_cli("loop", "--method", "self-instruct", "--seeds", str(seed_pool_path()), "--eval-tasks",
+    res = run_cli("loop", "--method", "self-instruct", "--seed-tasks", str(seed_pool_path()), "--eval-tasks",
                   str(demo_task_path()), "--model", str(model), "--rounds", "1", "--run-dir", str(tmp_path / "run"),
                   "--config", str(cfg))
     assert res.returncode == 0, res.stderr[-2000:]

@@ -56,3 +56,86 @@ def test_bad_config_is_a_user_error(tmp_path, text):
     path.write_text(text)
     with pytest.raises(UserError):
         load_config(path)
+
+
+# The stage cache keys of Self-Guide's synthesis (method.settings()) computed by the code before the
+# small-student preset existed (commit f40f86d, with its keys: see the variants below). A change that
+# moves them makes every finished run recompute its synthesis, so it must be deliberate.
+PINNED_SYNTH_KEYS = {
+    ("classification", "full"): "07f319b342fc7bbe",
+    ("classification", "no_label_filter"): "d79cb6aae4e40e2c",
+    ("classification", "no_strip_input_echo"): "8fec2cbb96ab9561",
+    ("classification", "original"): "9deae8e965c268dd",
+    ("generation", "full"): "a5865be2960fd7d6",
+    ("generation", "no_label_filter"): "5de3d4a6fa07e4f6",
+    ("generation", "no_repeat_limit"): "07f319b342fc7bbe",
+    ("generation", "no_strip_input_echo"): "c75c34346c411bd3",
+    ("generation", "original"): "9deae8e965c268dd",
+}
+TODAY_KEYS = {
+    "full": {},
+    "no_label_filter": {"selfguide": {"labels_in_vote": "any"}},
+    "no_repeat_limit": {"selfguide": {"without": ["repeat_limit"]}},
+    "no_strip_input_echo": {"selfguide": {"without": ["strip_input_echo"]}},
+    "original": {"selfguide": {"preset": "original"}},
+}
+OLD_KEYS = {
+    "full": {},
+    "no_label_filter": {"selfguide": {"constrain_labels": False, "label_filter": False}},
+    "no_repeat_limit": {"selfguide": {"answer_repeat_limit": 0}},
+    "no_strip_input_echo": {"selfguide": {"strip_input_echo": False}},
+    "original": {"selfguide": {"input_lead": False, "field_filter": False, "answer_checks": False, "balance_floor": 0,
+                               "context_sampling": "request", "answer_repeat_limit": 0, "strip_input_echo": False}},
+}
+
+
+def _synth_key(task_kind, over, tmp_path, warnings):
+    from selfguide_lite.config import load_config
+    from selfguide_lite.demo import demo_task_path
+    from selfguide_lite.methods import method_for
+    from selfguide_lite.store import value_hash
+
+    gen = tmp_path / "gen.json"
+    gen.write_text('{"Definition": ["Fix it."], "Positive Examples": [{"input": "a b", "output": "a"}], '
+                   '"Instances": [{"input": "c d", "output": ["c"]}]}')
+    task, task_type = (demo_task_path(), None) if task_kind == "classification" else (gen, "generation")
+    cfg = load_config(None, {**over, "task": str(task), "task_type": task_type}, warn=warnings.append)
+    return value_hash(method_for(cfg).settings())
+
+
+@pytest.mark.parametrize("task_kind,variant", sorted(PINNED_SYNTH_KEYS))
+def test_default_and_ablation_runs_keep_their_synthesis_cache_keys(task_kind, variant, tmp_path):
+    """Written with today's keys or with the old ones (read with one warning line), a run asks for the
+    synthesis its finished stages were cached under."""
+    today, old = [], []
+    assert _synth_key(task_kind, TODAY_KEYS[variant], tmp_path, today) == PINNED_SYNTH_KEYS[(task_kind, variant)]
+    assert _synth_key(task_kind, OLD_KEYS[variant], tmp_path, old) == PINNED_SYNTH_KEYS[(task_kind, variant)]
+    assert today == [] and len(old) == (variant not in ("full", "no_repeat_limit"))  # answer_repeat_limit: 0 is off
+    assert all(line.startswith("warning: command line: old setting names") for line in old)
+
+
+def test_an_old_config_file_loads_with_one_warning_line(tmp_path):
+    from selfguide_lite.config import load_config
+
+    path = tmp_path / "old.yaml"
+    path.write_text("seeds: s.jsonl\nselfguide:\n  input_lead: false\n  context_sampling: request\n"
+                    "  strip_input_echo: true\n  constrain_labels: false\n")
+    lines: list[str] = []
+    cfg = load_config(path, warn=lines.append)
+    assert cfg.seed_tasks == "s.jsonl"
+    assert cfg.selfguide.without == ["input_lead", "wave_context"] and cfg.selfguide.labels_in_vote == "exact"
+    assert not cfg.selfguide.uses("input_lead") and cfg.selfguide.uses("strip_input_echo")
+    assert len(lines) == 1 and str(path) in lines[0] and "selfguide.input_lead" in lines[0]
+
+
+def test_the_original_preset_switches_every_small_student_change_off():
+    from typing import get_args
+
+    from selfguide_lite.config import SelfGuideConfig, SmallStudentChange
+
+    original = SelfGuideConfig(preset="original")
+    every_change_off = SelfGuideConfig(without=list(get_args(SmallStudentChange)))
+    for change in get_args(SmallStudentChange):
+        assert SelfGuideConfig().uses(change) and not original.uses(change) and not every_change_off.uses(change)
+    assert (original.repeat_limit, original.floor) == (0, 0) == (every_change_off.repeat_limit, every_change_off.floor)
+    assert (SelfGuideConfig().repeat_limit, SelfGuideConfig().floor) == (3, 32)

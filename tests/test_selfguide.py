@@ -130,7 +130,7 @@ def test_context_sampling_per_request_or_per_wave(mode):
     """`wave`: every input request of a wave shows the same accepted inputs (so their prompts share
     everything up to the asked label); `request`: each draws its own. Both are deterministic."""
     cfg = SelfGuideConfig(num_inputs=24, wave_size=8, num_samples=2, context_inputs=2, length_filter=False,
-                          context_sampling=mode)
+                          without=["wave_context"] if mode == "request" else [])
 
     def contexts():
         sampler = ScriptedSampler(scripted)
@@ -202,7 +202,7 @@ def test_written_inputs_start_with_the_lead_and_lack_no_field():
     kept = [r["input"] for r in res.train]
     assert kept and all(k.startswith("claim: Dogs") and "perspective:" in k for k in kept)
     assert res.stats["input_dropped"]["fields"] == 12 - len(kept) > 0
-    off = synthesize(FIELD_TASK, ScriptedSampler(respond), cfg.model_copy(update={"input_lead": False, "field_filter": False}),
+    off = synthesize(FIELD_TASK, ScriptedSampler(respond), cfg.model_copy(update={"without": ["input_lead", "field_filter"]}),
                      PromptFormat(), seed=0)
     assert off.stats["input_dropped"]["fields"] == 0 and not any(r["input"].startswith("claim:") for r in off.train)
 
@@ -241,11 +241,11 @@ def test_answer_checks_apply_to_generation_only_and_can_be_switched_off():
         return " What is it?" if i % 2 else " The answer is: When is it?"
 
     # one answer for every input: the repeated-answer limit (tested below) is switched off here
-    cfg = SelfGuideConfig(num_inputs=4, wave_size=4, num_samples=4, output_length_filter=False, answer_repeat_limit=0)
+    cfg = SelfGuideConfig(num_inputs=4, wave_size=4, num_samples=4, output_length_filter=False, without=["repeat_limit"])
     on = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
     assert {r["output"] for r in on.train} == {"When is it?"}
     assert on.stats["samples_rejected"] == {"demo copy": 8}
-    off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"answer_checks": False}), PromptFormat(), seed=0)
+    off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"without": ["repeat_limit", "answer_checks"]}), PromptFormat(), seed=0)
     assert off.stats["samples_rejected"] == {} and all(r["agreement"] == 0.5 for r in off.train)
 
 
@@ -267,9 +267,9 @@ def test_an_echoed_input_marker_is_counted_and_stripped_unless_the_original_filt
         return " When is " + prompt.rsplit("when is ", 1)[1].split("?")[0] + "?"
 
     cfg = SelfGuideConfig(num_inputs=8, wave_size=8, num_samples=2, output_length_filter=False)
-    assert cfg.strip_input_echo is True  # on by default since it was measured; false: the original filters
+    assert cfg.uses("strip_input_echo")  # on by default since it was measured; off: the original filters
     on = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
-    off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"strip_input_echo": False}), PromptFormat(), seed=0)
+    off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"without": ["strip_input_echo"]}), PromptFormat(), seed=0)
     echoed = off.stats["input_echoes"]
     assert echoed == on.stats["input_echoes"] and 0 < echoed < 8
     assert off.stats["input_dropped"]["noise"] == echoed and on.stats["input_dropped"]["noise"] == 0
@@ -289,9 +289,9 @@ def test_answers_the_vote_gives_to_many_inputs_are_dropped():
         return " No, no, no!" if n % 3 else f" word{n}."  # a constant answer for two thirds of the inputs
 
     cfg = SelfGuideConfig(num_inputs=9, wave_size=9, num_samples=3, output_length_filter=False)
-    off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"answer_repeat_limit": 0}), PromptFormat(), seed=0)
+    off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"without": ["repeat_limit"]}), PromptFormat(), seed=0)
     assert sum(r["output"] == "No, no, no!" for r in off.train) >= 4  # the original method trains on it
-    assert cfg.answer_repeat_limit == 3  # the default drops it
+    assert cfg.repeat_limit == 3  # the default drops it
     on = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
     assert on.train and all(r["output"] != "No, no, no!" for r in on.train)
     assert all(r["output"].startswith("word") for r in on.train)
@@ -316,7 +316,8 @@ def test_a_generation_only_setting_does_not_rekey_classification_synthesis(tmp_p
         assert (keys[0] != keys[1]) == rekeyed
         assert "answer_repeat_limit" not in keys[0]
     echo = [method_for(load_config(None, {"task": str(gen), "task_type": "generation",
-                                          "selfguide": {"strip_input_echo": on}})).settings() for on in (False, True)]
+                                          "selfguide": {"without": [] if on else ["strip_input_echo"]}})).settings()
+            for on in (False, True)]
     assert "strip_input_echo" not in echo[0] and echo[1]["strip_input_echo"] is True
     cls = method_for(load_config(None, {"task": str(demo_task_path())}))
     assert cls.settings() != method_for(load_config(None, {"task": str(demo_task_path()),

@@ -57,7 +57,7 @@ class SelfGuideStats(TypedDict):
     train_per_label: dict[str, int]
     missing_labels: list[str]  # labels the vote never produced
     samples: int  # annotation samples drawn (accepted inputs x num_samples)
-    input_echoes: int  # candidates that began with "Input:" (removed if strip_input_echo, else dropped as noise)
+    input_echoes: int  # candidates that began with "Input:" (removed under strip_input_echo, else dropped as noise)
 
 
 @dataclass(frozen=True)
@@ -177,14 +177,14 @@ def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptForm
         max_tokens=max_tokens_for(sampler, [d.output for d in task.demos] + list(task.labels), cfg.max_tokens_factor),
         stop=fmt.answer_stops,
         n=cfg.num_samples,
-        choices=tuple(task.labels) if classification and cfg.constrain_labels else None,
+        choices=tuple(task.labels) if classification and cfg.labels_in_vote == "constrained" else None,
     )
-    checks = AnswerChecks.from_examples([d.output for d in task.demos]) if cfg.answer_checks and not classification else None
+    checks = AnswerChecks.from_examples([d.output for d in task.demos]) if cfg.uses("answer_checks") and not classification else None
     requests = [Request(fmt.render(task_prompt(task, text)), replace(params, seed=stage_seed(seed, 2, n)))
                 for n, text in enumerate(inputs)]
     outputs = sampler.generate(requests) if requests else []
     return [
-        self_consistency_vote([o.text for o in outs], labels=task.labels if classification and cfg.label_filter else None,
+        self_consistency_vote([o.text for o in outs], labels=task.labels if classification and cfg.labels_in_vote != "any" else None,
                               noise=noise, length=out_length, threshold=cfg.vote_threshold, checks=checks,
                               input_text=text)
         for text, outs in zip(inputs, outputs, strict=True)
@@ -204,7 +204,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     final = annotated
     balance_dropped: list[dict[str, Any]] = []
     if classification and cfg.balance:
-        final, balance_dropped = balance_classes(annotated, seed, cfg.balance_floor)
+        final, balance_dropped = balance_classes(annotated, seed, cfg.floor)
         for rec in balance_dropped:
             result.dropped.append({**rec, "stage": "balance", "reason": f"class {rec['output']!r} down-sampled"})
     result.train = final
@@ -243,12 +243,12 @@ def input_filters(task: Task, cfg: SelfGuideConfig) -> tuple[InputFilters, str]:
     demo_inputs = [d.input for d in task.demos]
     use_length = cfg.length_filter if cfg.length_filter is not None else task.is_classification
     fields = FieldFilter.from_examples(demo_inputs)
-    lead = fields.lead(demo_inputs) if cfg.input_lead else ""
+    lead = fields.lead(demo_inputs) if cfg.uses("input_lead") else ""
     filters = InputFilters(
         noise=NoiseFilter(cfg.noise_patterns),
         duplicates=DuplicateFilter(demo_inputs),
         length=LengthWindow.from_examples(demo_inputs) if use_length else None,
-        fields=fields if cfg.field_filter and fields.fields else None,
+        fields=fields if cfg.uses("field_filter") and fields.fields else None,
         enabled=cfg.input_filters,
     )
     return filters, lead
@@ -282,7 +282,7 @@ def write_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
             indices = range(wave_start, min(cfg.num_inputs, wave_start + cfg.wave_size))
             requests, targets = [], []
             pool = [a["input"] for a in accepted]
-            wave_context = rng.sample(pool, min(cfg.context_inputs, len(pool))) if cfg.context_sampling == "wave" else None
+            wave_context = rng.sample(pool, min(cfg.context_inputs, len(pool))) if cfg.uses("wave_context") else None
             for i in indices:
                 target = task.labels[i % len(task.labels)] if classification else None
                 context = wave_context if wave_context is not None else rng.sample(pool, min(cfg.context_inputs, len(pool)))
@@ -293,7 +293,7 @@ def write_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
                 written = outs[0].text
                 without_echo, echoed = strip_input_echo(written)
                 echoes += echoed
-                if cfg.strip_input_echo:
+                if cfg.uses("strip_input_echo"):
                     written = without_echo
                 text = (lead + written).strip() if written.strip() else ""
                 cand_id = f"c{i:05d}"
@@ -349,8 +349,8 @@ def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
                 "completion": vote.answer,
             }
         )
-    if not task.is_classification and cfg.answer_repeat_limit:
-        annotated, repeated = drop_repeated_answers(annotated, cfg.answer_repeat_limit)
+    if not task.is_classification and cfg.repeat_limit:
+        annotated, repeated = drop_repeated_answers(annotated, cfg.repeat_limit)
         vote_drops["repeated_answer"] += len(repeated)
         for rec, times in repeated:
             result.dropped.append({**rec, "stage": "repeated_answer",
@@ -380,11 +380,19 @@ class SelfGuide(Method):
         return Path(self.cfg.task).stem if self.cfg.task else "self-guide"
 
     def settings(self) -> dict[str, Any]:
-        """Settings added after runs had been cached enter the key only where they act
-        (answer_repeat_limit: generation, > 0; strip_input_echo: on, the default since it was measured): a
-        setting that changes nothing must not invalidate finished runs, and a run cached with the echo
-        filter's original behaviour stays valid for a config that asks for it."""
-        settings = self.cfg.selfguide.model_dump()
+        """The synthesis settings as the stage cache key reads them: in the shape they had before the
+        preset existed (one switch per small-student change), so runs finished then are not recomputed.
+        Settings added after runs had been cached enter the key only where they act (answer_repeat_limit:
+        generation, > 0; strip_input_echo: on): a setting that changes nothing must not invalidate
+        finished runs."""
+        cfg = self.cfg.selfguide
+        settings = cfg.model_dump(exclude={"preset", "without", "labels_in_vote"})
+        settings.update(
+            context_sampling="wave" if cfg.uses("wave_context") else "request",
+            input_lead=cfg.uses("input_lead"), field_filter=cfg.uses("field_filter"),
+            answer_checks=cfg.uses("answer_checks"), strip_input_echo=cfg.uses("strip_input_echo"),
+            answer_repeat_limit=cfg.repeat_limit, balance_floor=cfg.floor,
+            constrain_labels=cfg.labels_in_vote == "constrained", label_filter=cfg.labels_in_vote != "any")
         if self.eval_tasks()[0].is_classification or not settings["answer_repeat_limit"]:
             del settings["answer_repeat_limit"]
         if not settings["strip_input_echo"]:

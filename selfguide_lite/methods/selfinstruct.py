@@ -522,17 +522,17 @@ def zero_shot_prompt(task: Task, input_text: str) -> str:
 @register
 class SelfInstruct(Method):
     name = "self-instruct"
-    own_flags = ("--seeds", "--eval-tasks", "--num-instructions")
+    own_flags = ("--seed-tasks", "--eval-tasks", "--num-instructions")
 
     def check_inputs(self) -> None:
-        if not self.cfg.seeds:
-            raise UserError("self-instruct needs --seeds")
+        if not self.cfg.seed_tasks:
+            raise UserError("self-instruct needs --seed-tasks")
         if not self.eval_task_files():
             raise UserError("self-instruct needs --eval-tasks (Natural Instructions task files to evaluate on)")
-        load_seed_pool(self.cfg.seeds, self.cfg.selfinstruct.bad_seed_lines)  # a bad seed file fails here
+        load_seed_pool(self.cfg.seed_tasks, self.cfg.selfinstruct.bad_seed_lines)  # a bad seed file fails here
 
     def input_files(self) -> list[str]:
-        return [*self.eval_task_files(), *([self.cfg.seeds] if self.cfg.seeds else [])]
+        return [*self.eval_task_files(), *([self.cfg.seed_tasks] if self.cfg.seed_tasks else [])]
 
     def eval_task_files(self) -> list[str]:
         return list(self.cfg.eval_tasks or ([self.cfg.task] if self.cfg.task else []))
@@ -544,11 +544,11 @@ class SelfInstruct(Method):
         return "self-instruct"
 
     def settings(self) -> dict[str, Any]:
-        return {**self.cfg.selfinstruct.model_dump(), "seeds": file_hash(self.cfg.seeds) if self.cfg.seeds else ""}
+        return {**self.cfg.selfinstruct.model_dump(), "seeds": file_hash(self.cfg.seed_tasks) if self.cfg.seed_tasks else ""}
 
     def synthesize(self, sampler: Sampler, seed: int) -> SynthResult:
 
-        seeds = load_seed_pool(self.cfg.seeds, self.cfg.selfinstruct.bad_seed_lines, warn=print)
+        seeds = load_seed_pool(self.cfg.seed_tasks, self.cfg.selfinstruct.bad_seed_lines, warn=print)
         return bootstrap(seeds, sampler, self.cfg.selfinstruct, PromptFormat.from_info(sampler.info), seed=seed)
 
     def extra_outputs(self, result: SynthResult) -> dict[str, list[dict[str, Any]]]:
