@@ -101,7 +101,7 @@ def build_model(work: Path) -> tuple[Path, Path, str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from selfguide_lite.export import convert_to_gguf, quantize_gguf
-    from selfguide_lite.tiny import hf_tokenizer_from_sentencepiece, train_sentencepiece
+    from selfguide_lite.toy_models.tiny import hf_tokenizer_from_sentencepiece, train_sentencepiece
 
     t0 = time.time()
     hf.mkdir(parents=True, exist_ok=True)

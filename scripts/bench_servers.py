@@ -21,7 +21,7 @@ from selfguide_lite.engine.http import HttpSampler
 from selfguide_lite.methods.selfguide import synthesize
 from selfguide_lite.prompts import PromptFormat
 from selfguide_lite.tasks import load_task
-from selfguide_lite.world import world_task_path
+from selfguide_lite.toy_models.world import world_task_path
 
 progress.set_mode("quiet")
 gguf = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo/round-0/model-q4_k_m.gguf")

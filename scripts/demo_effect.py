@@ -29,7 +29,7 @@ from selfguide_lite.config import deep_merge, load_config  # noqa: E402
 from selfguide_lite.demo import WORLD_PRESET  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
 from selfguide_lite.runs import rounds_of  # noqa: E402
-from selfguide_lite.world import build_world_student, world_task_path  # noqa: E402
+from selfguide_lite.toy_models.world import build_world_student, world_task_path  # noqa: E402
 
 ABLATIONS = {
     "full": {},

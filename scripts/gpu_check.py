@@ -87,7 +87,7 @@ def main() -> int:
     def student():
         if args.model:
             return str(args.model)
-        from selfguide_lite.tiny import SHAPES, build_tiny_model
+        from selfguide_lite.toy_models.tiny import SHAPES, build_tiny_model
 
         texts = [r["prompt"] + " " + r["completion"] for r in ROWS] * 3
         build_tiny_model(work / "student", texts, vocab_size=320, shape=SHAPES["small"])

@@ -334,8 +334,9 @@ def demo_model(
     seconds: Annotated[float, typer.Option(help="pretraining wall-clock budget")] = 150.0,
 ) -> None:
     """Build the local demo student (a tiny Llama pretrained on the demo task's formats)."""
-    from .demo import build_demo_model, demo_model_dir
-    from .tiny import SHAPES
+    from .demo import demo_model_dir
+    from .toy_models.headline import build_headline_student
+    from .toy_models.tiny import SHAPES
 
     if size not in SHAPES:
         raise UserError(f"--size must be one of {', '.join(SHAPES)}")
@@ -343,7 +344,7 @@ def demo_model(
         raise UserError("--seconds must be in (0, 3600]")
     out = out or demo_model_dir()
     output_dir(out)
-    _log(f"demo student at {build_demo_model(out, size=size, seconds=seconds, log=_log)}")
+    _log(f"demo student at {build_headline_student(out, size=size, seconds=seconds, log=_log)}")
 
 
 @app.command()

@@ -51,7 +51,7 @@ def converter_runtime_check(log=None, use_cache: bool = True) -> dict[str, Any]:
     llama-cpp-python. Returns {versions, ok, seconds}; raises UserError with the repair command."""
     from .export import convert_to_gguf
     from .store import atomic_write_text, read_cache_record
-    from .tiny import TinyShape, build_tiny_model
+    from .toy_models.tiny import TinyShape, build_tiny_model
 
     found = versions()
     cache = _cache_file()

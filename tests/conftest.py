@@ -13,7 +13,7 @@ from tests.helpers import CONFIG, CORPUS, loop_cmd
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     """A random-init tiny Llama HF checkpoint with a sentencepiece tokenizer."""
-    from selfguide_lite.tiny import build_tiny_model
+    from selfguide_lite.toy_models.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-llama")
     build_tiny_model(out, CORPUS, arch="llama", vocab_size=320, seed=1)
@@ -22,7 +22,7 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
-    from selfguide_lite.tiny import build_tiny_model
+    from selfguide_lite.toy_models.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-qwen2")
     build_tiny_model(out, CORPUS, arch="qwen2", vocab_size=320, seed=2)
@@ -31,9 +31,9 @@ def tiny_qwen2(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def student(tmp_path_factory) -> Path:
-    from selfguide_lite.demo import build_demo_model
+    from selfguide_lite.toy_models.headline import build_headline_student
 
-    return build_demo_model(tmp_path_factory.mktemp("student") / "hf", seconds=20, log=lambda m: None)
+    return build_headline_student(tmp_path_factory.mktemp("student") / "hf", seconds=20, log=lambda m: None)
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ CONFIG = (
 
 
 def loop_cmd(student: Path, run_dir: Path, cfg: Path, seed: int = 0) -> list[str]:
-    from selfguide_lite.demo import demo_task_path
+    from selfguide_lite.toy_models.headline import headline_task_path
 
-    return [sys.executable, "-m", "selfguide_lite", "loop", "--task", str(demo_task_path()), "--model", str(student),
+    return [sys.executable, "-m", "selfguide_lite", "loop", "--task", str(headline_task_path()), "--model", str(student),
             "--rounds", "1", "--run-dir", str(run_dir), "--config", str(cfg), "--seed", str(seed)]

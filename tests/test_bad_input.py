@@ -158,7 +158,7 @@ def _adapter_for(base: Path, out: Path) -> Path:
 
 
 def test_adapter_that_does_not_match_the_base(tmp_path, capsys, tiny_llama):
-    from selfguide_lite.tiny import SHAPES, build_tiny_model
+    from selfguide_lite.toy_models.tiny import SHAPES, build_tiny_model
     from tests.helpers import CORPUS
 
     other = tmp_path / "other-base"

@@ -60,9 +60,9 @@ def test_score_prints_one_json_object_and_rejects_unknown_ids(tmp_path):
 @pytest.mark.slow
 def test_loop_one_round_end_to_end(tmp_path):
     """Build the demo student briefly, then run round 0 + one round with small counts, for real."""
-    from selfguide_lite.demo import build_demo_model
+    from selfguide_lite.toy_models.headline import build_headline_student
 
-    model = build_demo_model(tmp_path / "student", seconds=40, log=lambda m: None)
+    model = build_headline_student(tmp_path / "student", seconds=40, log=lambda m: None)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         "selfguide: {num_inputs: 24, wave_size: 12, num_samples: 4}\n"
@@ -72,9 +72,9 @@ def test_loop_one_round_end_to_end(tmp_path):
         "selfguide:\n  num_inputs: 24\n  wave_size: 12\n  num_samples: 4\n  length_filter: false\n  balance: false\n"
     )
     run_dir = tmp_path / "run"
-    from selfguide_lite.demo import demo_task_path
+    from selfguide_lite.toy_models.headline import headline_task_path
 
-    out = run_cli("loop", "--task", str(demo_task_path()), "--model", str(model), "--rounds", "1",
+    out = run_cli("loop", "--task", str(headline_task_path()), "--model", str(model), "--rounds", "1",
                   "--run-dir", str(run_dir), "--config", str(cfg), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -100,7 +100,7 @@ def test_loop_one_round_end_to_end(tmp_path):
     assert (run_dir / "round-1" / "merged" / "model.safetensors").is_file() == (1 in students)
     assert ("round-1/merged" in manifest.get("pruned", {})) == (1 not in students)
     # Re-running with the same inputs skips every finished stage.
-    again = run_cli("loop", "--task", str(demo_task_path()), "--model", str(model), "--rounds", "1",
+    again = run_cli("loop", "--task", str(headline_task_path()), "--model", str(model), "--rounds", "1",
                     "--run-dir", str(run_dir), "--config", str(cfg), cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 6
 
@@ -108,11 +108,11 @@ def test_loop_one_round_end_to_end(tmp_path):
 @pytest.fixture(scope="module")
 def demo_student_gguf(tmp_path_factory):
     """A briefly pretrained demo student, exported to GGUF once for the tests below."""
-    from selfguide_lite.demo import build_demo_model
     from selfguide_lite.export import gguf_from_hf
+    from selfguide_lite.toy_models.headline import build_headline_student
 
     root = tmp_path_factory.mktemp("student")
-    model = build_demo_model(root / "hf", seconds=20, log=lambda m: None)
+    model = build_headline_student(root / "hf", seconds=20, log=lambda m: None)
     return model, gguf_from_hf(model, root / "student-q8_0.gguf", "q8_0")
 
 
@@ -136,14 +136,15 @@ def test_instruct_command_writes_every_output(demo_student_gguf, tmp_path):
 @pytest.mark.slow
 def test_self_instruct_loop_survives_a_round_without_data(demo_student_gguf, tmp_path):
     """The tiny student writes no usable instructions: the round is recorded as no_data, not a crash."""
-    from selfguide_lite.demo import demo_task_path, seed_pool_path
+    from selfguide_lite.demo import seed_pool_path
+    from selfguide_lite.toy_models.headline import headline_task_path
 
     model, _ = demo_student_gguf
     cfg = tmp_path / "c.yaml"
     cfg.write_text("selfinstruct: {num_instructions: 4, wave_size: 4, max_tokens: 64}\neval: {validation_size: 6, test_size: 0}\n"
                    "export: {quant: q8_0}\nengine: {n_ctx: 2048}\n")
     res = run_cli("loop", "--method", "self-instruct", "--seed-tasks", str(seed_pool_path()), "--eval-tasks",
-                  str(demo_task_path()), "--model", str(model), "--rounds", "1", "--run-dir", str(tmp_path / "run"),
+                  str(headline_task_path()), "--model", str(model), "--rounds", "1", "--run-dir", str(tmp_path / "run"),
                   "--config", str(cfg))
     assert res.returncode == 0, res.stderr[-2000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())

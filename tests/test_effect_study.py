@@ -11,10 +11,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "effect_study.py"
 
 
 def test_effect_study_runs_scores_diagnoses_and_resumes(student, tmp_path):
-    from selfguide_lite.demo import demo_task_path
+    from selfguide_lite.toy_models.headline import headline_task_path
 
     (tmp_path / "c.yaml").write_text(CONFIG)
-    cmd = [sys.executable, str(SCRIPT), "--tasks", str(demo_task_path()), "--model", str(student), "--rounds", "1",
+    cmd = [sys.executable, str(SCRIPT), "--tasks", str(headline_task_path()), "--model", str(student), "--rounds", "1",
            "--config", str(tmp_path / "c.yaml"), "--work", str(tmp_path / "study"), "--json", str(tmp_path / "s.json")]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -43,7 +43,7 @@ def test_effect_study_runs_scores_diagnoses_and_resumes(student, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((tmp_path / "s.json").read_text())["variants"]["full"]["runs"][0]
     assert again["label_quality"] == q and again["final_test"] == run["final_test"]
-    manifest = json.loads((tmp_path / "study" / "full" / demo_task_path().stem / "seed-0" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "study" / "full" / headline_task_path().stem / "seed-0" / "manifest.json").read_text())
     assert all(rec.get("skipped") for name, rec in manifest["stages"].items())
 
 

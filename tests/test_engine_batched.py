@@ -48,7 +48,7 @@ def _corpus() -> list[str]:
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     from selfguide_lite.export import convert_to_gguf
-    from selfguide_lite.tiny import TinyShape, build_tiny_model, save_checkpoint
+    from selfguide_lite.toy_models.tiny import TinyShape, build_tiny_model, save_checkpoint
 
     out = tmp_path_factory.mktemp("batched_model")
     lines = _corpus()

@@ -96,7 +96,7 @@ def test_chat_template_travels_into_the_gguf_and_both_backends(tmp_path):
     """contract §2: the student's chat template, read back from its GGUF, drives prompt rendering."""
     from selfguide_lite.engine import open_sampler
     from selfguide_lite.prompts import PromptFormat
-    from selfguide_lite.tiny import build_tiny_model
+    from selfguide_lite.toy_models.tiny import build_tiny_model
     from tests.helpers import CORPUS
 
     template = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}{% if add_generation_prompt %}A:{% endif %}"

@@ -21,7 +21,7 @@ PROMPTS = [f"Input: {w} number {i} is here\nOutput:" for i, w in enumerate(["the
 def exported(tmp_path_factory):
     """A tiny chat model (untied output matrix), briefly trained so its answers are not ties, and its
     faithful f16 and q8_0 exports."""
-    from selfguide_lite.tiny import build_tiny_model, pretrain, save_checkpoint
+    from selfguide_lite.toy_models.tiny import build_tiny_model, pretrain, save_checkpoint
 
     root = tmp_path_factory.mktemp("gate")
     model, tok = build_tiny_model(root / "hf", CORPUS, vocab_size=320, seed=3, chat_template=TEMPLATE)

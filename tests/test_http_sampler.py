@@ -31,7 +31,6 @@ import pytest
 
 from selfguide_lite import progress
 from selfguide_lite.config import SelfGuideConfig
-from selfguide_lite.demo import demo_task
 from selfguide_lite.engine.http import HttpSampler, normalize_endpoint
 from selfguide_lite.engine.journal import JournaledSampler
 from selfguide_lite.engine.llamacpp import LlamaCppSampler
@@ -39,6 +38,7 @@ from selfguide_lite.engine.sampler import Completion, Request, Sampler, Sampling
 from selfguide_lite.errors import UserError
 from selfguide_lite.methods.selfguide import synthesize
 from selfguide_lite.prompts import PromptFormat, task_prompt
+from selfguide_lite.toy_models.headline import headline_task
 
 CFG = SelfGuideConfig(num_inputs=24, wave_size=12, num_samples=3, annotate_temperature=0.7, length_filter=False)
 SEED = 5
@@ -236,12 +236,12 @@ def local(gguf):
     # One thread: the box is shared, and llama.cpp's results do not depend on the thread count.
     with LlamaCppSampler(gguf, n_ctx=2048, n_threads=1) as sampler:
         rec = Recording(sampler)
-        result = synthesize(demo_task(), rec, CFG, PromptFormat.from_info(sampler.info), seed=SEED)
+        result = synthesize(headline_task(), rec, CFG, PromptFormat.from_info(sampler.info), seed=SEED)
     return result, rec.sent
 
 
 def synth(sampler: Sampler):
-    return synthesize(demo_task(), sampler, CFG, PromptFormat.from_info(sampler.info), seed=SEED)
+    return synthesize(headline_task(), sampler, CFG, PromptFormat.from_info(sampler.info), seed=SEED)
 
 
 # --- real servers ----------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def test_a_server_killed_mid_run_loses_nothing(servers, gguf, local, tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_endpoint_beside_a_good_one_is_routed_around(servers, gguf):
-    task = demo_task()
+    task = headline_task()
     fmt = PromptFormat()
     requests = [Request(fmt.render(task_prompt(task, i.input)), SamplingParams(max_tokens=6, seed=3, n=2))
                 for i in task.instances[:4]]
@@ -332,7 +332,7 @@ def test_an_interrupted_journaled_run_resumes_without_sending_anything_twice(ser
 
 @pytest.mark.slow
 def test_classification_requests_come_back_as_labels_only(servers, gguf):
-    task = demo_task()
+    task = headline_task()
     fmt = PromptFormat()
     params = SamplingParams(temperature=2.0, top_k=0, max_tokens=8, n=4, seed=11, stop=fmt.answer_stops,
                             choices=tuple(task.labels))
@@ -463,7 +463,7 @@ def test_generate_works_when_called_inside_a_running_event_loop():
 @pytest.mark.slow
 def test_synth_and_eval_commands_take_endpoints_and_match_local_sampling(servers, gguf, tmp_path):
     """The CLI path: `synth`/`eval --endpoint A --endpoint B` write what local sampling writes."""
-    from selfguide_lite.demo import demo_task_path
+    from selfguide_lite.toy_models.headline import headline_task_path
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("selfguide: {num_inputs: 16, wave_size: 8, num_samples: 3, length_filter: false}\n"
@@ -476,7 +476,7 @@ def test_synth_and_eval_commands_take_endpoints_and_match_local_sampling(servers
         return res.stdout
 
     remote = ["--endpoint", servers[0], "--endpoint", servers[1]]
-    common = ["--task", str(demo_task_path()), "--model", str(gguf)]
+    common = ["--task", str(headline_task_path()), "--model", str(gguf)]
     stats = json.loads(cli("synth", *common, "--out", str(tmp_path / "remote"), *remote))
     cli("synth", *common, "--out", str(tmp_path / "local"))
     for name in ("train.jsonl", "dropped.jsonl"):
@@ -492,8 +492,8 @@ def test_synth_and_eval_commands_take_endpoints_and_match_local_sampling(servers
 def test_loop_samples_the_base_student_on_the_servers_and_its_own_students_locally(student, tmp_path):
     """`loop --endpoint`: the servers serve round 0's GGUF, so round-0 eval and round-1 synthesis go
     there; the round-1 student (exported by the loop) is evaluated locally. The manifest says so."""
-    from selfguide_lite.demo import demo_task_path
     from selfguide_lite.export import gguf_from_hf
+    from selfguide_lite.toy_models.headline import headline_task_path
     from tests.helpers import CONFIG
 
     run = tmp_path / "run"
@@ -503,7 +503,7 @@ def test_loop_samples_the_base_student_on_the_servers_and_its_own_students_local
     try:
         cfg = tmp_path / "c.yaml"
         cfg.write_text(CONFIG.replace("engine: {n_ctx: 2048}", "engine: {n_ctx: 2048, n_threads: 1}"))
-        res = subprocess.run([sys.executable, "-m", "selfguide_lite", "loop", "--task", str(demo_task_path()),
+        res = subprocess.run([sys.executable, "-m", "selfguide_lite", "loop", "--task", str(headline_task_path()),
                               "--model", str(student), "--rounds", "1", "--run-dir", str(run), "--config", str(cfg),
                               "--endpoint", procs[0].url, "--endpoint", procs[1].url],
                              capture_output=True, text=True, timeout=600)

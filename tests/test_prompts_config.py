@@ -91,14 +91,14 @@ OLD_KEYS = {
 
 def _synth_key(task_kind, over, tmp_path, warnings):
     from selfguide_lite.config import load_config
-    from selfguide_lite.demo import demo_task_path
     from selfguide_lite.methods import method_for
     from selfguide_lite.store import value_hash
+    from selfguide_lite.toy_models.headline import headline_task_path
 
     gen = tmp_path / "gen.json"
     gen.write_text('{"Definition": ["Fix it."], "Positive Examples": [{"input": "a b", "output": "a"}], '
                    '"Instances": [{"input": "c d", "output": ["c"]}]}')
-    task, task_type = (demo_task_path(), None) if task_kind == "classification" else (gen, "generation")
+    task, task_type = (headline_task_path(), None) if task_kind == "classification" else (gen, "generation")
     cfg = load_config(None, {**over, "task": str(task), "task_type": task_type}, warn=warnings.append)
     return value_hash(method_for(cfg).settings())
 

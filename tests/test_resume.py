@@ -87,14 +87,14 @@ def test_sigkill_mid_synthesis_training_and_export_then_resume(student, referenc
 
 @pytest.mark.slow
 def test_same_seed_same_synthesis_other_seed_differs(student, reference, tmp_path):
-    from selfguide_lite.demo import demo_task_path
+    from selfguide_lite.toy_models.headline import headline_task_path
 
     gguf = reference / "round-0" / "model-q8_0.gguf"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(CONFIG)
 
     def synth(out: str, seed: int) -> Path:
-        res = subprocess.run([sys.executable, "-m", "selfguide_lite", "synth", "--task", str(demo_task_path()), "--model",
+        res = subprocess.run([sys.executable, "-m", "selfguide_lite", "synth", "--task", str(headline_task_path()), "--model",
                               str(gguf), "--out", str(tmp_path / out), "--config", str(cfg), "--seed", str(seed)],
                              capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-3000:]

@@ -304,13 +304,13 @@ def test_a_generation_only_setting_does_not_rekey_classification_synthesis(tmp_p
     """answer_repeat_limit keys a generation task's synthesis, never a classification task's (which does
     not read it), and at 0 (off) it keys nothing, so runs cached before the setting existed stay valid."""
     from selfguide_lite.config import load_config
-    from selfguide_lite.demo import demo_task_path
     from selfguide_lite.methods import method_for
+    from selfguide_lite.toy_models.headline import headline_task_path
 
     gen = tmp_path / "gen.json"
     gen.write_text('{"Definition": ["Fix it."], "Positive Examples": [{"input": "a b", "output": "a"}], '
                    '"Instances": [{"input": "c d", "output": ["c"]}]}')
-    for task, task_type, rekeyed in ((demo_task_path(), None, False), (gen, "generation", True)):
+    for task, task_type, rekeyed in ((headline_task_path(), None, False), (gen, "generation", True)):
         keys = [method_for(load_config(None, {"task": str(task), "task_type": task_type,
                                               "selfguide": {"answer_repeat_limit": n}})).settings() for n in (0, 3)]
         assert (keys[0] != keys[1]) == rekeyed
@@ -319,6 +319,6 @@ def test_a_generation_only_setting_does_not_rekey_classification_synthesis(tmp_p
                                           "selfguide": {"without": [] if on else ["strip_input_echo"]}})).settings()
             for on in (False, True)]
     assert "strip_input_echo" not in echo[0] and echo[1]["strip_input_echo"] is True
-    cls = method_for(load_config(None, {"task": str(demo_task_path())}))
-    assert cls.settings() != method_for(load_config(None, {"task": str(demo_task_path()),
+    cls = method_for(load_config(None, {"task": str(headline_task_path())}))
+    assert cls.settings() != method_for(load_config(None, {"task": str(headline_task_path()),
                                                            "selfguide": {"num_samples": 5}})).settings()

@@ -139,7 +139,7 @@ def test_report_renders_in_headless_chromium_with_every_section(reference, tmp_p
 @pytest.mark.slow
 def test_modelfile_uses_the_models_chat_template_and_stops(tmp_path):
     from selfguide_lite.export import gguf_from_hf
-    from selfguide_lite.tiny import build_tiny_model
+    from selfguide_lite.toy_models.tiny import build_tiny_model
     from tests.helpers import CORPUS
 
     template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

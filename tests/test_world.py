@@ -4,7 +4,7 @@ import json
 import random
 
 from selfguide_lite.tasks import load_task
-from selfguide_lite.world import (
+from selfguide_lite.toy_models.world import (
     FAMILIES,
     TARGET,
     TARGET_SHARE,

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .prompts import PromptFormat, task_prompt
-from .store import atomic_write_text
-from .tasks import Demo, Instance, Task
+from ..prompts import PromptFormat, task_prompt
+from ..store import atomic_write_text
+from ..tasks import Demo, Instance, Task
 
 NOUNS = {
     "animal": ["cat", "dog", "horse", "owl", "fox", "goat", "bear", "duck"],
@@ -173,8 +173,8 @@ STUDENT_RECIPE = {"shape": "tiny", "docs": 20000, "steps": 3000, "batch_size": 1
 
 def build_world_student(out: Path, seed: int = 0, log: Callable[[str], None] = print, **recipe_overrides) -> Path:
     """Pretrain (or reuse, when built with the same recipe) the demo student on the world's corpus."""
-    from .progress import quiet_libraries
-    from .store import build_once
+    from ..progress import quiet_libraries
+    from ..store import build_once
     from .tiny import SHAPES, build_tiny_model, pretrain, save_checkpoint
 
     quiet_libraries()

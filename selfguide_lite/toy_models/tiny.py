@@ -18,7 +18,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from .errors import UserError
+from ..errors import UserError
 
 PROBE_STRINGS = ("Input: the team wins\nOutput: sports", " two  spaces", "digits 12345 é ü", "a\n\nb")
 
