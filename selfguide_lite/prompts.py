@@ -21,8 +21,8 @@ from .engine.sampler import ModelInfo
 from .errors import UserError
 from .tasks import Demo, Task
 
-# Stop strings that end a completion in the plain format: the model starting the next example.
-ANSWER_STOPS = ("\nInput:", "\n\nInput", "\nOutput:")
+# Stop strings that end an answer: the model starting the next example's field.
+FIELD_STOPS = ("\nInput:", "\n\nInput", "\nOutput:")
 INPUT_STOPS = ("\n\n", "\nInput:", "\nOutput:")
 
 
@@ -90,7 +90,10 @@ class PromptFormat:
 
     @property
     def answer_stops(self) -> tuple[str, ...]:
-        return () if self.is_chat else ANSWER_STOPS
+        """Stops for free-form use of a student (chat, serve, an Ollama Modelfile): a chat student's turn
+        ends itself; plain text ends where the next example's field begins. A task's answers end by
+        `task_answer_stops`."""
+        return () if self.is_chat else FIELD_STOPS
 
 
 def _demo_block(demos: Sequence[Demo]) -> str:
