@@ -132,6 +132,13 @@ _PREAMBLE = re.compile(r"^\s*(?:the\s+)?(?:(?:final|correct)\s+)?(?:answer|outpu
                        re.IGNORECASE)
 
 
+# The most a lead-in removed by AnswerChecks.clean can hold: "the correct response is:" has 21 visible
+# characters, and its at most five parts (the, final/correct, answer, is, the colon) can each sit on a
+# line of its own. Used to bound run-on answers exactly (tests/test_filters.py checks these against _PREAMBLE).
+PREAMBLE_MAX_VISIBLE = 21
+PREAMBLE_MAX_LINES = 5
+
+
 def _norm(text: str) -> str:
     return " ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split())
 

@@ -31,6 +31,7 @@ from .export import export, gguf_from_hf
 from .gate import ExportRejected
 from .methods import Method, method_for
 from .models import ResolvedStudent, fidelity_line, resolve_student
+from .prompts import ANSWER_END_RULE
 from .report import write_report
 from .runs import RoundRecord, RoundScores
 from .store import (
@@ -277,9 +278,10 @@ def start_run(cfg: Config, log: Log, command: str | None) -> RunContext:
 
 def stage_eval(ctx: RunContext, k: int, gguf: Path, cfg: Config | None = None) -> dict[str, Any]:
     out = ctx.run_dir / f"round-{k}" / "eval.json"
-    # "cap": the answer cap's rule (demonstrations + validation since 2026-12-04, was all references)
+    # "cap": the answer cap's rule (demonstrations + validation since 2026-12-04, was all references);
+    # "stops": where answers end (prompts.ANSWER_END_RULE; before 2026-12-04 a chat student had none)
     rec = ctx.stage(f"round-{k}/eval", {"gguf": gguf, "tasks": ctx.tasks_key, "eval": ctx.cfg.eval.model_dump(),
-                                        "cap": "demos+validation"},
+                                        "cap": "demos+validation", "stops": ANSWER_END_RULE},
                     [out], partial(evaluate_student, cfg or ctx.local_cfg, ctx.method, ctx.tasks, gguf, out))
     return {**read_json(out), "seconds": rec.get("seconds")}
 
@@ -308,7 +310,7 @@ def stage_synth(ctx: RunContext, k: int, student: Student) -> Path:
     ctx.log(f"round {k}: synthesising with the round-{student.round} student ({where})")
     ctx.stage(f"round-{k}/synth",
               {"student": student.gguf, "tasks": ctx.tasks_key, "cfg": [ctx.method.settings(), ctx.engine_key],
-               "seed": str(seed)},
+               "seed": str(seed), "stops": ANSWER_END_RULE},
               [synth_dir / "train.jsonl", synth_dir / "stats.json"],
               partial(run_synthesis, stage_cfg, ctx.method, student.gguf, synth_dir, seed))
     return synth_dir

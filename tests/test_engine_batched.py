@@ -251,3 +251,35 @@ def test_every_backend_keeps_the_sampler_contract(backend, model_path, monkeypat
             alone = sampler.generate([Request(requests[0].prompt, SamplingParams(
                 temperature=0.9, top_k=40, max_tokens=12, n=1, seed=11 + i, stop=stop))])
             assert alone[0][0].text == out[0][i].text, (backend, i)
+
+
+def test_stopping_run_on_samples_early_changes_no_vote(engine, reference, monkeypatch):
+    """Annotation samples stopped the moment the vote is certain to reject them (RunOnLimit): on a fixed
+    seed every vote (answer, share, reason, counts) is the one full decoding gives, on both local
+    engines; the batched engine decodes fewer tokens."""
+    from selfguide_lite.config import SelfGuideConfig
+    from selfguide_lite.methods import selfguide
+    from selfguide_lite.prompts import PromptFormat
+    from selfguide_lite.tasks import Demo, Task
+
+    task = Task(name="subject", instruction="Name the sentence's subject.", type="generation",
+                demos=[Demo("the cat sees the dog.", "cat"), Demo("a dog likes green fields.", "dog")])
+    inputs = ["my friend sees the old car.", "our team paints the house.", "the bird finds a cat.", "a child likes it."]
+    cfg = SelfGuideConfig(num_samples=6, annotate_temperature=0.9, annotate_top_k=0, vote_threshold=0.3,
+                          max_tokens_factor=40.0)
+    limit = selfguide.answer_run_on_limit(*selfguide.answer_filters(task, cfg))
+    assert limit is not None and limit.max_visible_chars is not None
+
+    def votes(sampler, early: bool):
+        if not early:
+            monkeypatch.setattr(selfguide, "answer_run_on_limit", lambda length, checks: None)
+        before = getattr(sampler, "stats", {}).get("generated", 0)
+        out = selfguide.annotate(task, sampler, cfg, PromptFormat(), inputs, seed=5)
+        monkeypatch.undo()
+        return [(v.answer, v.share, v.reason, v.counts) for v in out], getattr(sampler, "stats", {}).get("generated", 0) - before
+
+    full, full_tokens = votes(engine, early=False)
+    early, early_tokens = votes(engine, early=True)
+    assert early == full
+    assert early_tokens < full_tokens
+    assert votes(reference, early=True)[0] == votes(reference, early=False)[0]  # ignores the limit: exact trivially

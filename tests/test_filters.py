@@ -43,3 +43,35 @@ def test_a_drop_stage_missing_from_the_stage_list_is_an_error_not_a_silent_gap()
     assert funnel_counts({"noise": 2}, ("empty", "noise")) == {"empty": 0, "noise": 2}
     with pytest.raises(ValueError, match="new_filter"):
         funnel_counts({"new_filter": 1}, ("empty", "noise"))
+
+
+def test_the_preamble_bounds_hold_for_every_lead_in_the_answer_checks_remove():
+    """answer_run_on_limit stops a sample early only if the vote must reject it: that needs the most a
+    removed lead-in can hold, in visible characters and in lines, to be a true bound (and a tight one)."""
+    import itertools
+
+    from selfguide_lite.filters import _PREAMBLE, PREAMBLE_MAX_LINES, PREAMBLE_MAX_VISIBLE, AnswerChecks
+
+    most_visible = most_lines = 0
+    for the, adj, noun, is_, mark, sep in itertools.product(
+            ("", "the", "THE"), ("", "final", "correct"), ("answer", "output", "response", "result"), ("", "is"),
+            (":", "-"), (" ", "\n", " \n ")):
+        parts = [p for p in (the, adj, noun, is_, mark) if p]
+        lead = sep + sep.join(parts) + sep
+        match = _PREAMBLE.match(lead + "x")
+        assert match is not None and (lead + "x")[match.end():] == "x" and AnswerChecks.clean(lead + "x") == "x"
+        removed = match.group(0)
+        most_visible = max(most_visible, sum(not c.isspace() for c in removed))
+        most_lines = max(most_lines, sum(1 for ln in removed.splitlines() if ln.strip()))
+    assert (most_visible, most_lines) == (PREAMBLE_MAX_VISIBLE, PREAMBLE_MAX_LINES)
+
+
+def test_run_on_limit_and_settled_text():
+    from selfguide_lite.engine.sampler import RunOnLimit, settled_text
+
+    limit = RunOnLimit(max_visible_chars=5, max_lines=2)
+    assert not limit.exceeded("a b c d e") and limit.exceeded("abcdef")
+    assert not limit.exceeded("a\n\nb\n") and limit.exceeded("a\nb\nc")
+    # a tail that may still become a stop string does not count: the stop would cut it off again
+    assert settled_text("answer\nInp", ("\nInput:",)) == "answer" and settled_text("answer\nI", ("\nOutput:",)) == "answer\nI"
+    assert settled_text("answer", ("\nInput:",)) == "answer"

@@ -48,7 +48,15 @@ import numpy as np
 from .. import progress
 from ..errors import UserError
 from ..runtime import existing_gguf, llama_cpp_module, load_model, model_info
-from .sampler import Completion, Request, Sampler, SamplingParams, choices_grammar, truncate_at_stop
+from .sampler import (
+    Completion,
+    Request,
+    Sampler,
+    SamplingParams,
+    choices_grammar,
+    settled_text,
+    truncate_at_stop,
+)
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default last_n_tokens_size: penalties match the sequential backend
 KV_BUDGET_BYTES = 3 << 30  # cap on the KV cache; beyond it fewer sequences run at once instead of failing
@@ -502,6 +510,9 @@ class _BatchRun:
             if found:
                 self.finish(seq, "stop", cut)
                 return
+        if p.run_on is not None and p.run_on.exceeded(settled_text(text, p.stop)):
+            self.finish(seq, "abandoned", text)
+            return
         if job.terminal and (text[1:] if text[:1] in WHITESPACE else text) in job.terminal:
             self.finish(seq, "stop", text)
         elif len(seq.tokens) >= seq.limit:

@@ -24,7 +24,10 @@ CHUNK = 64  # requests decoded (and journaled) together
 
 
 def request_key(req: Request) -> str:
-    blob = json.dumps({"prompt": req.prompt, "params": asdict(req.params)}, sort_keys=True)
+    params = asdict(req.params)
+    if params["run_on"] is None:
+        del params["run_on"]  # added later: journals written before it keep their keys
+    blob = json.dumps({"prompt": req.prompt, "params": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

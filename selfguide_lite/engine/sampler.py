@@ -13,6 +13,21 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class RunOnLimit:
+    """Bounds past which a completion can no longer be a usable answer for its caller, whose filters reject
+    it whether it stops there or at max_tokens: the batched engine stops it at once (finish_reason
+    "abandoned"), an exact saving. Engines that cannot stop mid-way (sequential, HTTP) ignore it."""
+
+    max_visible_chars: int | None = None  # non-whitespace characters
+    max_lines: int | None = None  # lines with a visible character
+
+    def exceeded(self, text: str) -> bool:
+        if self.max_visible_chars is not None and len(text) - sum(c.isspace() for c in text) > self.max_visible_chars:
+            return True
+        return self.max_lines is not None and sum(1 for ln in text.splitlines() if ln.strip()) > self.max_lines
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to draw completions for one request. temperature 0 means greedy.
 
@@ -34,6 +49,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     choices: tuple[str, ...] | None = None
     ignore_eos: bool = False
+    run_on: RunOnLimit | None = None
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,7 @@ class Request:
 class Completion:
     text: str
     n_tokens: int
-    finish_reason: str  # "stop" (stop string or end-of-generation token) or "length"
+    finish_reason: str  # "stop" (stop string or end-of-generation token), "length", or "abandoned" (RunOnLimit)
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,14 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut `text` at the earliest stop string; True when one was found."""
     cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def settled_text(text: str, stop: Sequence[str]) -> str:
+    """`text` without a tail that could still grow into a stop string: what later tokens cannot take back."""
+    for n in range(min(len(text), max((len(s) for s in stop), default=1) - 1), 0, -1):
+        if any(s.startswith(text[-n:]) for s in stop):
+            return text[:-n]
+    return text
 
 
 def choices_grammar(choices: Sequence[str]) -> str:

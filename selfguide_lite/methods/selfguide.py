@@ -18,9 +18,11 @@ from typing import Any, TypedDict
 
 from .. import progress
 from ..config import SelfGuideConfig
-from ..engine.sampler import Request, Sampler, SamplingParams
+from ..engine.sampler import Request, RunOnLimit, Sampler, SamplingParams
 from ..errors import UserError
 from ..filters import (
+    PREAMBLE_MAX_LINES,
+    PREAMBLE_MAX_VISIBLE,
     AnswerChecks,
     DuplicateFilter,
     FieldFilter,
@@ -30,7 +32,7 @@ from ..filters import (
     strip_input_echo,
 )
 from ..metrics import normalize
-from ..prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
+from ..prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_answer_stops, task_prompt
 from ..tasks import Task
 from .base import ClassBalance, Method, PromptFn, SynthResult, funnel_counts, register, stage_seed
 
@@ -58,6 +60,7 @@ class SelfGuideStats(TypedDict):
     missing_labels: list[str]  # labels the vote never produced
     samples: int  # annotation samples drawn (accepted inputs x num_samples)
     input_echoes: int  # candidates that began with "Input:" (removed under strip_input_echo, else dropped as noise)
+    sampled_tokens: dict[str, int]  # tokens decoded: write_inputs, annotate (-1 where a server did not say)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Vote:
     reason: str
     counts: dict[str, int]
     rejected: dict[str, int]
+    tokens: int = 0  # tokens decoded for its samples (set by annotate)
 
 
 def max_tokens_for(sampler: Sampler, texts: Sequence[str], factor: float, floor: int = 8) -> int:
@@ -158,6 +162,27 @@ def balance_classes(records: list[dict[str, Any]], seed: int, floor: int = 0) ->
     return kept, dropped
 
 
+def answer_run_on_limit(length: LengthWindow | None, checks: AnswerChecks | None) -> RunOnLimit | None:
+    """Where a generation sample can stop decoding because the vote will reject it whatever comes next:
+    more visible characters than the output length window allows even after the longest lead-in is
+    removed, or more lines than the answer checks allow even after it. None when neither filter is on."""
+    slack_chars, slack_lines = (PREAMBLE_MAX_VISIBLE, PREAMBLE_MAX_LINES) if checks is not None else (0, 0)
+    max_chars = math.floor(length.high) + slack_chars if length is not None else None
+    max_lines = checks.max_lines + slack_lines if checks is not None else None
+    if max_chars is None and max_lines is None:
+        return None
+    return RunOnLimit(max_visible_chars=max_chars, max_lines=max_lines)
+
+
+def answer_filters(task: Task, cfg: SelfGuideConfig) -> tuple[LengthWindow | None, AnswerChecks | None]:
+    """The generation vote's output length window and answer checks (None where off or classification)."""
+    if task.is_classification:
+        return None, None
+    outputs = [d.output for d in task.demos]
+    return (LengthWindow.from_examples(outputs) if cfg.output_length_filter else None,
+            AnswerChecks.from_examples(outputs) if cfg.uses("answer_checks") else None)
+
+
 def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, inputs: Sequence[str],
              seed: int, noise: NoiseFilter | None = None) -> list[Vote]:
     """Label inputs the way a round does (contract §2.3): `num_samples` samples each, then the vote.
@@ -166,29 +191,26 @@ def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptForm
     validation inputs, whose gold answers are known, to measure how often the vote is right."""
     classification = task.is_classification
     noise = noise or NoiseFilter(cfg.noise_patterns)
-    out_length = (
-        LengthWindow.from_examples([d.output for d in task.demos])
-        if (not classification and cfg.output_length_filter)
-        else None
-    )
+    out_length, checks = answer_filters(task, cfg)
     params = SamplingParams(
         temperature=cfg.annotate_temperature,
         top_k=cfg.annotate_top_k,
         max_tokens=max_tokens_for(sampler, [d.output for d in task.demos] + list(task.labels), cfg.max_tokens_factor),
-        stop=fmt.answer_stops,
+        stop=task_answer_stops(task),
         n=cfg.num_samples,
         choices=tuple(task.labels) if classification and cfg.labels_in_vote == "constrained" else None,
+        run_on=answer_run_on_limit(out_length, checks),
     )
-    checks = AnswerChecks.from_examples([d.output for d in task.demos]) if cfg.uses("answer_checks") and not classification else None
     requests = [Request(fmt.render(task_prompt(task, text)), replace(params, seed=stage_seed(seed, 2, n)))
                 for n, text in enumerate(inputs)]
     outputs = sampler.generate(requests) if requests else []
-    return [
-        self_consistency_vote([o.text for o in outs], labels=task.labels if classification and cfg.labels_in_vote != "any" else None,
-                              noise=noise, length=out_length, threshold=cfg.vote_threshold, checks=checks,
-                              input_text=text)
-        for text, outs in zip(inputs, outputs, strict=True)
-    ]
+    labels = task.labels if classification and cfg.labels_in_vote != "any" else None
+    votes = []
+    for text, outs in zip(inputs, outputs, strict=True):
+        vote = self_consistency_vote([o.text for o in outs], labels=labels, noise=noise, length=out_length,
+                                     threshold=cfg.vote_threshold, checks=checks, input_text=text)
+        votes.append(replace(vote, tokens=sum(o.n_tokens for o in outs)))
+    return votes
 
 
 def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int = 0) -> SynthResult:
@@ -231,6 +253,7 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         "input_echoes": written.echoes,
     })
     result.seconds = {"write_inputs": round(written.seconds, 2), "annotate": round(labelled.seconds, 2)}
+    result.stats["sampled_tokens"] = {"write_inputs": written.tokens, "annotate": labelled.tokens}
     if classification and cfg.balance:
         progress.summary(f"balance: {len(final)} rows kept, {len(balance_dropped)} down-sampled ("
                          f"{', '.join(f'{k} {v}' for k, v in per_label.items()) or 'nothing left'})")
@@ -260,6 +283,7 @@ class WrittenInputs:
     drops: Counter[str]  # filter stage -> inputs it dropped
     echoes: int  # candidates that began with an echoed "Input:"
     seconds: float
+    tokens: int  # tokens decoded
 
 
 def write_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int,
@@ -276,7 +300,7 @@ def write_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
     )
     accepted: list[dict[str, Any]] = []
     input_drops: Counter[str] = Counter()
-    echoes = 0
+    echoes = tokens = 0
     with progress.bar("writing inputs", cfg.num_inputs, "inputs", samples=True) as bar:
         for wave_start in range(0, cfg.num_inputs, cfg.wave_size):
             indices = range(wave_start, min(cfg.num_inputs, wave_start + cfg.wave_size))
@@ -290,6 +314,7 @@ def write_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
                 requests.append(Request(prompt, replace(input_params, seed=stage_seed(seed, 1, i))))
                 targets.append(target)
             for i, target, outs in zip(indices, targets, sampler.generate(requests), strict=True):
+                tokens += outs[0].n_tokens
                 written = outs[0].text
                 without_echo, echoed = strip_input_echo(written)
                 echoes += echoed
@@ -306,7 +331,7 @@ def write_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
     seconds = bar.seconds
     progress.summary(f"inputs: {len(accepted)} of {cfg.num_inputs} kept ("
                      f"{', '.join(f'{k} {v}' for k, v in input_drops.items()) or 'none dropped'}) in {seconds:.0f}s")
-    return WrittenInputs(accepted, input_drops, echoes, seconds)
+    return WrittenInputs(accepted, input_drops, echoes, seconds, tokens)
 
 
 @dataclass
@@ -316,6 +341,7 @@ class LabelledInputs:
     sample_rejects: Counter[str]  # why single samples did not count
     shares: list[float]  # the winning answer's share of the samples, per labelled input
     seconds: float
+    tokens: int  # tokens decoded
 
 
 def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int,
@@ -358,7 +384,7 @@ def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
     progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled by the vote "
                      f"({vote_drops.get('no_consensus', 0)} without consensus, {vote_drops.get('no_valid_samples', 0)} "
                      f"without a valid sample) in {seconds:.0f}s")
-    return LabelledInputs(annotated, vote_drops, sample_rejects, shares, seconds)
+    return LabelledInputs(annotated, vote_drops, sample_rejects, shares, seconds, sum(v.tokens for v in votes))
 
 
 @register
