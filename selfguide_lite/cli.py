@@ -103,11 +103,12 @@ def loop(
     is_demo = task is None and model is None
     if demo is not None and not is_demo:
         raise UserError("--demo runs a built-in demo: leave out --task and --model")
+    seed_tasks = _seed_tasks(seed_tasks, seeds)
     _check_loop_options(method, resume, fresh, {"--labels": labels, "--task-type": task_type, "--num-inputs": num_inputs,
-                                                "--seed-tasks": _seed_tasks(seed_tasks, seeds), "--eval-tasks": eval_tasks,
+                                                "--seed-tasks": seed_tasks, "--eval-tasks": eval_tasks,
                                                 "--num-instructions": num_instructions})
     overrides = {
-        "task": task, "model": model, "run_dir": run_dir, "seed": seed, "seed_tasks": _seed_tasks(seed_tasks, seeds),
+        "task": task, "model": model, "run_dir": run_dir, "seed": seed, "seed_tasks": seed_tasks,
         "eval_tasks": eval_tasks, "task_type": task_type,
         "labels": [x.strip() for x in labels.split(",")] if labels else None,
         "selfguide": {"num_inputs": num_inputs},

@@ -250,10 +250,8 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Settings renamed or folded into the preset: (old key, its value) -> what it now means, for config files
-# written before (they load with one warning line).
-_OLD_SWITCHES = {"input_lead": "input_lead", "field_filter": "field_filter", "answer_checks": "answer_checks",
-                 "strip_input_echo": "strip_input_echo"}
+# Old on/off switches that are now small-student changes of the same name (false: listed in `without`).
+_OLD_SWITCHES = ("input_lead", "field_filter", "answer_checks", "strip_input_echo")
 
 
 def migrate_old_keys(data: dict[str, Any], where: str, warn: Callable[[str], None]) -> dict[str, Any]:
@@ -268,12 +266,11 @@ def migrate_old_keys(data: dict[str, Any], where: str, warn: Callable[[str], Non
     if isinstance(section, dict):
         section = dict(section)
         without = list(section.get("without") or [])
-        for old, change in _OLD_SWITCHES.items():
+        for old in _OLD_SWITCHES:
             if old in section:
-                value = section.pop(old)
                 renamed.append(f"selfguide.{old}")
-                if value is False and change not in without:
-                    without.append(change)
+                if section.pop(old) is False and old not in without:
+                    without.append(old)
         if "context_sampling" in section:
             renamed.append("selfguide.context_sampling")
             if section.pop("context_sampling") == "request" and "wave_context" not in without:

@@ -11,7 +11,7 @@ from .config import EvalConfig
 from .engine.sampler import Request, Sampler, SamplingParams
 from .errors import UserError
 from .metrics import score_predictions
-from .prompts import PromptFormat, task_answer_stops, task_prompt
+from .prompts import FIELD_STOPS, PromptFormat, task_prompt
 from .tasks import SPLITS, Instance, Task
 
 
@@ -40,7 +40,7 @@ def predict(
     params = SamplingParams(
         temperature=0.0,
         max_tokens=cfg.max_tokens if cfg.max_tokens is not None else answer_cap(task, sampler, cfg),
-        stop=task_answer_stops(task) + extra_stops,
+        stop=FIELD_STOPS + extra_stops,
         choices=tuple(task.labels) if (task.is_classification and cfg.constrain_labels) else None,
     )
     requests = [Request(fmt.render(prompt_fn(task, inst.input)), params) for inst in instances]

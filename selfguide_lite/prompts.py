@@ -91,23 +91,18 @@ class PromptFormat:
     @property
     def answer_stops(self) -> tuple[str, ...]:
         """Stops for free-form use of a student (chat, serve, an Ollama Modelfile): a chat student's turn
-        ends itself; plain text ends where the next example's field begins. A task's answers end by
-        `task_answer_stops`."""
+        ends itself; plain text ends where the next example's field begins. A task's answers end at
+        FIELD_STOPS for every student."""
         return () if self.is_chat else FIELD_STOPS
 
 
-# Where a task's answer ends, for every student and every round alike (evaluation and annotation;
-# contract §5): where the student starts a new `Input:`/`Output:` field. Chosen on validation by
+# Where a task's answer ends, for every student and every round alike (evaluation and annotation use
+# FIELD_STOPS; contract §5): where the student starts a new `Input:`/`Output:` field; without them a chat
+# student writes more `Output:` lines until the token cap. Chosen on validation by
 # scripts/answer_stops_study.py (docs/results/answer-stops.json): also ending one-line answers at a blank
 # line (+0.11 mean validation over the 11 shared tasks) or at the line break (+0.34, one task -0.42)
 # did not pass the rule committed before the run (+0.5 mean, no task below -2).
 ANSWER_END_RULE = "fields"  # names the rule in stage cache keys: a new rule re-evaluates and re-synthesises
-
-
-def task_answer_stops(task: Task) -> tuple[str, ...]:
-    """The stops that end an answer to `task`. Without them a chat student (whose template has no such
-    stops) writes more `Output:` lines until the token cap."""
-    return FIELD_STOPS
 
 
 def _demo_block(demos: Sequence[Demo]) -> str:

@@ -308,3 +308,16 @@ def test_predictions_with_unicode_line_separators_score(tmp_path):
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["n"] == 2 and got["split"] == "validation" and got["exact_match"] == 50.0
+
+
+def test_the_old_seeds_flag_warns_once_and_means_seed_tasks(tmp_path, capsys):
+    """`--seeds` was the seed-pool option before `--seed-tasks`: still read, with one warning line."""
+    task = tmp_path / "t.yaml"
+    task.write_text(GOOD_TASK)
+    capsys.readouterr()
+    code = main(["loop", "--task", str(task), "--model", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"),
+                 "--seeds", "s.jsonl"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert lines == ["warning: --seeds is now --seed-tasks (the Self-Instruct seed tasks file)",
+                     "error: --seed-tasks applies to --method self-instruct, not self-guide"]

@@ -32,7 +32,7 @@ from ..filters import (
     strip_input_echo,
 )
 from ..metrics import normalize
-from ..prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_answer_stops, task_prompt
+from ..prompts import FIELD_STOPS, INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
 from ..tasks import Task
 from .base import ClassBalance, Method, PromptFn, SynthResult, funnel_counts, register, stage_seed
 
@@ -196,7 +196,7 @@ def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptForm
         temperature=cfg.annotate_temperature,
         top_k=cfg.annotate_top_k,
         max_tokens=max_tokens_for(sampler, [d.output for d in task.demos] + list(task.labels), cfg.max_tokens_factor),
-        stop=task_answer_stops(task),
+        stop=FIELD_STOPS,
         n=cfg.num_samples,
         choices=tuple(task.labels) if classification and cfg.labels_in_vote == "constrained" else None,
         run_on=answer_run_on_limit(out_length, checks),
