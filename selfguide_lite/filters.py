@@ -7,12 +7,15 @@ leaking into generated text.
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+import regex
 
 DEFAULT_NOISE_PATTERNS: tuple[str, ...] = (
     r"\b(?:sure|certainly|of course)[,!.]? here",
@@ -132,11 +135,14 @@ _PREAMBLE = re.compile(r"^\s*(?:the\s+)?(?:(?:final|correct)\s+)?(?:answer|outpu
                        re.IGNORECASE)
 
 
-# The most a lead-in removed by AnswerChecks.clean can hold: "the correct response is:" has 21 visible
-# characters, and its at most five parts (the, final/correct, answer, is, the colon) can each sit on a
-# line of its own. Used to bound run-on answers exactly (tests/test_filters.py checks these against _PREAMBLE).
-PREAMBLE_MAX_VISIBLE = 21
-PREAMBLE_MAX_LINES = 5
+# The most whitespace-separated words a lead-in removed by AnswerChecks.clean can span: "the correct answer
+# is :" has five (the colon may stand alone). Once a sixth word has begun, no later text can change which
+# lead-in the pattern removes (tests/test_filters.py checks this against _PREAMBLE).
+PREAMBLE_MAX_WORDS = 5
+# The same pattern for the `regex` package, whose partial matching says whether a text could still grow
+# into a lead-in (the standard `re` cannot say).
+_PREAMBLE_PARTIAL = regex.compile(_PREAMBLE.pattern, regex.IGNORECASE)
+_LAST_WORD = re.compile(r"\S*\Z")
 
 
 def _norm(text: str) -> str:
@@ -174,6 +180,56 @@ class AnswerChecks:
             if demo in said and demo not in given:
                 return ("demo copy", f"repeats the example answer {demo!r}")
         return None
+
+
+@dataclass(frozen=True)
+class AnswerRunOn:
+    """Where a generation sample may stop decoding because the vote rejects it whatever comes next: its
+    answer (lead-in removed when `lead_in`) is already longer than `max_chars`, has more lines than
+    `max_lines`, or contains one of `banned` (normalised demonstration answers this input does not contain).
+
+    Exact: `exceeded` judges only what later tokens cannot take back, so a sample it stops would have been
+    rejected anyway, and every vote, kept answer and training row is what full decoding gives. The batched
+    engine calls it after each token (SamplingParams.run_on)."""
+
+    max_chars: int | None = None
+    max_lines: int | None = None
+    lead_in: bool = False
+    banned: tuple[str, ...] = ()
+
+    @classmethod
+    def for_vote(cls, length: LengthWindow | None, checks: AnswerChecks | None, input_text: str) -> AnswerRunOn | None:
+        """The bound of the generation vote's filters for one input; None when no filter can reject a run-on."""
+        if length is None and checks is None:
+            return None
+        given = _norm(input_text)
+        return cls(max_chars=math.floor(length.high) if length is not None else None,
+                   max_lines=checks.max_lines if checks is not None else None,
+                   lead_in=checks is not None,
+                   banned=tuple(d for d in checks.demo_answers if d not in given) if checks is not None else ())
+
+    def answer_so_far(self, text: str) -> str | None:
+        """The vote's answer for `text` as far as it is settled; None while a lead-in may still be forming."""
+        body = text.strip()
+        if not self.lead_in:
+            return body
+        if len(body.split()) <= PREAMBLE_MAX_WORDS and _PREAMBLE_PARTIAL.match(body, partial=True) is not None:
+            return None
+        return AnswerChecks.clean(body)
+
+    def exceeded(self, text: str) -> bool:
+        answer = self.answer_so_far(text)
+        if not answer:
+            return False
+        if self.max_chars is not None and len(answer) > self.max_chars:
+            return True
+        if self.max_lines is not None and sum(1 for ln in answer.splitlines() if ln.strip()) > self.max_lines:
+            return True
+        # The last word may still grow (and str.lower of it may still change): only whole words are judged.
+        if not self.banned:
+            return False
+        whole_words = self.answer_so_far(_LAST_WORD.sub("", text, count=1))
+        return whole_words is not None and any(d in _norm(whole_words) for d in self.banned)
 
 
 class DuplicateFilter:

@@ -254,10 +254,11 @@ def test_every_backend_keeps_the_sampler_contract(backend, model_path, monkeypat
 
 
 def test_stopping_run_on_samples_early_changes_no_vote(engine, reference, monkeypatch):
-    """Annotation samples stopped the moment the vote is certain to reject them (RunOnLimit): on a fixed
-    seed every vote (answer, share, reason, counts) is the one full decoding gives, on both local
+    """Annotation samples stopped the moment the vote is certain to reject them (AnswerRunOn): on a fixed
+    seed every vote (answer, share, reason, counts, samples rejected) is the one full decoding gives, on both local
     engines; the batched engine decodes fewer tokens."""
     from selfguide_lite.config import SelfGuideConfig
+    from selfguide_lite.filters import AnswerRunOn
     from selfguide_lite.methods import selfguide
     from selfguide_lite.prompts import PromptFormat
     from selfguide_lite.tasks import Demo, Task
@@ -267,16 +268,18 @@ def test_stopping_run_on_samples_early_changes_no_vote(engine, reference, monkey
     inputs = ["my friend sees the old car.", "our team paints the house.", "the bird finds a cat.", "a child likes it."]
     cfg = SelfGuideConfig(num_samples=6, annotate_temperature=0.9, annotate_top_k=0, vote_threshold=0.3,
                           max_tokens_factor=40.0)
-    limit = selfguide.answer_run_on_limit(*selfguide.answer_filters(task, cfg))
-    assert limit is not None and limit.max_visible_chars is not None
+    rule = AnswerRunOn.for_vote(*selfguide.answer_filters(task, cfg), inputs[0])
+    assert rule is not None and rule.max_chars is not None and rule.lead_in
 
     def votes(sampler, early: bool):
         if not early:
-            monkeypatch.setattr(selfguide, "answer_run_on_limit", lambda length, checks: None)
+            monkeypatch.setattr(selfguide.AnswerRunOn, "for_vote", staticmethod(lambda length, checks, text: None))
         before = getattr(sampler, "stats", {}).get("generated", 0)
         out = selfguide.annotate(task, sampler, cfg, PromptFormat(), inputs, seed=5)
         monkeypatch.undo()
-        return [(v.answer, v.share, v.reason, v.counts) for v in out], getattr(sampler, "stats", {}).get("generated", 0) - before
+        # how many samples were rejected is exact too; a stopped one cannot show noise a later token might have
+        # written, so its reason may read "length" where full decoding says "noise"
+        return [(v.answer, v.share, v.reason, v.counts, sum(v.rejected.values())) for v in out], getattr(sampler, "stats", {}).get("generated", 0) - before
 
     full, full_tokens = votes(engine, early=False)
     early, early_tokens = votes(engine, early=True)

@@ -45,33 +45,78 @@ def test_a_drop_stage_missing_from_the_stage_list_is_an_error_not_a_silent_gap()
         funnel_counts({"new_filter": 1}, ("empty", "noise"))
 
 
-def test_the_preamble_bounds_hold_for_every_lead_in_the_answer_checks_remove():
-    """answer_run_on_limit stops a sample early only if the vote must reject it: that needs the most a
-    removed lead-in can hold, in visible characters and in lines, to be a true bound (and a tight one)."""
+def test_a_sixth_word_settles_which_lead_in_the_answer_checks_remove():
+    """AnswerRunOn judges an answer before the sample ends only once its lead-in is settled: every lead-in
+    the pattern removes spans at most PREAMBLE_MAX_WORDS words, so after a sixth word has begun no
+    continuation changes what is removed; and partial matching says when none can form at all."""
     import itertools
 
-    from selfguide_lite.filters import _PREAMBLE, PREAMBLE_MAX_LINES, PREAMBLE_MAX_VISIBLE, AnswerChecks
+    from selfguide_lite.filters import _PREAMBLE, _PREAMBLE_PARTIAL, PREAMBLE_MAX_WORDS, AnswerChecks
 
-    most_visible = most_lines = 0
+    most_words = 0
     for the, adj, noun, is_, mark, sep in itertools.product(
             ("", "the", "THE"), ("", "final", "correct"), ("answer", "output", "response", "result"), ("", "is"),
-            (":", "-"), (" ", "\n", " \n ")):
+            (":", "-", " :"), (" ", "\n", " \n ")):
         parts = [p for p in (the, adj, noun, is_, mark) if p]
         lead = sep + sep.join(parts) + sep
         match = _PREAMBLE.match(lead + "x")
         assert match is not None and (lead + "x")[match.end():] == "x" and AnswerChecks.clean(lead + "x") == "x"
-        removed = match.group(0)
-        most_visible = max(most_visible, sum(not c.isspace() for c in removed))
-        most_lines = max(most_lines, sum(1 for ln in removed.splitlines() if ln.strip()))
-    assert (most_visible, most_lines) == (PREAMBLE_MAX_VISIBLE, PREAMBLE_MAX_LINES)
+        most_words = max(most_words, len(match.group(0).split()))
+        # while the lead-in is forming, partial matching must not call it impossible
+        for cut in range(1, len(lead.strip()) + 1):
+            assert _PREAMBLE_PARTIAL.match(lead.strip()[:cut], partial=True) is not None
+    assert most_words == PREAMBLE_MAX_WORDS
+    assert _PREAMBLE_PARTIAL.match("Who did", partial=True) is None  # no lead-in can begin this way
+    assert _PREAMBLE_PARTIAL.match("The original", partial=True) is None
 
 
-def test_run_on_limit_and_settled_text():
-    from selfguide_lite.engine.sampler import RunOnLimit, settled_text
+def _random_samples(seed: int, n: int) -> list[str]:
+    """Texts mixing lead-ins, the demonstrations' answers, words, blank lines and punctuation."""
+    import random
 
-    limit = RunOnLimit(max_visible_chars=5, max_lines=2)
-    assert not limit.exceeded("a b c d e") and limit.exceeded("abcdef")
-    assert not limit.exceeded("a\n\nb\n") and limit.exceeded("a\nb\nc")
+    rng = random.Random(seed)
+    pieces = ["The", "the", "answer", "is", ":", "Answer:", "correct", "Output -", "cat", "dog", "a", "red",
+              "Σ", "ΑΣ", "'", "big cat", "the big cat", "Big, Cat!", "x" * 12, ".", "?"]
+    seps = [" ", " ", " ", "\n", "\n\n", "", "\t"]
+    return ["".join(rng.choice(pieces) + rng.choice(seps) for _ in range(rng.randint(1, 14))) for _ in range(n)]
+
+
+def test_answer_run_on_stops_only_samples_the_vote_rejects():
+    """The exactness AnswerRunOn promises: for every prefix at which it stops a sample, the vote would
+    have rejected the whole sample (by its length window or answer checks), over thousands of texts."""
+    from selfguide_lite.filters import AnswerChecks, AnswerRunOn, LengthWindow, NoiseFilter
+    from selfguide_lite.methods.selfguide import self_consistency_vote
+
+    demos = ["cat", "the big cat", "dog", "ΑΣ"]  # "ΑΣ" lowercases to "ας" only at a word end
+    length, checks = LengthWindow.from_examples(demos), AnswerChecks.from_examples(demos)
+    stopped = 0
+    for input_text in ("a dog and a cat", "the big cat"):
+        for filters in ((length, checks), (length, None), (None, checks)):
+            rule = AnswerRunOn.for_vote(*filters, input_text)
+            for text in _random_samples(len(input_text), 1500):
+                vote = self_consistency_vote([text], labels=None, noise=NoiseFilter(()), length=filters[0],
+                                             threshold=0.5, checks=filters[1], input_text=input_text)
+                first = next((i for i in range(1, len(text) + 1) if rule.exceeded(text[:i])), None)
+                if first is not None:
+                    stopped += 1
+                    assert vote.answer is None and sum(vote.rejected.values()) == 1, (text, text[:first])
+    assert stopped > 1000  # the rule does stop samples (a bound that never fires would pass trivially)
+    assert AnswerRunOn.for_vote(None, None, "x") is None
+
+
+def test_answer_run_on_judges_settled_text():
+    from selfguide_lite.engine.sampler import settled_text
+    from selfguide_lite.filters import AnswerChecks, AnswerRunOn, LengthWindow
+
+    rule = AnswerRunOn.for_vote(LengthWindow(0, 9.5), AnswerChecks(("big cat",), 1), "a small dog")
+    assert not rule.exceeded("The answer is") and not rule.exceeded("The answer is: a big dog")
+    assert rule.exceeded("The answer is: a big dogs") and rule.exceeded("Who did go there")
+    assert not rule.exceeded("The answer is: abcdefghijk")  # five words: "answer is:" may still become a longer lead-in
+    assert not rule.exceeded("dog\n") and rule.exceeded("dog\ncat")  # a second line
+    assert not rule.exceeded("big cat") and rule.exceeded("big cat ")  # the copy is judged on whole words
+    assert AnswerRunOn.for_vote(None, AnswerChecks(("big cat",), 1), "the big cat").banned == ()
     # a tail that may still become a stop string does not count: the stop would cut it off again
     assert settled_text("answer\nInp", ("\nInput:",)) == "answer" and settled_text("answer\nI", ("\nOutput:",)) == "answer\nI"
     assert settled_text("answer", ("\nInput:",)) == "answer"
+
+

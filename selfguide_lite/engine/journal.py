@@ -25,8 +25,10 @@ CHUNK = 64  # requests decoded (and journaled) together
 
 def request_key(req: Request) -> str:
     params = asdict(req.params)
-    if params["run_on"] is None:
+    if req.params.run_on is None:
         del params["run_on"]  # added later: journals written before it keep their keys
+    else:
+        params["run_on"] = {"rule": type(req.params.run_on).__name__, **params["run_on"]}
     blob = json.dumps({"prompt": req.prompt, "params": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -10,21 +10,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
-@dataclass(frozen=True)
-class RunOnLimit:
-    """Bounds past which a completion can no longer be a usable answer for its caller, whose filters reject
-    it whether it stops there or at max_tokens: the batched engine stops it at once (finish_reason
-    "abandoned"), an exact saving. Engines that cannot stop mid-way (sequential, HTTP) ignore it."""
+class RunOn(Protocol):
+    """A caller's rule for when a completion can no longer be a usable answer: its filters reject it
+    whether it stops now or at max_tokens. The batched engine asks after every token, passing the text
+    later tokens cannot take back, and stops the sample at once (finish_reason "abandoned"), an exact
+    saving. Engines that cannot stop mid-way (sequential, HTTP) ignore it. A frozen dataclass, so that
+    the journal can key requests by it (filters.AnswerRunOn is the one in use)."""
 
-    max_visible_chars: int | None = None  # non-whitespace characters
-    max_lines: int | None = None  # lines with a visible character
-
-    def exceeded(self, text: str) -> bool:
-        if self.max_visible_chars is not None and len(text) - sum(c.isspace() for c in text) > self.max_visible_chars:
-            return True
-        return self.max_lines is not None and sum(1 for ln in text.splitlines() if ln.strip()) > self.max_lines
+    def exceeded(self, text: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     choices: tuple[str, ...] | None = None
     ignore_eos: bool = False
-    run_on: RunOnLimit | None = None
+    run_on: RunOn | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ class Request:
 class Completion:
     text: str
     n_tokens: int
-    finish_reason: str  # "stop" (stop string or end-of-generation token), "length", or "abandoned" (RunOnLimit)
+    finish_reason: str  # "stop" (stop string or end-of-generation token), "length", or "abandoned" (RunOn)
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,11 @@ from typing import Any, TypedDict
 
 from .. import progress
 from ..config import SelfGuideConfig
-from ..engine.sampler import Request, RunOnLimit, Sampler, SamplingParams
+from ..engine.sampler import Request, Sampler, SamplingParams
 from ..errors import UserError
 from ..filters import (
-    PREAMBLE_MAX_LINES,
-    PREAMBLE_MAX_VISIBLE,
     AnswerChecks,
+    AnswerRunOn,
     DuplicateFilter,
     FieldFilter,
     InputFilters,
@@ -162,18 +161,6 @@ def balance_classes(records: list[dict[str, Any]], seed: int, floor: int = 0) ->
     return kept, dropped
 
 
-def answer_run_on_limit(length: LengthWindow | None, checks: AnswerChecks | None) -> RunOnLimit | None:
-    """Where a generation sample can stop decoding because the vote will reject it whatever comes next:
-    more visible characters than the output length window allows even after the longest lead-in is
-    removed, or more lines than the answer checks allow even after it. None when neither filter is on."""
-    slack_chars, slack_lines = (PREAMBLE_MAX_VISIBLE, PREAMBLE_MAX_LINES) if checks is not None else (0, 0)
-    max_chars = math.floor(length.high) + slack_chars if length is not None else None
-    max_lines = checks.max_lines + slack_lines if checks is not None else None
-    if max_chars is None and max_lines is None:
-        return None
-    return RunOnLimit(max_visible_chars=max_chars, max_lines=max_lines)
-
-
 def answer_filters(task: Task, cfg: SelfGuideConfig) -> tuple[LengthWindow | None, AnswerChecks | None]:
     """The generation vote's output length window and answer checks (None where off or classification)."""
     if task.is_classification:
@@ -199,9 +186,10 @@ def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptForm
         stop=FIELD_STOPS,
         n=cfg.num_samples,
         choices=tuple(task.labels) if classification and cfg.labels_in_vote == "constrained" else None,
-        run_on=answer_run_on_limit(out_length, checks),
     )
-    requests = [Request(fmt.render(task_prompt(task, text)), replace(params, seed=stage_seed(seed, 2, n)))
+    # Each input's samples stop once the vote must reject them (exact; AnswerRunOn).
+    requests = [Request(fmt.render(task_prompt(task, text)),
+                        replace(params, seed=stage_seed(seed, 2, n), run_on=AnswerRunOn.for_vote(out_length, checks, text)))
                 for n, text in enumerate(inputs)]
     outputs = sampler.generate(requests) if requests else []
     labels = task.labels if classification and cfg.labels_in_vote != "any" else None
