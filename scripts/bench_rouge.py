@@ -40,14 +40,9 @@ PUNCT = [",", ".", "!", "?", ";", ":", "...", "(", ")", '"', "-"]
 
 
 def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from selfguide_lite.runtime import cpu_name
+
+    cpu = cpu_name()
     return (
         f"{platform.node()} | {cpu} | {os.cpu_count()} logical cores | {platform.system()} {platform.release()} | "
         f"Python {platform.python_version()} | rouge-score {version('rouge-score')}, "

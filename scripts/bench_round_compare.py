@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
 from selfguide_lite.store import read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,8 @@ def main() -> int:
     new_rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, check=True).stdout.strip()
     sides = {"old": run_side("old", old_tree, tasks, work), "new": run_side("new", REPO, tasks, work)}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; old {old_rev}, new {new_rev}"
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, {' '.join(named_features(cpu_flags()))}"
+    print(f"machine: {machine}; old {old_rev}, new {new_rev}"
           " (new: uncommitted changes, if any, included)")
     rows = []
     for i, task in enumerate(tasks):
@@ -92,7 +93,7 @@ def main() -> int:
         rows.append({"task": task.stem, "old": old, "new": new})
     if args.json:
         write_json(args.json, {"command": shlex.join([sys.executable, *sys.argv]), "old": old_rev, "new": new_rev,
-                               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                               "machine": machine,
                                "tasks": rows})
     return 0
 

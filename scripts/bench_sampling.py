@@ -74,14 +74,9 @@ def quiet_fds():
 
 
 def machine() -> dict:
-    model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    from selfguide_lite.runtime import cpu_flags, named_features
+    from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
 
+    model = cpu_name()
     return {"cpu": model, "cpu_features": named_features(cpu_flags()), "cores": os.cpu_count(),
             "python": platform.python_version(),
             "llama_cpp_python": version("llama-cpp-python"), "torch": version("torch"),
