@@ -31,7 +31,10 @@ def journal_tokens(run_dir: Path) -> dict[str, int]:
     tokens = {"write_inputs": 0, "annotate": 0}
     path = run_dir / "round-1" / "synth" / "journal.jsonl"
     for line in path.read_text().splitlines() if path.is_file() else []:
-        comps = json.loads(line)["completions"]
+        row = json.loads(line)
+        if "completions" not in row:  # the journal's first line names the student
+            continue
+        comps = row["completions"]
         tokens["annotate" if len(comps) > 1 else "write_inputs"] += sum(int(c[1]) for c in comps)
     return tokens
 

@@ -21,7 +21,10 @@ Means over classification, generation and all tasks close the table. Variants (a
 full, no_vote, no_input_filters, no_label_filter, no_balance, no_repeat_limit, no_strip_input_echo
 (drop an input written after an echoed "Input:" as the original filters do); and original (the published
 method, without this project's changes for small chat students: input lead, field filter, answer checks,
-balance floor, per-wave context, the repeated-answer limit, the echo strip).
+balance floor, per-wave context, the repeated-answer limit, the echo strip); batch_calibrated,
+content_free_calibrated and argmax (classification labellers instead of the vote, selfguide.labeler).
+Each scored round also carries its skill columns (balanced accuracy, macro-F1, labels used, best constant
+label; generation: input as answer) per split, computed from its stored predictions.
 
 Usage: python3 scripts/effect_study.py [--tasks T.json ...] [--seeds 0 1] [--rounds 2]
        [--variants full no_vote ...] [--config FILE] [--model NAME] [--work runs/effect-study] [--json FILE]
@@ -53,6 +56,7 @@ from selfguide_lite.diagnostics import (  # noqa: E402
 )
 from selfguide_lite.errors import UserError  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
+from selfguide_lite.metrics import classification_skill, input_as_answer  # noqa: E402
 from selfguide_lite.store import file_hash, read_json, read_jsonl, value_hash, write_json  # noqa: E402
 from selfguide_lite.tasks import Task, load_task  # noqa: E402
 
@@ -69,6 +73,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_strip_input_echo": {"selfguide": {"without": ["strip_input_echo"]}},
     # the method as first published, before this project's changes for small chat students
     "original": {"selfguide": {"preset": "original"}},
+    # classification labellers instead of the vote (selfguide.labeler): the student's label prior divided out,
+    # estimated over the round's inputs or over content-free inputs; and the uncalibrated best guess
+    "batch_calibrated": {"selfguide": {"labeler": "batch-calibrated"}},
+    "content_free_calibrated": {"selfguide": {"labeler": "content-free-calibrated"}},
+    "argmax": {"selfguide": {"labeler": "argmax"}},
 }
 
 
@@ -153,6 +162,8 @@ def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
             rows = test_rows(k)
             preds, refs = [r["prediction"] for r in rows], [r["references"] for r in rows]
             entry["format"] = format_share(preds, refs, labels)
+            entry["skill"] = {split: split_skill(task, evals[k]["tasks"][0][split]["predictions"])
+                              for split in ("validation", "test") if evals[k]["tasks"][0].get(split)}
             if labels is None:
                 entry["demo_copies"] = copy_share(preds, [d.output for d in task.demos])
                 entry["input_copies"] = input_copy_share(preds, [r["input"] for r in rows])
@@ -183,6 +194,15 @@ def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
                        if summary["final_test"] is not None and summary["round0_test"] is not None else None)
     summary["label_quality"] = self_label_quality(cfg, task, run_dir, evals[0])
     return summary
+
+
+def split_skill(task: Task, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The skill columns (balanced accuracy, macro-F1, labels used, best constant; input as answer) from a
+    split's stored predictions, so runs evaluated before the columns existed get them too."""
+    refs = [r["references"] for r in rows]
+    if task.is_classification:
+        return classification_skill(task.labels, refs, [r["prediction"] for r in rows])
+    return input_as_answer([r["input"] for r in rows], refs)
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -259,6 +279,9 @@ def print_run(s: dict[str, Any], seed: int, variant: str) -> None:
           f"(round {s['final_round']}) {_f(s['final_test'])}  gain {_f(s['gain'], '+.1f')}")
     for k, r in s["rounds"].items():
         line = f"    round {k}: validation {_f(r.get('validation'))}, test {_f(r.get('test'))}, format {_f(r.get('format'))}%"
+        if (skill := (r.get("skill") or {}).get("test")) and "balanced_accuracy" in skill:
+            line += (f", test balanced accuracy {_f(skill['balanced_accuracy'])} (chance {_f(skill['chance'])}), "
+                     f"{skill['labels_predicted']} label(s), best constant {_f(skill['best_constant'])}")
         if "demo_copies" in r:
             line += f", demo copies {_f(r['demo_copies'])}%, input copies {_f(r.get('input_copies'))}%"
         if k:

@@ -302,7 +302,7 @@ def eval_cmd(
         write_json(out, result)
     scores = result[split]
     _log(json.dumps({"task": t.name, "split": split, "n": scores["n"], "exact_match": scores["exact_match"],
-                     "rougeL": scores["rougeL"], "primary_metric": result["primary_metric"]}))
+                     "rougeL": scores["rougeL"], "primary_metric": result["primary_metric"], "skill": scores["skill"]}))
 
 
 @app.command()
@@ -325,7 +325,7 @@ def score(
     found = {member.get(r["id"], "other") for r in rows}
     split = found.pop() if len(found) == 1 else "mixed"
     print(json.dumps({"task": s["task"], "split": split, "n": s["n"], "exact_match": s["exact_match"],
-                      "rougeL": s["rougeL"]}))
+                      "rougeL": s["rougeL"], "skill": s["skill"]}))
 
 
 @app.command(name="demo-model")

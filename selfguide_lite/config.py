@@ -80,6 +80,15 @@ class SelfGuideConfig(_Section):
     labels_in_vote: Literal["constrained", "exact", "any"] = _f(
         "constrained", "classification: constrained: annotation decodes only label strings (grammar); exact: free "
                        "decoding, only samples that are exactly a label count in the vote; any: every sample counts")
+    labeler: Literal["vote", "batch-calibrated", "content-free-calibrated", "argmax"] = _f(
+        "vote", "classification: who labels a written input. vote: the self-consistency vote (the published method; "
+                "num_samples, annotate_*, vote_threshold and labels_in_vote apply); batch-calibrated: each label's "
+                "log-probability as a training target, the student's label prior over the round's inputs divided "
+                "out (Zhou et al. 2024), kept at label_margin; content-free-calibrated: the prior from content-free "
+                "inputs instead (Zhao et al. 2021); argmax: the label-constrained, uncalibrated best guess")
+    label_margin: float = _f(
+        0.0, "calibrated labellers: the best label's calibrated log-score must beat the runner-up's by this much "
+             "(and by more than nothing)", ge=0)
     balance: bool = _f(True, "classification: trim every label to the rarest label's count")
     balance_floor: int = _f(
         32, "balance never trims a label below this many rows (the preset's balance_floor; 0: down to the rarest "

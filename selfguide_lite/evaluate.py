@@ -10,7 +10,7 @@ from . import progress
 from .config import EvalConfig
 from .engine.sampler import Request, Sampler, SamplingParams
 from .errors import UserError
-from .metrics import score_predictions
+from .metrics import classification_skill, input_as_answer, score_predictions, skill_line
 from .prompts import FIELD_STOPS, PromptFormat, task_prompt
 from .tasks import SPLITS, Instance, Task
 
@@ -71,7 +71,18 @@ def score_rows(task: Task, rows: list[dict[str, Any]], known: list | None = None
     refs = {r["id"]: by_id[r["id"]].outputs for r in rows}
     preds = {r["id"]: str(r.get("prediction") or "") for r in rows}
     scores = score_predictions(refs, preds)
-    return {"task": task.name, **scores}
+    skill = skill_scores(task, [by_id[i] for i in preds], list(preds.values()))
+    return {"task": task.name, **scores, "skill": skill}
+
+
+def skill_scores(task: Task, instances: list[Instance], predictions: list[str]) -> dict[str, float | int]:
+    """What the official metric hides: for classification, balanced accuracy against its chance, macro-F1,
+    labels used and the best constant answer's exact match; for generation, the input-as-answer scores."""
+    refs = [inst.outputs for inst in instances]
+    if task.is_classification:
+        return classification_skill(task.labels, refs, predictions)
+    copied = input_as_answer([inst.input for inst in instances], refs)
+    return {f"input_as_answer_{k}": v for k, v in copied.items()}
 
 
 def primary_metric(task: Task) -> str:
@@ -83,7 +94,7 @@ def evaluate(task: Task, sampler: Sampler, cfg: EvalConfig | None = None,
              extra_stops: tuple[str, ...] = (), splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
     """Predict on every requested split in one batch, score each split apart.
 
-    Returns `{"task", "primary_metric", <split>: {n, exact_match, rougeL, primary, predictions}}`;
+    Returns `{"task", "primary_metric", <split>: {n, exact_match, rougeL, primary, skill, predictions}}`;
     an empty split (a task with too few instances for a test set) is `None`. `primary` is exact match
     for classification, ROUGE-L for generation."""
     cfg = cfg or EvalConfig()
@@ -102,8 +113,10 @@ def evaluate(task: Task, sampler: Sampler, cfg: EvalConfig | None = None,
             said.append(f"{name}: no instances")
             continue
         scores = score_rows(task, chunk)
+        skill = scores["skill"]
         result[name] = {"n": scores["n"], "exact_match": scores["exact_match"], "rougeL": scores["rougeL"],
-                        "primary": scores[metric], "predictions": chunk}
-        said.append(f"{name} ({scores['n']}): exact match {scores['exact_match']:.1f}, ROUGE-L {scores['rougeL']:.1f}")
+                        "primary": scores[metric], "skill": skill, "predictions": chunk}
+        said.append(f"{name} ({scores['n']}): exact match {scores['exact_match']:.1f}, ROUGE-L {scores['rougeL']:.1f} "
+                    f"[{skill_line(skill)}]")
     progress.summary(f"evaluation of {task.name}: {'; '.join(said)} in {bar.seconds:.0f}s")
     return result

@@ -30,6 +30,7 @@ from .evaluate import evaluate
 from .export import export, gguf_from_hf
 from .gate import ExportRejected
 from .methods import Method, method_for
+from .metrics import skill_line
 from .models import ResolvedStudent, fidelity_line, resolve_student
 from .prompts import ANSWER_END_RULE
 from .report import write_report
@@ -111,6 +112,8 @@ def evaluate_student(cfg: Config, method: Method, tasks: list[Task], gguf: Path,
         }
         if summary[split]:
             summary[split]["primary"] = summary[split][summary["primary_metric"]]
+            if len(scored) == 1:  # skill columns are per task (Self-Instruct's mean over tasks has none)
+                summary[split]["skill"] = scored[0]["skill"]
     if summary["validation"] is None:
         raise UserError(f"no validation instances to evaluate on ({', '.join(t.name for t in tasks)})")
     summary.update(answered)
@@ -137,7 +140,8 @@ def score_line(scores: dict[str, Any]) -> str:
     parts = []
     for split in SPLITS:
         m = scores.get(split)
-        parts.append(f"{split} exact match {m['exact_match']:.1f}, ROUGE-L {m['rougeL']:.1f}" if m else f"{split} -")
+        skill = f" ({skill_line(m.get('skill'))})" if m and m.get("skill") else ""
+        parts.append(f"{split} exact match {m['exact_match']:.1f}, ROUGE-L {m['rougeL']:.1f}{skill}" if m else f"{split} -")
     return "; ".join(parts)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 from rouge_score import rouge_scorer
 
@@ -46,3 +47,59 @@ def score_predictions(references: Mapping[str, Sequence[str]], predictions: Mapp
         em += exact_match(pred, refs)
         rl += rouge_l(pred, refs)
     return {"n": n, "exact_match": 100.0 * em / n, "rougeL": 100.0 * rl / n}
+
+
+# --- skill beside the official metric ------------------------------------------------------------
+# A classification exact match can be won by answering one label to every input, and a generation
+# ROUGE-L by copying the input; these read a score against those trivial answers (issue: "teach the task,
+# not a constant answer").
+
+
+def classification_skill(labels: Sequence[str], references: Sequence[Sequence[str]],
+                         predictions: Sequence[str]) -> dict[str, float | int]:
+    """Skill columns for one split of a classification task, all x100 like the official metrics.
+
+    An instance's gold label is its first reference, normalised. balanced_accuracy is the mean recall
+    over the gold labels present in the split (so a constant answer scores exactly `chance`, 100 / their
+    number); macro_f1 averages F1 over the same labels; labels_predicted counts distinct task labels
+    the predictions use; best_constant is the exact match the best single label would score here."""
+    gold = [normalize(refs[0]) if refs else "" for refs in references]
+    said = [normalize(p) for p in predictions]
+    present = sorted(set(gold))
+    if not present:
+        return {"balanced_accuracy": 0.0, "chance": 0.0, "macro_f1": 0.0, "labels_predicted": 0, "best_constant": 0.0}
+    recalls, f1s = [], []
+    for label in present:
+        hits = sum(1 for g, p in zip(gold, said, strict=True) if g == p == label)
+        n_gold = gold.count(label)
+        n_said = said.count(label)
+        recalls.append(hits / n_gold)
+        f1s.append(2 * hits / (n_gold + n_said))
+    known = {normalize(lab) for lab in labels}
+    constants = known | set(present)
+    best_constant = max(sum(1 for refs in references if any(normalize(r) == c for r in refs)) for c in constants)
+    return {
+        "balanced_accuracy": 100.0 * sum(recalls) / len(present),
+        "chance": 100.0 / len(present),
+        "macro_f1": 100.0 * sum(f1s) / len(present),
+        "labels_predicted": len({p for p in said if p in known}),
+        "best_constant": 100.0 * best_constant / len(references),
+    }
+
+
+def input_as_answer(inputs: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Generation's trivial answer: each input copied as its own answer, scored by the official metrics."""
+    ids = [str(i) for i in range(len(inputs))]
+    scores = score_predictions(dict(zip(ids, references, strict=True)), dict(zip(ids, inputs, strict=True)))
+    return {"exact_match": scores["exact_match"], "rougeL": scores["rougeL"]}
+
+
+def skill_line(skill: dict[str, Any] | None) -> str:
+    """The skill columns in words, for logs and the CLI summary ('' when there are none)."""
+    if not skill:
+        return ""
+    if "balanced_accuracy" in skill:
+        return (f"balanced accuracy {skill['balanced_accuracy']:.1f} (chance {skill['chance']:.1f}), macro-F1 "
+                f"{skill['macro_f1']:.1f}, {skill['labels_predicted']} label(s) predicted, best constant "
+                f"{skill['best_constant']:.1f}")
+    return f"input as answer: ROUGE-L {skill['input_as_answer_rougeL']:.1f}"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .methods import method_of_stats
+from .metrics import skill_line
 from .runs import RoundRecord, rounds_of
 from .store import atomic_write_text, disk_bytes, read_json, read_jsonl
 
@@ -152,6 +153,11 @@ def _examples_section(k: int, synth: Path) -> str:
     return out
 
 
+def skill_cell(rec: RoundRecord, split: str) -> str:
+    s = rec.metrics.get(split) if rec.metrics else None
+    return skill_line(s.skill) if s and s.skill else "-"
+
+
 def _score_rows(rounds: list[tuple[int, RoundRecord]]) -> list[list[Any]]:
     rows = []
     for k, rec in rounds:
@@ -162,7 +168,8 @@ def _score_rows(rounds: list[tuple[int, RoundRecord]]) -> list[list[Any]]:
         rows.append([
             k, rec.status, "-" if rec.train_size is None else rec.train_size,
             cell("validation", "exact_match"), cell("validation", "rougeL"), cell("test", "exact_match"),
-            cell("test", "rougeL"), "yes" if rec.promoted else "no", rec.gguf or "-",
+            cell("test", "rougeL"), skill_cell(rec, "validation"), skill_cell(rec, "test"),
+            "yes" if rec.promoted else "no", rec.gguf or "-",
         ])
     return rows
 
@@ -260,7 +267,8 @@ task <b>{_esc(manifest.get('task') or manifest.get('seed_tasks') or manifest.get
 <a href="#examples">examples</a><a href="#disk">disk</a><a href="#time">time</a><a href="#config">command &amp; configuration</a></nav>
 <h2 id="scores">Scores per round</h2>
 {_table(["round", "status", "train rows", "validation exact match", "validation ROUGE-L", "test exact match",
-         "test ROUGE-L", "promoted", "GGUF"], score_rows)}
+         "test ROUGE-L", "validation, beside the trivial answers", "test, beside the trivial answers", "promoted",
+         "GGUF"], score_rows)}
 {import_note}
 {gate_table}
 {scores_plot(rounds)}

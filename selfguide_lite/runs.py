@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .metrics import skill_line
 from .store import read_json
 from .tasks import SPLITS
 
@@ -22,6 +23,7 @@ class SplitScores:
     exact_match: float
     rougeL: float
     primary: float
+    skill: dict[str, Any] | None = None  # evaluate.skill_scores (absent in runs written before it)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class RoundScores:
         """From an `eval.json` summary (or a manifest's `metrics`)."""
         def split(name: str) -> SplitScores | None:
             d = summary.get(name)
-            return SplitScores(**{f.name: d[f.name] for f in fields(SplitScores)}) if d else None
+            return SplitScores(**{f.name: d[f.name] for f in fields(SplitScores) if f.name in d}) if d else None
 
         validation = split("validation")
         if validation is None:
@@ -111,6 +113,9 @@ def summary_lines(summary: dict) -> list[str]:
         state = "" if rec.promoted else f"  not promoted ({rec.status})"
         rows = "" if k == 0 else f", {rec.train_size or 0} training rows"
         lines.append(f"  round {k}: validation {cell(k, 'validation')}, test {cell(k, 'test')}{rows}{state}")
+        test = rec.metrics.test if rec.metrics else None
+        if test is not None and test.skill:
+            lines.append(f"    test, beside the trivial answers: {skill_line(test.skill)}")
     gguf = Path(summary["final_gguf"])
     modelfile = gguf.with_suffix(".Modelfile")
     lines.append(f"final student (round {summary['final_round']}, the best on validation): {gguf}")

@@ -286,3 +286,66 @@ def test_stopping_run_on_samples_early_changes_no_vote(engine, reference, monkey
     assert early == full
     assert early_tokens < full_tokens
     assert votes(reference, early=True)[0] == votes(reference, early=False)[0]  # ignores the limit: exact trivially
+
+
+SCORED_LABELS = ("positive", "positively", "negative", "neg", "pos itive")  # some share first tokens
+
+
+def _reference_label_scores(model_path, requests) -> list[list[float]]:
+    """Summed log-probabilities from llama-cpp-python's own logits of each whole sequence (logits_all)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from selfguide_lite.engine.sampler import score_split
+
+    llm = Llama(model_path=str(model_path), n_ctx=512, n_threads=1, logits_all=True, verbose=False)
+    out = []
+    for req in requests:
+        prompt = llm.tokenize(req.prompt.encode(), add_bos=True, special=True)
+        seqs = [llm.tokenize((req.prompt + c).encode(), add_bos=True, special=True) for c in req.continuations]
+        split = score_split(prompt, seqs)
+        row_scores = []
+        for seq in seqs:
+            llm.reset()
+            llm.eval(seq)
+            logits = np.asarray(llm.scores[: len(seq)], dtype=np.float64)
+            lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+            row_scores.append(float(sum(logits[p - 1, seq[p]] - lse[p - 1] for p in range(split, len(seq)))))
+        out.append(row_scores)
+    llm.close()
+    return out
+
+
+def test_label_scores_equal_llama_cpp_logits(engine, reference, model_path):
+    """Label scoring (the calibrated labeller's input): each label as a training target ends (lead space,
+    label, end-of-answer token), tokenized with the prompt. Batched decodes are not bitwise equal to one
+    sequence's, so the stated tolerance is 1e-3 nats per label; the ranking of labels must be identical.
+    Six prompts on four slots (two groups) sharing a few-shot prefix (the prefix stream), then six sharing none."""
+    from selfguide_lite.engine.sampler import ScoreRequest
+    from selfguide_lite.prompts import PromptFormat
+
+    fmt = PromptFormat.from_info(engine.info)
+    assert fmt.eos_token  # the end-of-answer token is part of every scored continuation
+    prompts = [FEW_SHOT + f"Sentence: {s} {v} the river.\nLabel:" for s, v in zip(SUBJECTS, VERBS, strict=False)]
+    requests = [ScoreRequest(p, tuple(fmt.answer(lab) for lab in SCORED_LABELS)) for p in prompts]
+    # and prompts sharing nothing but BOS, fewer continuations, more prompts than slots: no prefix stream,
+    # each slot reused by a second group
+    requests += [ScoreRequest(p, tuple(fmt.answer(lab) for lab in SCORED_LABELS[:2 + i % 3])) for i, p in enumerate(PROMPTS)]
+    want = _reference_label_scores(model_path, requests)
+    got = engine.score(requests[:len(prompts)]) + engine.score(requests[len(prompts):])  # two calls: see above
+    slow = reference.score(requests)
+    for w, g, s in zip(want, got, slow, strict=True):
+        assert max(abs(a - b) for a, b in zip(w, g, strict=True)) < 1e-3
+        assert max(abs(a - b) for a, b in zip(w, s, strict=True)) < 1e-3
+        assert sorted(range(len(w)), key=w.__getitem__) == sorted(range(len(g)), key=g.__getitem__)
+    # the trained model tells its labels apart: "likes" sentences are positive in its corpus
+    assert got[0][SCORED_LABELS.index("positive")] > got[0][SCORED_LABELS.index("negative")]
+    assert engine.score([]) == []
+
+
+def test_a_server_cannot_score_labels():
+    from selfguide_lite.engine.http import HttpSampler
+    from selfguide_lite.engine.sampler import ScoreRequest
+
+    with pytest.raises(UserError, match="cannot score labels"):
+        HttpSampler.score(object.__new__(HttpSampler), [ScoreRequest("x", ("a",))])

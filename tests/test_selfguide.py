@@ -322,3 +322,39 @@ def test_a_generation_only_setting_does_not_rekey_classification_synthesis(tmp_p
     cls = method_for(load_config(None, {"task": str(headline_task_path())}))
     assert cls.settings() != method_for(load_config(None, {"task": str(headline_task_path()),
                                                            "selfguide": {"num_samples": 5}})).settings()
+
+
+class ScoringSampler(ScriptedSampler):
+    """Writes inputs like `scripted`; scores labels with a strong prior for "sports" that each input's
+    keyword shifts a little (what a small student's label log-probabilities look like), and an input
+    without a keyword not at all."""
+
+    def score(self, requests):
+        self.scored = getattr(self, "scored", 0) + len(requests)
+        out = []
+        for r in requests:
+            new_input = r.prompt.rsplit("Input:", 1)[1]
+            row = []
+            for answer in r.continuations:
+                label = answer.strip().removesuffix("</s>")
+                row.append((-0.1 if label == "sports" else -3.0) + (0.8 if WORDS[label] in new_input else 0.0))
+            out.append(row)
+        return out
+
+
+def test_batch_calibrated_labels_read_the_input_where_the_argmax_answers_one_label():
+    cfg = SelfGuideConfig(num_inputs=30, wave_size=10, length_filter=False, balance=False, labeler="argmax")
+    argmax = synthesize(TASK, ScoringSampler(scripted), cfg, PromptFormat(), seed=1)
+    assert {r["output"] for r in argmax.train} == {"sports"}  # the prior wins every input
+    sampler = ScoringSampler(scripted)
+    calibrated = synthesize(TASK, sampler, cfg.model_copy(update={"labeler": "batch-calibrated"}), PromptFormat(), seed=1)
+    truth = {r["id"]: next(lab for lab, w in WORDS.items() if w in r["input"]) for r in calibrated.train}
+    assert len(calibrated.train) == 30 and all(r["output"] == truth[r["id"]] for r in calibrated.train)
+    assert all(set(r["votes"]) == set(TASK.labels) and r["margin"] > 0 for r in calibrated.train)
+    assert calibrated.stats["sampled_tokens"]["annotate"] == 0 and sampler.scored == 30
+    # a margin no input reaches: every input dropped at its own stage, with the reason
+    strict = synthesize(TASK, ScoringSampler(scripted), cfg.model_copy(update={"labeler": "batch-calibrated",
+                                                                               "label_margin": 50.0}),
+                        PromptFormat(), seed=1)
+    assert strict.train == [] and strict.stats["annotation_dropped"]["low_margin"] == 30
+    assert all("calibrated margin" in d["reason"] for d in strict.dropped if d["stage"] == "low_margin")

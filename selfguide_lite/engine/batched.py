@@ -53,7 +53,12 @@ from .sampler import (
     Request,
     Sampler,
     SamplingParams,
+    ScoreRequest,
     choices_grammar,
+    common_prefix,
+    common_prefix_all,
+    logsumexp,
+    score_split,
     settled_text,
     truncate_at_stop,
 )
@@ -245,7 +250,7 @@ class BatchedSampler(Sampler):
     def _prefill_prefix(self, prefix: list[int]) -> int:
         """Make the prefix sequence hold exactly `prefix`, computing only what the previous call did not leave."""
         L = self._L
-        keep = _common_prefix(self._prefix, prefix)
+        keep = common_prefix(self._prefix, prefix)
         if keep < len(self._prefix):
             L.llama_memory_seq_rm(self._mem, self._prefix_seq, keep, -1)
         self._prefix = self._prefix[:keep]
@@ -377,7 +382,7 @@ class BatchedSampler(Sampler):
             return results  # type: ignore[return-value]
         before = dict(self.stats)
         prompts = [j.tokens for j in live_jobs]
-        shared = min(_common_prefix_all(prompts), min(len(t) for t in prompts) - 1)
+        shared = min(common_prefix_all(prompts), min(len(t) for t in prompts) - 1)
         shared = shared if shared >= MIN_SHARED_PREFIX else 0
         self.stats["prefill_requested"] += sum(len(j.tokens) * j.params.n for j in live_jobs)
         self.stats["prefill_unique"] += _trie_size(prompts)
@@ -398,6 +403,96 @@ class BatchedSampler(Sampler):
         self.stats["generate_seconds"] += time.perf_counter() - started
         self.last_stats = {k: self.stats[k] - before[k] for k in self.stats}
         return results  # type: ignore[return-value]
+
+    # --- scoring continuations (label log-probabilities) -----------------------------------------
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """Batched like `generate`: the common prefix of all prompts is computed once (the prefix stream),
+        each prompt's own part once in a slot of its own, then its continuations one after another, each
+        continuation's KV dropped before the next. Rows come from batched decodes: equal to single-sequence
+        log-probabilities within float tolerance, not bitwise (tests/test_engine_batched.py states it)."""
+        if not requests:
+            return []
+        seqs = [[self.prompt_tokens(r.prompt + c) for c in r.continuations] for r in requests]
+        splits = [score_split(self.prompt_tokens(r.prompt), s) for r, s in zip(requests, seqs, strict=True)]
+        every = [x for s in seqs for x in s]
+        if not every:
+            return [[] for _ in requests]
+        longest = max(len(x) for x in every)
+        if longest > self.n_ctx:
+            raise UserError(f"prompt + continuation of {longest} tokens exceeds the context ({self.n_ctx}); raise engine.n_ctx")
+        shared = min(common_prefix_all(every), min(sp for sp, s in zip(splits, seqs, strict=True) if s) - 1)
+        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        self._ensure_context(longest)
+        if shared:
+            self.stats["prefill_computed"] += self._prefill_prefix(every[0][:shared])
+        elif self._prefix:
+            self._L.llama_memory_seq_rm(self._mem, self._prefix_seq, -1, -1)
+            self._prefix = []
+        scores = [[0.0] * len(s) for s in seqs]
+        try:
+            for start in range(0, len(requests), self.n_slots):
+                group = [j for j in range(start, min(len(requests), start + self.n_slots)) if seqs[j]]
+                self._score_group(group, seqs, splits, shared, scores)
+        finally:
+            for slot in range(self.n_slots):
+                self._L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        return scores
+
+    def _score_group(self, group: list[int], seqs: list[list[list[int]]], splits: list[int], shared: int,
+                     scores: list[list[float]]) -> None:
+        """Requests `group` (one slot each): their prompt parts in one pass, then continuation i of all of them."""
+        L = self._L
+        slot_of = {j: slot for slot, j in enumerate(group)}
+
+        def first_token(slot: int, pos: int, row: np.ndarray) -> None:
+            j = group[slot]
+            lse = logsumexp(row)
+            for i, seq in enumerate(seqs[j]):
+                if len(seq) > splits[j]:
+                    scores[j][i] += float(row[seq[splits[j]]]) - lse
+
+        prompt_parts = []
+        for j in group:
+            L.llama_memory_seq_rm(self._mem, slot_of[j], -1, -1)  # the previous group's prompt
+            if shared:
+                L.llama_memory_seq_cp(self._mem, self._prefix_seq, slot_of[j], -1, -1)
+                self._copied = True
+            prompt_parts.append((slot_of[j], seqs[j][0][shared:splits[j]], shared, {splits[j] - 1}))
+        self._decode_parts(prompt_parts, first_token)
+        for i in range(max(len(seqs[j]) for j in group)):
+            tails = {j: seqs[j][i] for j in group if i < len(seqs[j]) and len(seqs[j][i]) > splits[j] + 1}
+
+            def tail_token(slot: int, pos: int, row: np.ndarray, i: int = i) -> None:
+                seq = seqs[group[slot]][i]
+                scores[group[slot]][i] += float(row[seq[pos + 1]]) - logsumexp(row)
+
+            self._decode_parts([(slot_of[j], seq[splits[j]:-1], splits[j], set(range(splits[j], len(seq) - 1)))
+                                for j, seq in tails.items()], tail_token)
+            for j in tails:
+                L.llama_memory_seq_rm(self._mem, slot_of[j], splits[j], -1)
+
+    def _decode_parts(self, parts: list[tuple[int, list[int], int, set[int]]], on_row) -> None:
+        """Decode (slot, tokens, first position, positions whose logits are wanted) in slot order, as many
+        llama_decode calls as n_batch needs; `on_row(slot, position, logits)` for each wanted position."""
+        n, wanted = 0, []
+        for slot, tokens, start, read in parts:
+            for k, token in enumerate(tokens):
+                pos = start + k
+                self._b_tok[n], self._b_pos[n], self._b_seq[n] = token, pos, slot
+                self._b_logits[n] = pos in read
+                if pos in read:
+                    wanted.append((n, slot, pos))
+                n += 1
+                if n == self.n_batch:
+                    self._decode(n)
+                    for idx, s, p in wanted:
+                        on_row(s, p, self._logits(idx))
+                    n, wanted = 0, []
+        if n:
+            self._decode(n)
+            for idx, s, p in wanted:
+                on_row(s, p, self._logits(idx))
 
     def _run(self, live_jobs: list[_Job], jobs: list[_Job], results, shared: int) -> None:
         """Continuous batching until every sample of `live_jobs` is finished (see `_BatchRun`)."""
@@ -423,30 +518,12 @@ class BatchedSampler(Sampler):
             pass
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _common_prefix_all(seqs: Sequence[Sequence[int]]) -> int:
-    first = seqs[0]
-    n = len(first)
-    for s in seqs[1:]:
-        n = _common_prefix(first[:n], s)
-        if n == 0:
-            break
-    return n
-
-
 def _trie_size(seqs: Sequence[Sequence[int]]) -> int:
     """Distinct prefix positions over all prompts (nodes of their token trie): the least any engine must compute."""
     ordered = sorted(tuple(s) for s in seqs)
     total, prev = 0, ()
     for s in ordered:
-        total += len(s) - _common_prefix(prev, s)
+        total += len(s) - common_prefix(prev, s)
         prev = s
     return total
 

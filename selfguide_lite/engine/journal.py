@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import progress
-from .sampler import Completion, Request, Sampler
+from .sampler import Completion, Request, Sampler, ScoreRequest
 
 CHUNK = 64  # requests decoded (and journaled) together
 
@@ -68,6 +68,10 @@ class JournaledSampler(Sampler):
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """Not journaled: scoring is deterministic and costs one pass per label, little to redo after a crash."""
+        return self.inner.score(requests)
 
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
         keys = [request_key(r) for r in requests]

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .. import progress
 from ..errors import UserError
 from ..runtime import llama_cpp_module, load_llama, model_info
-from .sampler import Completion, Request, Sampler, choices_grammar
+from .sampler import Completion, Request, Sampler, ScoreRequest, choices_grammar, logsumexp, score_split
 
 
 class LlamaCppSampler(Sampler):
@@ -66,6 +68,30 @@ class LlamaCppSampler(Sampler):
                 progress.sample_done()
             results.append(samples)
         return results
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """One token at a time after the split, reading the last logits row after each `eval`: slow, and
+        the reference the batched engine is checked against."""
+        llm = self.llama
+        out = []
+        for req in requests:
+            prompt = llm.tokenize(req.prompt.encode("utf-8"), add_bos=True, special=True)
+            seqs = [llm.tokenize((req.prompt + c).encode("utf-8"), add_bos=True, special=True) for c in req.continuations]
+            split = score_split(prompt, seqs)
+            scores = []
+            for seq in seqs:
+                if len(seq) > llm.n_ctx():
+                    raise UserError(f"prompt + continuation of {len(seq)} tokens exceeds the context ({llm.n_ctx()})")
+                llm.reset()
+                llm.eval(seq[:split])
+                total = 0.0
+                for token in seq[split:]:
+                    row = np.asarray(llm.scores[llm.n_tokens - 1])
+                    total += float(row[token]) - logsumexp(row)
+                    llm.eval([token])
+                scores.append(total)
+            out.append(scores)
+        return out
 
     def close(self) -> None:
         self.llama.close()

@@ -7,10 +7,15 @@ never imports llama.cpp; unit tests drive it with a scripted sampler.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import numpy as np
+
+from ..errors import UserError
 
 
 class RunOn(Protocol):
@@ -62,6 +67,15 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class ScoreRequest:
+    """Whole continuations of one prompt to score (e.g. each label of a task, rendered as a training
+    target ends: lead, label, end-of-answer token). Each is tokenized together with the prompt."""
+
+    prompt: str
+    continuations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What prompt rendering needs to know about the student (from its GGUF or HF tokenizer)."""
 
@@ -92,6 +106,13 @@ class Sampler(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
         """Return `request.params.n` completions for each request, in request order."""
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """Per request, the summed log-probability (natural log) of each continuation's tokens after the
+        point where the prompt + continuation token sequences part (see `score_split`): comparable across
+        the continuations of one request. Only in-process llama.cpp backends can; others say so."""
+        raise UserError(f"{type(self).__name__} cannot score labels (it returns no log-probabilities): "
+                        "sample from a local GGUF instead (in-process llama.cpp)")
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` for this student (used to size max_tokens); backends override."""
@@ -128,3 +149,38 @@ def choices_grammar(choices: Sequence[str]) -> str:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
     return "root ::= [ \\t\\n]? (" + " | ".join(lit(c) for c in choices) + ")\n"
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def common_prefix_all(seqs: Sequence[Sequence[int]]) -> int:
+    first = seqs[0]
+    n = len(first)
+    for s in seqs[1:]:
+        n = common_prefix(first[:n], s)
+        if n == 0:
+            break
+    return n
+
+
+def score_split(prompt: Sequence[int], sequences: Sequence[Sequence[int]]) -> int:
+    """Where scoring starts: the longest token prefix the prompt and every prompt + continuation share.
+    Tokenizing them together may merge the prompt's last characters with a continuation's first, so the
+    split can fall before the prompt's end; every continuation is then scored from the same point."""
+    n = common_prefix_all([prompt, *sequences])
+    if n == 0:
+        raise UserError("cannot score continuations of an empty prompt when the model adds no BOS token")
+    return n
+
+
+def logsumexp(logits: np.ndarray) -> float:
+    """log sum exp of one row of logits, in float64: row[token] - logsumexp(row) is log p(token)."""
+    row = logits.astype(np.float64, copy=False)
+    m = float(row.max())
+    return m + math.log(float(np.exp(row - m).sum()))

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from .. import progress
+from ..calibration import (
+    CONTENT_FREE_INPUTS,
+    calibrated_labels,
+    label_prior,
+    label_probabilities,
+    score_labels,
+)
 from ..config import SelfGuideConfig
 from ..engine.sampler import Request, Sampler, SamplingParams
 from ..errors import UserError
@@ -36,7 +43,7 @@ from ..tasks import Task
 from .base import ClassBalance, Method, PromptFn, SynthResult, funnel_counts, register, stage_seed
 
 INPUT_STAGES = ("empty", "length", "noise", "fields", "duplicate")
-VOTE_STAGES = ("no_valid_samples", "no_consensus", "repeated_answer")
+VOTE_STAGES = ("no_valid_samples", "no_consensus", "low_margin", "repeated_answer")
 
 
 class SelfGuideStats(TypedDict):
@@ -70,6 +77,7 @@ class Vote:
     counts: dict[str, int]
     rejected: dict[str, int]
     tokens: int = 0  # tokens decoded for its samples (set by annotate)
+    margin: float | None = None  # calibrated labellers: the label's lead over the runner-up (log-score)
 
 
 def max_tokens_for(sampler: Sampler, texts: Sequence[str], factor: float, floor: int = 8) -> int:
@@ -198,6 +206,26 @@ def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptForm
         vote = self_consistency_vote([o.text for o in outs], labels=labels, noise=noise, length=out_length,
                                      threshold=cfg.vote_threshold, checks=checks, input_text=text)
         votes.append(replace(vote, tokens=sum(o.n_tokens for o in outs)))
+    return votes
+
+
+def calibrated_votes(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat,
+                     inputs: Sequence[str]) -> list[Vote]:
+    """Classification labels from the student's label log-probabilities instead of sampled answers
+    (`cfg.labeler` other than vote; calibration.py says why). A Vote per input: share is the student's own
+    probability of the chosen label, counts its probability of every label."""
+    probs = label_probabilities(score_labels(task, sampler, fmt, inputs))
+    content_free = None
+    if cfg.labeler == "content-free-calibrated":
+        content_free = label_probabilities(score_labels(task, sampler, fmt, CONTENT_FREE_INPUTS))
+    kind = {"batch-calibrated": "batch", "content-free-calibrated": "content_free", "argmax": "none"}[cfg.labeler]
+    votes = []
+    for c in calibrated_labels(probs, label_prior(kind, probs, content_free), cfg.label_margin):
+        shown = {lab: round(p, 4) for lab, p in zip(task.labels, c.probs, strict=True)}
+        if c.label is None:
+            votes.append(Vote(None, 0.0, f"calibrated margin {c.margin:.3f} below {cfg.label_margin}", shown, {}))
+        else:
+            votes.append(Vote(task.labels[c.label], c.probs[c.label], "", shown, {}, margin=c.margin))
     return votes
 
 
@@ -340,13 +368,19 @@ def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
     vote_drops: Counter[str] = Counter()
     sample_rejects: Counter[str] = Counter()
     shares: list[float] = []
-    with progress.bar("annotating", len(accepted) * cfg.num_samples, "samples", samples=True) as bar:
-        votes = annotate(task, sampler, cfg, fmt, [a["input"] for a in accepted], seed, noise)
+    texts = [a["input"] for a in accepted]
+    scored = task.is_classification and cfg.labeler != "vote"
+    if scored:
+        with progress.bar("scoring labels", len(accepted), "inputs") as bar:
+            votes = calibrated_votes(task, sampler, cfg, fmt, texts)
+    else:
+        with progress.bar("annotating", len(accepted) * cfg.num_samples, "samples", samples=True) as bar:
+            votes = annotate(task, sampler, cfg, fmt, texts, seed, noise)
     seconds = bar.seconds
     for cand, vote in zip(accepted, votes, strict=True):
         sample_rejects.update(vote.rejected)
         if vote.answer is None:
-            stage = "no_valid_samples" if not vote.counts else "no_consensus"
+            stage = "low_margin" if scored else "no_valid_samples" if not vote.counts else "no_consensus"
             vote_drops[stage] += 1
             result.dropped.append(
                 {**cand, "stage": stage, "reason": vote.reason, "votes": vote.counts, "rejected": vote.rejected}
@@ -359,6 +393,7 @@ def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
                 "output": vote.answer,
                 "agreement": round(vote.share, 4),
                 "votes": vote.counts,
+                **({"margin": round(vote.margin, 4)} if vote.margin is not None else {}),
                 "prompt": task_prompt(task, cand["input"]),
                 "completion": vote.answer,
             }
@@ -369,9 +404,13 @@ def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
         for rec, times in repeated:
             result.dropped.append({**rec, "stage": "repeated_answer",
                                    "reason": f"the vote gave this answer to {times} different inputs"})
-    progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled by the vote "
-                     f"({vote_drops.get('no_consensus', 0)} without consensus, {vote_drops.get('no_valid_samples', 0)} "
-                     f"without a valid sample) in {seconds:.0f}s")
+    if scored:
+        progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled ({cfg.labeler}; "
+                         f"{vote_drops.get('low_margin', 0)} below the margin) in {seconds:.0f}s")
+    else:
+        progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled by the vote "
+                         f"({vote_drops.get('no_consensus', 0)} without consensus, "
+                         f"{vote_drops.get('no_valid_samples', 0)} without a valid sample) in {seconds:.0f}s")
     return LabelledInputs(annotated, vote_drops, sample_rejects, shares, seconds, sum(v.tokens for v in votes))
 
 
@@ -400,7 +439,9 @@ class SelfGuide(Method):
         generation, > 0; strip_input_echo: on): a setting that changes nothing must not invalidate
         finished runs."""
         cfg = self.cfg.selfguide
-        settings = cfg.model_dump(exclude={"preset", "without", "labels_in_vote"})
+        settings = cfg.model_dump(exclude={"preset", "without", "labels_in_vote", "labeler", "label_margin"})
+        if cfg.labeler != "vote" and self.eval_tasks()[0].is_classification:
+            settings.update(labeler=cfg.labeler, label_margin=cfg.label_margin)
         settings.update(
             context_sampling="wave" if cfg.uses("wave_context") else "request",
             input_lead=cfg.uses("input_lead"), field_filter=cfg.uses("field_filter"),

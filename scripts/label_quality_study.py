@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""How good are the student's own labels? Every classification labeller on the validation instances of the
+shared classification tasks, whose gold labels are known, with the round-0 student (the built-in one).
+
+Labellers (selfguide.labeler) and baselines:
+- vote:          the self-consistency vote of a default round (10 label-constrained samples, threshold 0.3);
+- greedy:        the unconstrained greedy answer (round 0's evaluation answer), counted where it is a label;
+- argmax:        the label-constrained, uncalibrated best guess from the label log-probabilities;
+- batch:         batch calibration, the prior estimated over the validation inputs themselves (in a round it
+                 is estimated over the round's written inputs);
+- content-free:  contextual calibration, the prior from content-free inputs ("N/A", "", "[MASK]").
+Each is read as balanced accuracy over all validation instances (an input left without a label counts as
+wrong), beside chance (100 / gold labels present), the labels it uses and its coverage; calibrated
+labellers also at label margins 0.25, 0.5 and 1 (balanced accuracy over the instances they keep).
+Test instances are not looked at.
+
+The rule, committed with this script before it was run (validation only):
+  1. The calibrated labeller carried into the round study is the one of batch / content-free with the
+     higher mean balanced accuracy at margin 0 over the tasks (ties: batch).
+  2. Its label_margin is the margin (0, 0.25, 0.5, 1) with the highest mean balanced accuracy on the
+     instances it keeps, among margins keeping at least half of the instances on average (ties: smaller).
+  3. Label quality is "above chance" on a task when balanced accuracy (all instances) >= chance + 5.
+  The default labeller is not decided here: that needs final students (the round study).
+
+Usage: python3 scripts/label_quality_study.py [--tasks T.json ...] [--work runs/label-quality] [--json FILE]
+Per-task results are cached in WORK (the script resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from selfguide_lite.builtin_students import DEFAULT_STUDENT, builtin_gguf
+from selfguide_lite.calibration import (
+    CONTENT_FREE_INPUTS,
+    batch_prior,
+    calibrated_labels,
+    label_probabilities,
+    score_labels,
+)
+from selfguide_lite.config import Config, EngineConfig
+from selfguide_lite.engine import open_sampler
+from selfguide_lite.evaluate import predict, split_instances
+from selfguide_lite.methods.selfguide import annotate
+from selfguide_lite.metrics import classification_skill, normalize
+from selfguide_lite.prompts import PromptFormat
+from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
+from selfguide_lite.store import read_json, write_json
+from selfguide_lite.tasks import load_task
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "natural-instructions"
+TASKS = ["task1385_anli_r1_entailment", "task1386_anli_r2_entailment", "task190_snli_classification",
+         "task199_mnli_classification", "task200_mnli_entailment_classification", "task738_perspectrum_classification",
+         "task937_defeasible_nli_social_classification"]
+MARGINS = (0.0, 0.25, 0.5, 1.0)
+
+
+def read_labels(labels: list[str], gold: list[list[str]], said: list[str | None]) -> dict:
+    """Balanced accuracy over every instance (no label = wrong) and over the labelled ones, coverage."""
+    kept = [i for i, s in enumerate(said) if s is not None]
+    everything = classification_skill(labels, gold, [s or "" for s in said])
+    on_kept = classification_skill(labels, [gold[i] for i in kept], [said[i] for i in kept]) if kept else None
+    return {"balanced_accuracy": everything["balanced_accuracy"], "chance": everything["chance"],
+            "labels_used": everything["labels_predicted"], "coverage": len(kept) / len(said),
+            "balanced_accuracy_kept": on_kept["balanced_accuracy"] if on_kept else None}
+
+
+def study_task(path: Path, sampler, cfg: Config) -> dict:
+    task = load_task(path)
+    inst = split_instances(task, cfg.eval, ("validation",))["validation"]
+    inputs, gold = [i.input for i in inst], [i.outputs for i in inst]
+    fmt = PromptFormat.from_info(sampler.info)
+    out = {"type": task.type, "labels": list(task.labels), "n": len(inst), "seconds": {}}
+
+    start = time.perf_counter()
+    votes = annotate(task, sampler, cfg.selfguide, fmt, inputs, seed=0)
+    out["seconds"]["vote"] = round(time.perf_counter() - start, 1)
+    said = {"vote": [v.answer for v in votes]}
+
+    greedy = predict(task, sampler, inst, cfg.eval.model_copy(update={"constrain_labels": False}), fmt=fmt)
+    by_norm = {normalize(lab): lab for lab in task.labels}
+    said["greedy"] = [by_norm.get(normalize(r["prediction"])) for r in greedy]
+
+    start = time.perf_counter()
+    probs = label_probabilities(score_labels(task, sampler, fmt, inputs))
+    out["seconds"]["score"] = round(time.perf_counter() - start, 1)
+    free = label_probabilities(score_labels(task, sampler, fmt, CONTENT_FREE_INPUTS))
+    priors = {"argmax": None, "batch": batch_prior(probs), "content-free": batch_prior(free)}
+    out["priors"] = {k: None if v is None else [round(float(x), 4) for x in v] for k, v in priors.items()}
+    results = {}
+    for name, got in said.items():
+        results[name] = read_labels(task.labels, gold, got)
+    for name, prior in priors.items():
+        for margin in MARGINS if prior is not None else (0.0,):
+            labels = calibrated_labels(probs, prior, margin)
+            results[f"{name}@{margin}"] = read_labels(task.labels, gold, [
+                task.labels[c.label] if c.label is not None else None for c in labels])
+    out["results"] = results
+    return out
+
+
+def decide(per_task: dict) -> dict:
+    """The rule in the docstring, on validation numbers only."""
+    def mean(key: str, field: str) -> float:
+        vals = [r["results"][key][field] for r in per_task.values() if r["results"][key][field] is not None]
+        return statistics.fmean(vals) if vals else float("nan")
+
+    labeller = max(("batch", "content-free"), key=lambda k: (mean(f"{k}@0.0", "balanced_accuracy"), k == "batch"))
+    usable = [m for m in MARGINS if mean(f"{labeller}@{m}", "coverage") >= 0.5]
+    margin = max(usable, key=lambda m: (mean(f"{labeller}@{m}", "balanced_accuracy_kept"), -m))
+    above = {name: sum(1 for r in per_task.values()
+                       if r["results"][name]["balanced_accuracy"] >= r["results"][name]["chance"] + 5)
+             for name in ("vote", "greedy", "argmax@0.0", "batch@0.0", "content-free@0.0", f"{labeller}@{margin}")}
+    return {"labeller": labeller, "label_margin": margin, "tasks_above_chance_plus_5": above,
+            "mean_balanced_accuracy": {name: round(mean(name, "balanced_accuracy"), 2) for name in above}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", type=Path, nargs="+", default=[SHARED / f"{t}.json" for t in TASKS])
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "label-quality")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    cfg = Config()
+    per_task = {}
+    with open_sampler(builtin_gguf(DEFAULT_STUDENT), EngineConfig()) as sampler:
+        for path in args.tasks:
+            cache = args.work / f"{path.stem}.json"
+            if not cache.is_file():
+                write_json(cache, study_task(path, sampler, cfg))
+            per_task[path.stem] = read_json(cache)
+    for name, r in per_task.items():
+        print(f"{name} (validation {r['n']}; vote {r['seconds']['vote']} s, label scores {r['seconds']['score']} s)")
+        for key, res in r["results"].items():
+            kept = res["balanced_accuracy_kept"]
+            print(f"  {key:18} balanced accuracy {res['balanced_accuracy']:5.1f} (chance {res['chance']:4.1f}), "
+                  f"{res['labels_used']} label(s), coverage {res['coverage']:.2f}"
+                  + (f", on the kept {kept:5.1f}" if kept is not None else ""))
+    decision = decide(per_task)
+    print("decision (validation):", decision)
+    if args.json:
+        write_json(args.json, {"command": shlex.join([sys.executable, *sys.argv]),
+                               "machine": f"{cpu_name()}, {' '.join(named_features(cpu_flags()))}",
+                               "student": DEFAULT_STUDENT, "per_task": per_task, "decision": decision})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
