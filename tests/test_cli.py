@@ -51,7 +51,11 @@ def test_score_prints_one_json_object_and_rejects_unknown_ids(tmp_path):
     assert out.returncode == 0, out.stderr
     obj = json.loads(out.stdout)
     # the first instances of an NI file are its validation split
-    assert obj == {"task": "task190_snli_classification", "split": "validation", "n": 4, "exact_match": 50.0, "rougeL": 50.0}
+    assert obj == {"task": "task190_snli_classification", "split": "validation", "n": 4, "exact_match": 50.0, "rougeL": 50.0,
+                   # gold C N C N, predicted C zzz C zzz: recall 1 on C and 0 on N; F1 1 and 0; one label used;
+                   # either constant label gets 2 of 4
+                   "skill": {"balanced_accuracy": 50.0, "chance": 50.0, "macro_f1": 50.0, "labels_predicted": 1,
+                             "best_constant": 50.0}}
     preds.write_text(json.dumps({"id": "nope", "prediction": "E"}) + "\n")
     bad = run_cli("score", "--task", str(task), "--predictions", str(preds))
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "nope" in bad.stderr

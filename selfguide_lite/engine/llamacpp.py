@@ -70,9 +70,12 @@ class LlamaCppSampler(Sampler):
         return results
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
-        """One token at a time after the split, reading the last logits row after each `eval`: slow, and
-        the reference the batched engine is checked against."""
+        """One token at a time after the split, reading the last token's logits after each `eval`: slow,
+        and the reference the batched engine is checked against. (`Llama.scores` holds rows only when
+        the model is loaded with logits_all, which sampling does not want, so the row is read from the
+        context directly.)"""
         llm = self.llama
+        n_vocab = llm.n_vocab()
         out = []
         for req in requests:
             prompt = llm.tokenize(req.prompt.encode("utf-8"), add_bos=True, special=True)
@@ -86,7 +89,7 @@ class LlamaCppSampler(Sampler):
                 llm.eval(seq[:split])
                 total = 0.0
                 for token in seq[split:]:
-                    row = np.asarray(llm.scores[llm.n_tokens - 1])
+                    row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,)).astype(np.float64)
                     total += float(row[token]) - logsumexp(row)
                     llm.eval([token])
                 scores.append(total)
