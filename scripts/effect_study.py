@@ -118,7 +118,7 @@ def same_quant_baseline(cfg: Config, run_dir: Path, work: Path) -> dict[str, Any
     """Round 0 again, with the student re-exported at the quantization the loop's own students get:
     a GGUF student (the built-in one is Q4_1) is sampled as given in round 0, so without this a later
     round's gain could be precision (q8_0) rather than self-training. None when round 0 was already
-    exported by the loop. The GGUF is shared by every task; the evaluation is cached per run."""
+    exported by the loop. The GGUF is shared by every task, its evaluation by every variant."""
     from selfguide_lite.export import gguf_from_hf, resolve_quant
     from selfguide_lite.loop import evaluate_student
     from selfguide_lite.methods import method_for
@@ -131,7 +131,10 @@ def same_quant_baseline(cfg: Config, run_dir: Path, work: Path) -> dict[str, Any
     gguf = work / "baselines" / f"{Path(source.hf_dir).name}-{quant}.gguf"
     if not gguf.is_file():
         gguf_from_hf(source.hf_dir, gguf, quant)
-    out = run_dir / "diagnostics" / f"round0-{quant}-eval.json"
+    # The same file on the same task and evaluation settings scores the same in every variant: one
+    # evaluation per (file, task, settings, seed), shared by the variants' runs.
+    key = value_hash([file_hash(gguf), Path(cfg.task).stem, cfg.eval.model_dump(), cfg.seed])[:16]
+    out = work / "baselines" / f"{Path(cfg.task).stem}-{quant}-{key}-eval.json"
     if not out.is_file():
         method = method_for(cfg)
         evaluate_student(cfg, method, method.eval_tasks(), gguf, out)
