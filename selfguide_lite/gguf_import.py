@@ -6,10 +6,15 @@ Why our own importer: transformers can load GGUF files, but only when it sees a 
 with the converter's own bundled `gguf` module (`GGUFReader`, `gguf.quants.dequantize`), so one
 `gguf` serves export and import.
 
-What it rebuilds, for the Llama and Qwen2 architectures:
+What it rebuilds, for the Llama (1-3.x), Qwen2 and Qwen3 architectures:
 - weights: every tensor dequantized (Q4_0/Q4_1/Q8_0/K-quants/F16/F32) and renamed to the HF layout;
-  Llama's Q and K rows are un-permuted (llama.cpp's converter interleaves them for its RoPE);
-- config: from the `{arch}.*` metadata; tied embeddings when the file has no `output.weight`;
+  Llama's Q and K rows are un-permuted (llama.cpp's converter interleaves them for its RoPE); Qwen3's
+  per-head Q/K norms;
+- config: from the `{arch}.*` metadata; tied embeddings when the file has no `output.weight`. What the
+  metadata does not carry: Llama 3.x's RoPE scaling is stored only as the `rope_freqs` tensor (one
+  factor per rotary frequency, computed by the converter from `rope_scaling` of type llama3); the
+  importer recovers the llama3 parameters that give exactly those factors (`llama3_rope_scaling`), so
+  transformers computes the same frequencies and the converter writes the same tensor back on export;
 - tokenizer: byte-level BPE (`tokenizer.ggml.model = gpt2`, with the pre-tokenizer the file names)
   or sentencepiece-style BPE with byte fallback (`llama`), its special tokens, BOS/EOS, and the
   chat template, so prompts render to the same text as llama.cpp renders them.
@@ -33,7 +38,8 @@ from .hf_tokenizer import load_tokenizer
 from .prompts import PromptFormat
 from .runtime import gguf_add_bos, gguf_tokenize_all
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # llama.cpp's pre-tokenizer names -> the regular expressions it splits text with before BPE (its
 # llama-vocab.cpp). A name not listed here is refused: a wrong split would silently change every id.
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -115,12 +121,12 @@ def hf_config(f: GGUFFile, vocab_size: int, tied: bool, ids: dict[str, int | Non
         return value
 
     scaling = f.get(f"{arch}.rope.scaling.type")
-    if scaling not in (None, "none") or "rope_freqs.weight" in f.tensors:
-        raise UserError(f"{f.path}: RoPE scaling ({scaling or 'rope_freqs'}) is not supported by the GGUF importer")
+    if scaling not in (None, "none"):
+        raise UserError(f"{f.path}: RoPE scaling {scaling!r} is not supported by the GGUF importer")
     hidden, heads = int(meta("embedding_length")), int(meta("attention.head_count"))
     head_dim = int(f.get(f"{arch}.attention.key_length", hidden // heads))
     cfg: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
+        "architectures": [HF_ARCHITECTURES[arch]],
         "model_type": arch,
         "vocab_size": vocab_size,
         "hidden_size": hidden,
@@ -143,7 +149,68 @@ def hf_config(f: GGUFFile, vocab_size: int, tied: bool, ids: dict[str, int | Non
         cfg.update(attention_bias=False, mlp_bias=False)
     else:
         cfg.update(use_sliding_window=False, max_window_layers=cfg["num_hidden_layers"])
+    if arch == "qwen3":
+        cfg.update(attention_bias=False)
+    if "rope_freqs.weight" in f.tensors:
+        if arch != "llama":
+            raise UserError(f"{f.path}: RoPE frequency factors (rope_freqs) on a {arch} model are not supported")
+        scaling = llama3_rope_scaling(f.tensor("rope_freqs.weight").reshape(-1), cfg["rope_theta"], head_dim, where=str(f.path))
+        cfg["rope_parameters"] = {**scaling, "rope_theta": cfg["rope_theta"]}  # transformers 5's key
     return cfg
+
+
+def llama3_rope_factors(params: dict[str, float], base: float, head_dim: int) -> np.ndarray:
+    """The per-frequency factors llama3 RoPE scaling divides the rotary frequencies by (the formula both
+    transformers and llama.cpp's converter use)."""
+    freqs = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    factor, lo, hi = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+    old = params["original_max_position_embeddings"]
+    out = []
+    for wavelen in 2 * np.pi / freqs:
+        if wavelen < old / hi:
+            out.append(1.0)
+        elif wavelen > old / lo:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - lo) / (hi - lo)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out)
+
+
+# Every Llama 3.1-3.3 release uses these, with factor 8 (3.1, 3.3) or 32 (3.2).
+LLAMA3_USUAL = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def llama3_rope_scaling(factors: np.ndarray, base: float, head_dim: int, where: str) -> dict[str, Any]:
+    """transformers' `rope_scaling` (type llama3) that reproduces a GGUF's `rope_freqs` factors.
+
+    The factors determine the scaling only up to the ratios of its parameters, so any set that reproduces
+    them is the same model. Tried in order: the parameters of Meta's releases with the largest factor
+    as `factor`; then, with `low_freq_factor` 1, the original context and `high_freq_factor` solved from
+    two frequencies in the smoothed band. Anything else is refused rather than approximated."""
+    factors = np.asarray(factors, dtype=np.float64)
+    if factors.shape != (head_dim // 2,) or not np.all(np.isfinite(factors)) or factors.min() < 1 - 1e-6:
+        raise UserError(f"{where}: rope_freqs of shape {factors.shape} do not look like llama3 RoPE factors")
+    candidates = [{"factor": float(factors.max()), **LLAMA3_USUAL}]
+    freqs = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * np.pi / freqs
+    factor = float(factors.max())
+    middle = [i for i, r in enumerate(factors) if 1 + 1e-6 < r < factor - 1e-6 * factor]
+    if factor > 1 and len(middle) >= 2:
+        # smooth_i = (1/r_i - 1/f) / (1 - 1/f) = (old / wavelen_i - 1) / (hi - 1): a line in 1 / wavelen_i
+        smooth = (1 / factors[middle] - 1 / factor) / (1 - 1 / factor)
+        slope, intercept = np.polyfit(1 / wavelen[middle], smooth, 1)  # slope = old/(hi-1), intercept = -1/(hi-1)
+        if intercept < 0:
+            hi = 1 - 1 / intercept
+            old = float(slope * (hi - 1))
+            # float32 factors leave the solution a little off round numbers; the check below decides
+            hi, old = (round(x, 3) if abs(x - round(x, 3)) < 1e-4 * abs(x) else x for x in (hi, old))
+            candidates.append({"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": float(hi),
+                               "original_max_position_embeddings": int(old) if float(old).is_integer() else old})
+    for params in candidates:
+        if np.allclose(llama3_rope_factors(params, base, head_dim), factors, rtol=1e-5, atol=1e-6):
+            return {"rope_type": "llama3", **params}
+    raise UserError(f"{where}: its rope_freqs factors are not a llama3 RoPE scaling the importer can recover")
 
 
 def hf_state_dict(f: GGUFFile, cfg: dict[str, Any], progress_tick: Callable[[], None]) -> dict[str, np.ndarray]:
@@ -156,6 +223,8 @@ def hf_state_dict(f: GGUFFile, cfg: dict[str, Any], progress_tick: Callable[[], 
         "attn_v.weight": "self_attn.v_proj.weight",
         "attn_output.weight": "self_attn.o_proj.weight",
         "attn_q.bias": "self_attn.q_proj.bias",
+        "attn_q_norm.weight": "self_attn.q_norm.weight",
+        "attn_k_norm.weight": "self_attn.k_norm.weight",
         "attn_k.bias": "self_attn.k_proj.bias",
         "attn_v.bias": "self_attn.v_proj.bias",
         "ffn_gate.weight": "mlp.gate_proj.weight",
@@ -166,6 +235,9 @@ def hf_state_dict(f: GGUFFile, cfg: dict[str, Any], progress_tick: Callable[[], 
            "output.weight": "lm_head.weight"}
     out: dict[str, np.ndarray] = {}
     for name in f.tensors:
+        if name == "rope_freqs.weight":  # carried by the config's rope_scaling (hf_config)
+            progress_tick()
+            continue
         if name in top:
             hf = top[name]
         else:
@@ -230,6 +302,35 @@ def _sentencepiece_bpe(f: GGUFFile, tokens: list[str], vocab: dict[str, int]):
     steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     tok.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
     return tok
+
+
+def sentencepiece_model(f: GGUFFile) -> bytes:
+    """A sentencepiece `tokenizer.model` holding the GGUF's SentencePiece-style vocabulary (pieces, scores,
+    types; BPE with byte fallback; the leading-space rule), for the exporter: llama.cpp's converter reads
+    such vocabularies from this file (Gemma and Qwen only from it), so without it a trained model could
+    not become a GGUF with the same tokenizer. GGUF token types use sentencepiece's numbering."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    tokens = [str(t) for t in f.get("tokenizer.ggml.tokens") or []]
+    scores = [float(x) for x in f.get("tokenizer.ggml.scores") or [0.0] * len(tokens)]
+    types = [int(x) for x in f.get("tokenizer.ggml.token_type") or [1] * len(tokens)]
+    m = pb.ModelProto()
+    for piece, score, kind in zip(tokens, scores, types, strict=True):
+        entry = m.pieces.add()
+        entry.piece, entry.score, entry.type = piece, score, kind if 1 <= kind <= 6 else 1
+    spec = m.trainer_spec
+    spec.model_type = pb.TrainerSpec.BPE
+    spec.vocab_size = len(tokens)
+    spec.byte_fallback = True
+    for key, field in (("unknown", "unk_id"), ("bos", "bos_id"), ("eos", "eos_id"), ("padding", "pad_id")):
+        i = f.get(f"tokenizer.ggml.{key}_token_id")
+        setattr(spec, field, int(i) if i is not None else -1)
+    norm = m.normalizer_spec
+    norm.name = "identity"
+    norm.add_dummy_prefix = bool(f.get("tokenizer.ggml.add_space_prefix", True))
+    norm.remove_extra_whitespaces = False
+    norm.escape_whitespaces = True
+    return m.SerializeToString()
 
 
 def build_tokenizer(f: GGUFFile, add_bos: bool):
@@ -377,6 +478,14 @@ def write_checkpoint(f: GGUFFile, dest: Path, digest: str) -> dict[str, Any]:
                                  ("pad_token_id", cfg["pad_token_id"])) if v is not None}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
         tok.save_pretrained(tmp)
+        if f.get("tokenizer.ggml.model") == "llama":
+            (tmp / "tokenizer.model").write_bytes(sentencepiece_model(f))
+        if f.get("tokenizer.ggml.model") == "llama" and (space_prefix := f.get("tokenizer.ggml.add_space_prefix")) is not None:
+            # the converter reads a SentencePiece Llama's leading-space rule from here (our tokenizer.json
+            # applies it itself; byte-level BPE has none)
+            config_path = tmp / "tokenizer_config.json"
+            tok_config = json.loads(config_path.read_text(encoding="utf-8"))
+            config_path.write_text(json.dumps({**tok_config, "add_prefix_space": bool(space_prefix)}, indent=2), encoding="utf-8")
 
         reloaded = load_tokenizer(tmp)  # as training will load it
         probes = check_tokenizer(reloaded, f.path)

@@ -21,6 +21,26 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama3(tmp_path_factory) -> Path:
+    """A tiny Llama with Llama 3.2's RoPE (base 500000, llama3 scaling: the GGUF carries rope_freqs)."""
+    from selfguide_lite.toy_models.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-llama3")
+    build_tiny_model(out, CORPUS, arch="llama3", vocab_size=320, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    """A tiny Qwen3 (per-head Q/K norms)."""
+    from selfguide_lite.toy_models.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-qwen3")
+    build_tiny_model(out, CORPUS, arch="qwen3", vocab_size=320, seed=4)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
     from selfguide_lite.toy_models.tiny import build_tiny_model
 

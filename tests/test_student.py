@@ -82,11 +82,13 @@ def _gguf_variants(hf_dir: Path, out: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch_fixture", ["tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("arch_fixture", ["tiny_llama", "tiny_qwen2", "tiny_llama3", "tiny_qwen3"])
 def test_tiny_gguf_imports_back_with_measured_fidelity(arch_fixture, request, tmp_path):
     """f32: the imported weights are the original ones (to float16 rounding), so Llama's Q/K
     un-permutation is right, and logits match llama.cpp to 1e-2. Q8_0 / Q4_0: llama.cpp also quantizes
-    activations, so the gate is agreement of the top-1 token and a gap small against the logit range."""
+    activations, so the gate is agreement of the top-1 token and a gap small against the logit range.
+    Exported again, the import gives back the source file: every tensor (Llama 3's rope_freqs, which
+    the import turns into a config entry, included), the vocabulary and llama.cpp's token ids."""
     from safetensors.numpy import load_file
 
     hf_dir = request.getfixturevalue(arch_fixture)
@@ -99,7 +101,9 @@ def test_tiny_gguf_imports_back_with_measured_fidelity(arch_fixture, request, tm
         assert ours[name].dtype == np.float16
         np.testing.assert_allclose(ours[name].astype(np.float32), w, rtol=1e-3, atol=1e-4, err_msg=name)
     fid = record["fidelity"]
-    assert fid["top1_agreement"] == 1.0 and fid["max_abs_logit_diff"] < 1e-2, fid
+    # a random tiny model has near-tied logits (range under 2 over 320 tokens): the logit gap decides, and
+    # top-1 may differ where two tokens are closer than float16 rounding of the weights moves them
+    assert fid["top1_agreement"] >= 0.99 and fid["max_abs_logit_diff"] < 1e-2, fid
     for quant, min_top1, max_rel in (("q8_0", 0.95, 0.05), ("q4_0", 0.8, 0.25)):
         _, rec = import_gguf(files[quant], cache=cache)
         fid = rec["fidelity"]
@@ -113,6 +117,19 @@ def test_tiny_gguf_imports_back_with_measured_fidelity(arch_fixture, request, tm
     tok = load_tokenizer(imported)
     for text in ("Input: the team wins\nOutput: sports", "digits 12345 é"):
         assert tok(text)["input_ids"] == llama_tokenize(files["q8_0"], text)
+
+    from selfguide_lite.export import convert_to_gguf
+    from selfguide_lite.gguf_import import GGUFFile
+
+    source, again = GGUFFile(files["f32"]), GGUFFile(convert_to_gguf(imported, tmp_path / "again.gguf", "f32"))
+    assert set(again.tensors) == set(source.tensors)
+    for name in source.tensors:
+        np.testing.assert_allclose(again.tensor(name), source.tensor(name), rtol=1e-3, atol=1e-4, err_msg=name)
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.add_space_prefix",
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        assert again.get(key) == source.get(key), key
+    for text in ("Input: the team wins\nOutput: sports", " two  spaces", "digits 12345 é"):
+        assert llama_tokenize(again.path, text) == llama_tokenize(files["f32"], text)
 
 
 @pytest.mark.slow
@@ -237,3 +254,61 @@ def test_one_real_round_on_the_builtin_student(smollm2_models, tmp_path):
     assert (tmp_path / "models-elsewhere" / "imported").is_dir()
     stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
     assert all(rec.get("skipped") for rec in stages.values()), {k: rec.get("skipped") for k, rec in stages.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch_fixture", ["tiny_llama3", "tiny_qwen3"])
+def test_llama3_and_qwen3_gguf_students_run_a_round_through_the_export_gate(arch_fixture, request, tmp_path):
+    """A Llama 3.x file (RoPE frequency factors) and a Qwen3 file (Q/K norms), given as GGUF students:
+    import, synthesis, LoRA training, merge, conversion and quantization, and the export gate passes;
+    the round's GGUF keeps the family's own tensors."""
+    from selfguide_lite.export import convert_to_gguf, quantize_gguf
+    from selfguide_lite.gguf_import import GGUFFile
+    from selfguide_lite.toy_models.headline import headline_task_path
+
+    hf_dir = request.getfixturevalue(arch_fixture)
+    student = quantize_gguf(convert_to_gguf(hf_dir, tmp_path / "m-f32.gguf", "f32"), tmp_path / "m-q8_0.gguf", "q8_0")
+    cfg = tmp_path / "c.yaml"
+    # a random model writes noise: keep every candidate, this checks the plumbing of the family
+    cfg.write_text("selfguide: {num_inputs: 24, wave_size: 12, num_samples: 4, length_filter: false, balance: false, "
+                   "input_filters: false}\ntrain: {quantization: none, epochs: 1, batch_size: 4, learning_rate: 1.0e-3}\n"
+                   "eval: {validation_size: 8, test_size: 4}\nengine: {n_ctx: 2048}\nexport: {quant: q8_0}\n")
+    run_dir = tmp_path / "run"
+    out = run_cli("loop", "--task", str(headline_task_path()), "--model", str(student), "--rounds", "1", "--run-dir",
+                  str(run_dir), "--config", str(cfg), cwd=tmp_path,
+                  env={**__import__("os").environ, "SELFGUIDE_MODELS_DIR": str(tmp_path / "models")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    round1 = manifest["rounds"]["1"]
+    assert round1["train_size"] > 0 and round1["gate"]["passed"], round1.get("gate")
+    trained = GGUFFile(run_dir / "round-1" / "model-q8_0.gguf")
+    source = GGUFFile(student)
+    assert trained.architecture == source.architecture
+    family_tensors = {"tiny_llama3": "rope_freqs.weight", "tiny_qwen3": "blk.0.attn_q_norm.weight"}[arch_fixture]
+    assert family_tensors in trained.tensors
+    if arch_fixture == "tiny_llama3":
+        np.testing.assert_allclose(trained.tensor("rope_freqs.weight"), source.tensor("rope_freqs.weight"), rtol=1e-6)
+
+
+def test_llama3_rope_scaling_is_recovered_from_the_factors_or_refused():
+    """The GGUF keeps only rope_freqs; the parameters that reproduce them are found (Meta's usual ones,
+    or solved from the smoothed band), and factors no llama3 scaling gives are refused."""
+    from selfguide_lite.gguf_import import llama3_rope_factors, llama3_rope_scaling
+
+    usual = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    for params in (usual, {"factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 6.0,
+                           "original_max_position_embeddings": 4096}):
+        factors = llama3_rope_factors(params, 500000.0, 128)
+        got = llama3_rope_scaling(factors.astype(np.float32), 500000.0, 128, where="f")
+        assert got == {"rope_type": "llama3", **params}, got
+    # same ratios, other numbers: the same model, so an equivalent set is fine if it reproduces the factors
+    odd = llama3_rope_factors({"factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
+                               "original_max_position_embeddings": 16384}, 500000.0, 128)
+    got = llama3_rope_scaling(odd, 500000.0, 128, where="f")
+    np.testing.assert_allclose(llama3_rope_factors(got, 500000.0, 128), odd, rtol=1e-6)
+    bumpy = llama3_rope_factors(usual, 500000.0, 128)
+    bumpy[5] = 3.0  # a factor in the unscaled band: no llama3 scaling does that
+    with pytest.raises(UserError, match="llama3 RoPE scaling"):
+        llama3_rope_scaling(bumpy, 500000.0, 128, where="f")
+    with pytest.raises(UserError, match="do not look like"):
+        llama3_rope_scaling(np.ones(10), 500000.0, 128, where="f")

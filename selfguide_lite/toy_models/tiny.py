@@ -1,4 +1,4 @@
-"""Tiny Llama / Qwen2 models with a sentencepiece tokenizer, built locally with no download.
+"""Tiny Llama / Llama 3.x / Qwen2 / Qwen3 models with a sentencepiece tokenizer, built locally with no download.
 
 Used by the demo student and by the tests. transformers 5.x needs the HF tokenizer built
 explicitly from the sentencepiece model (a bare LlamaTokenizer(vocab_file=...) silently gives a 3-token vocabulary): we extract vocab and merges and check that
@@ -32,6 +32,9 @@ class TinyShape:
     intermediate: int = 512
     max_positions: int = 2048
 
+
+LLAMA32_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 SHAPES = {
     "tiny": TinyShape(),
@@ -112,11 +115,11 @@ def build_tiny_model(
     Returns (model, tokenizer) so a caller can pretrain before saving again.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     shape = shape or TinyShape()
     out_dir = Path(out_dir)
-    dummy_prefix = arch == "qwen2"
+    dummy_prefix = arch in ("qwen2", "qwen3")
     sp_model = train_sentencepiece(texts, out_dir, vocab_size, dummy_prefix=dummy_prefix)
     tok = hf_tokenizer_from_sentencepiece(sp_model, dummy_prefix=dummy_prefix)
     if chat_template:
@@ -138,10 +141,16 @@ def build_tiny_model(
     torch.manual_seed(seed)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "llama3":
+        # Llama 3.2's RoPE: base 500000, llama3 scaling (factor 32); the converter stores it as rope_freqs
+        model = LlamaForCausalLM(LlamaConfig(**{**common, "max_position_embeddings": 131072}, rope_parameters=LLAMA32_ROPE))
     elif arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
+    elif arch == "qwen3":
+        # Qwen3: per-head RMS norms on queries and keys, head_dim given explicitly
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=shape.hidden // shape.heads, use_sliding_window=False))
     else:
-        raise UserError(f"unknown tiny architecture {arch!r} (llama or qwen2)")
+        raise UserError(f"unknown tiny architecture {arch!r} (llama, llama3, qwen2 or qwen3)")
     model = model.to(torch.float32)
     save_checkpoint(model, tok, out_dir)
     return model, tok
