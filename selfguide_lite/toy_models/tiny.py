@@ -115,7 +115,14 @@ def build_tiny_model(
     Returns (model, tokenizer) so a caller can pretrain before saving again.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     shape = shape or TinyShape()
     out_dir = Path(out_dir)
