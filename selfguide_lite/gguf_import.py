@@ -6,7 +6,7 @@ Why our own importer: transformers can load GGUF files, but only when it sees a 
 with the converter's own bundled `gguf` module (`GGUFReader`, `gguf.quants.dequantize`), so one
 `gguf` serves export and import.
 
-What it rebuilds, for the Llama (1-3.x), Qwen2 and Qwen3 architectures:
+What it rebuilds, for the Llama (1-3.x), Qwen2, Qwen3 and Gemma 3 architectures:
 - weights: every tensor dequantized (Q4_0/Q4_1/Q8_0/K-quants/F16/F32) and renamed to the HF layout;
   Llama's Q and K rows are un-permuted (llama.cpp's converter interleaves them for its RoPE); Qwen3's
   per-head Q/K norms;
@@ -15,6 +15,9 @@ What it rebuilds, for the Llama (1-3.x), Qwen2 and Qwen3 architectures:
   factor per rotary frequency, computed by the converter from `rope_scaling` of type llama3); the
   importer recovers the llama3 parameters that give exactly those factors (`llama3_rope_scaling`), so
   transformers computes the same frequencies and the converter writes the same tensor back on export;
+  Gemma 3's sliding-window layer pattern, local RoPE base and query scale are llama.cpp's built-in
+  assumptions (GEMMA3_*), its norms carry +1 that the converter added, and its embedding scale
+  (sqrt(hidden)) is in both runtimes' code, not in the weights;
 - tokenizer: byte-level BPE (`tokenizer.ggml.model = gpt2`, with the pre-tokenizer the file names)
   or sentencepiece-style BPE with byte fallback (`llama`), its special tokens, BOS/EOS, and the
   chat template, so prompts render to the same text as llama.cpp renders them.
@@ -38,8 +41,14 @@ from .hf_tokenizer import load_tokenizer
 from .prompts import PromptFormat
 from .runtime import gguf_add_bos, gguf_tokenize_all
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
-HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                    "gemma3": "Gemma3ForCausalLM"}
+# What llama.cpp assumes for Gemma 3 and its GGUF does not record (llama.cpp's llama-model.cpp): every
+# sixth layer attends globally, the others locally with RoPE base 10000, and queries are scaled by
+# 1/sqrt(head_dim) (27B: by 1/sqrt(hidden/heads), a size this importer refuses).
+GEMMA3_SLIDING_PATTERN = 6
+GEMMA3_LOCAL_ROPE_BASE = 10000.0
 # llama.cpp's pre-tokenizer names -> the regular expressions it splits text with before BPE (its
 # llama-vocab.cpp). A name not listed here is refused: a wrong split would silently change every id.
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -121,7 +130,7 @@ def hf_config(f: GGUFFile, vocab_size: int, tied: bool, ids: dict[str, int | Non
         return value
 
     scaling = f.get(f"{arch}.rope.scaling.type")
-    if scaling not in (None, "none"):
+    if scaling not in (None, "none") and arch != "gemma3":
         raise UserError(f"{f.path}: RoPE scaling {scaling!r} is not supported by the GGUF importer")
     hidden, heads = int(meta("embedding_length")), int(meta("attention.head_count"))
     head_dim = int(f.get(f"{arch}.attention.key_length", hidden // heads))
@@ -138,13 +147,15 @@ def hf_config(f: GGUFFile, vocab_size: int, tied: bool, ids: dict[str, int | Non
         "max_position_embeddings": int(meta("context_length", 2048)),
         "rms_norm_eps": float(meta("attention.layer_norm_rms_epsilon")),
         "rope_theta": float(meta("rope.freq_base", 10000.0)),
-        "hidden_act": "silu",
+        "hidden_act": "silu" if arch != "gemma3" else "gelu_pytorch_tanh",
         "tie_word_embeddings": tied,
         "bos_token_id": ids["bos"],
         "eos_token_id": ids["eos"],
         "pad_token_id": ids["pad"],
         "torch_dtype": "float16",
     }
+    if arch == "gemma3":
+        return _gemma3_config(f, cfg, meta)
     if arch == "llama":
         cfg.update(attention_bias=False, mlp_bias=False)
     else:
@@ -156,6 +167,32 @@ def hf_config(f: GGUFFile, vocab_size: int, tied: bool, ids: dict[str, int | Non
             raise UserError(f"{f.path}: RoPE frequency factors (rope_freqs) on a {arch} model are not supported")
         scaling = llama3_rope_scaling(f.tensor("rope_freqs.weight").reshape(-1), cfg["rope_theta"], head_dim, where=str(f.path))
         cfg["rope_parameters"] = {**scaling, "rope_theta": cfg["rope_theta"]}  # transformers 5's key
+    return cfg
+
+
+def _gemma3_config(f: GGUFFile, cfg: dict[str, Any], meta: Callable[..., Any]) -> dict[str, Any]:
+    """Gemma 3's config: the GGUF's numbers plus what llama.cpp assumes (GEMMA3_* above)."""
+    layers, heads, head_dim = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["head_dim"]
+    if heads * head_dim != cfg["hidden_size"] and layers >= 62:
+        raise UserError(f"{f.path}: Gemma 3 27B scales queries differently; import it from its Hugging Face checkpoint")
+    global_rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.pop("rope_theta")}
+    scaling = f.get("gemma3.rope.scaling.type")
+    if scaling == "linear":  # Gemma 3 1B+: linear scaling of the global layers' RoPE
+        global_rope.update(rope_type="linear", factor=float(meta("rope.scaling.factor")))
+    elif scaling not in (None, "none"):
+        raise UserError(f"{f.path}: RoPE scaling {scaling!r} of a Gemma 3 model is not supported")
+    window = f.get("gemma3.attention.sliding_window")
+    cfg.update(
+        model_type="gemma3_text",
+        query_pre_attn_scalar=head_dim,
+        sliding_window=int(window) if window else cfg["max_position_embeddings"],
+        layer_types=["full_attention" if (i + 1) % GEMMA3_SLIDING_PATTERN == 0 else "sliding_attention" for i in range(layers)],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_LOCAL_ROPE_BASE},
+                         "full_attention": global_rope},
+        final_logit_softcapping=f.get("gemma3.final_logit_softcapping"),
+        attn_logit_softcapping=None,
+        attention_bias=False,
+    )
     return cfg
 
 
@@ -214,7 +251,9 @@ def llama3_rope_scaling(factors: np.ndarray, base: float, head_dim: int, where: 
 
 
 def hf_state_dict(f: GGUFFile, cfg: dict[str, Any], progress_tick: Callable[[], None]) -> dict[str, np.ndarray]:
-    """GGUF tensor names -> HF names, dequantized; Llama's Q/K un-permuted."""
+    """GGUF tensor names -> HF names, dequantized; Llama's Q/K un-permuted; Gemma 3's norms without the
+    1 the converter adds to them (Gemma3RMSNorm multiplies by 1 + weight; llama.cpp by the weight)."""
+    gemma = f.architecture == "gemma3"
     per_layer = {
         "attn_norm.weight": "input_layernorm.weight",
         "ffn_norm.weight": "post_attention_layernorm.weight",
@@ -231,6 +270,10 @@ def hf_state_dict(f: GGUFFile, cfg: dict[str, Any], progress_tick: Callable[[], 
         "ffn_up.weight": "mlp.up_proj.weight",
         "ffn_down.weight": "mlp.down_proj.weight",
     }
+    if gemma:  # four norms per block; llama.cpp's ffn_norm is Gemma's pre-feed-forward norm
+        per_layer.update({"ffn_norm.weight": "pre_feedforward_layernorm.weight",
+                          "post_attention_norm.weight": "post_attention_layernorm.weight",
+                          "post_ffw_norm.weight": "post_feedforward_layernorm.weight"})
     top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
            "output.weight": "lm_head.weight"}
     out: dict[str, np.ndarray] = {}
@@ -248,6 +291,8 @@ def hf_state_dict(f: GGUFFile, cfg: dict[str, Any], progress_tick: Callable[[], 
         w = f.tensor(name)
         if f.architecture == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
             w = _unpermute(w, cfg["num_attention_heads"] if "attn_q" in name else cfg["num_key_value_heads"])
+        if gemma and name.endswith("norm.weight"):
+            w = w - 1.0
         out[hf] = w
         progress_tick()
     missing = [n for n in ("model.embed_tokens.weight", "model.norm.weight") if n not in out]

@@ -41,6 +41,17 @@ def tiny_qwen3(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory) -> Path:
+    """A tiny Gemma 3 (sliding and global layers, a window shorter than the test prompts, four norms
+    per block, tied embeddings, SentencePiece vocabulary)."""
+    from selfguide_lite.toy_models.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-gemma3")
+    build_tiny_model(out, CORPUS, arch="gemma3", vocab_size=320, seed=5)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
     from selfguide_lite.toy_models.tiny import build_tiny_model
 

@@ -82,7 +82,7 @@ def _gguf_variants(hf_dir: Path, out: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch_fixture", ["tiny_llama", "tiny_qwen2", "tiny_llama3", "tiny_qwen3"])
+@pytest.mark.parametrize("arch_fixture", ["tiny_llama", "tiny_qwen2", "tiny_llama3", "tiny_qwen3", "tiny_gemma3"])
 def test_tiny_gguf_imports_back_with_measured_fidelity(arch_fixture, request, tmp_path):
     """f32: the imported weights are the original ones (to float16 rounding), so Llama's Q/K
     un-permutation is right, and logits match llama.cpp to 1e-2. Q8_0 / Q4_0: llama.cpp also quantizes
@@ -257,9 +257,10 @@ def test_one_real_round_on_the_builtin_student(smollm2_models, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch_fixture", ["tiny_llama3", "tiny_qwen3"])
-def test_llama3_and_qwen3_gguf_students_run_a_round_through_the_export_gate(arch_fixture, request, tmp_path):
-    """A Llama 3.x file (RoPE frequency factors) and a Qwen3 file (Q/K norms), given as GGUF students:
+@pytest.mark.parametrize("arch_fixture", ["tiny_llama3", "tiny_qwen3", "tiny_gemma3"])
+def test_llama3_qwen3_and_gemma3_gguf_students_run_a_round_through_the_export_gate(arch_fixture, request, tmp_path):
+    """A Llama 3.x file (RoPE frequency factors), a Qwen3 file (Q/K norms) and a Gemma 3 file (sliding
+    window, +1 norms, SentencePiece vocabulary written back as tokenizer.model), given as GGUF students:
     import, synthesis, LoRA training, merge, conversion and quantization, and the export gate passes;
     the round's GGUF keeps the family's own tensors."""
     from selfguide_lite.export import convert_to_gguf, quantize_gguf
@@ -284,7 +285,8 @@ def test_llama3_and_qwen3_gguf_students_run_a_round_through_the_export_gate(arch
     trained = GGUFFile(run_dir / "round-1" / "model-q8_0.gguf")
     source = GGUFFile(student)
     assert trained.architecture == source.architecture
-    family_tensors = {"tiny_llama3": "rope_freqs.weight", "tiny_qwen3": "blk.0.attn_q_norm.weight"}[arch_fixture]
+    family_tensors = {"tiny_llama3": "rope_freqs.weight", "tiny_qwen3": "blk.0.attn_q_norm.weight",
+                      "tiny_gemma3": "blk.0.post_ffw_norm.weight"}[arch_fixture]
     assert family_tensors in trained.tensors
     if arch_fixture == "tiny_llama3":
         np.testing.assert_allclose(trained.tensor("rope_freqs.weight"), source.tensor("rope_freqs.weight"), rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Tiny Llama / Llama 3.x / Qwen2 / Qwen3 models with a sentencepiece tokenizer, built locally with no download.
+"""Tiny Llama / Llama 3.x / Qwen2 / Qwen3 / Gemma 3 models with a sentencepiece tokenizer, built locally with no download.
 
 Used by the demo student and by the tests. transformers 5.x needs the HF tokenizer built
 explicitly from the sentencepiece model (a bare LlamaTokenizer(vocab_file=...) silently gives a 3-token vocabulary): we extract vocab and merges and check that
@@ -116,6 +116,8 @@ def build_tiny_model(
     """
     import torch
     from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
         LlamaConfig,
         LlamaForCausalLM,
         Qwen2Config,
@@ -156,8 +158,18 @@ def build_tiny_model(
     elif arch == "qwen3":
         # Qwen3: per-head RMS norms on queries and keys, head_dim given explicitly
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=shape.hidden // shape.heads, use_sliding_window=False))
+    elif arch == "gemma3":
+        # Gemma 3 as llama.cpp assumes it (every 6th layer global, local RoPE base 10000, query scale
+        # 1/sqrt(head_dim)); 7 layers so that both kinds occur; a window shorter than the test prompts
+        head_dim = shape.hidden // shape.heads
+        model = Gemma3ForCausalLM(Gemma3TextConfig(
+            **{**common, "num_hidden_layers": 7, "tie_word_embeddings": True}, head_dim=head_dim,
+            query_pre_attn_scalar=head_dim, sliding_window=16,
+            layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(7)],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}))
     else:
-        raise UserError(f"unknown tiny architecture {arch!r} (llama, llama3, qwen2 or qwen3)")
+        raise UserError(f"unknown tiny architecture {arch!r} (llama, llama3, qwen2, qwen3 or gemma3)")
     model = model.to(torch.float32)
     save_checkpoint(model, tok, out_dir)
     return model, tok
