@@ -10,7 +10,9 @@ within float tolerance (tests/test_prefix_sharing.py). The same idea appears in 
 share one prompt's forward pass across its completions ("Prefix Grouper").
 
 Rows without a useful shared prefix (Self-Instruct: a different instruction per row) fall back to
-the plain path micro-batch by micro-batch.
+one forward over the full rows micro-batch by micro-batch, still computing logits only from the
+earliest trained position (`trained_positions_loss`): with a 262K-token vocabulary (Gemma 3) the
+prompt positions' logits would be most of the step's memory.
 """
 
 from __future__ import annotations
@@ -98,6 +100,24 @@ def _forward_signature(model_class) -> tuple[str, bool]:
     return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 
+def trained_positions_loss(model, input_ids, attention_mask, labels, num_items: int | None = None) -> Any:
+    """The plain loss (one forward over the full rows) with logits only from the position that predicts
+    the earliest trained token on: the same numbers as `plain_loss` without the prompt's logits."""
+    import torch
+    import torch.nn.functional as F
+
+    length = input_ids.shape[1]
+    _, keeps_logits = _forward_arguments(model)
+    skip = max(0, _first_label(labels) - 1) if keeps_logits else 0
+    keep = {"logits_to_keep": length - skip} if keeps_logits else {}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **keep).logits[:, :-1, :]
+    targets = labels[:, skip + 1:]
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                            ignore_index=IGNORE, reduction="sum")
+    count = num_items if num_items is not None else int((labels[:, 1:] != IGNORE).sum())
+    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+
+
 def plain_loss(model, input_ids, attention_mask, labels, num_items: int | None = None) -> Any:
     """The reference: one forward over every full row (what the trainer computes without sharing)."""
     import torch
@@ -126,16 +146,16 @@ def shared_prefix_trainer_class(base):
             if self._checkpointing is None:
                 self._checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
             checkpointing = self._checkpointing
-            if return_outputs or not model.training or checkpointing or ids is None or mask is None or labels is None \
-                    or ids.shape[0] < 2:
+            if return_outputs or not model.training or ids is None or mask is None or labels is None:
                 self.plain_batches += 1
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            p = shared_prefix_length(ids, mask, labels)
+            p = 0 if checkpointing or ids.shape[0] < 2 else shared_prefix_length(ids, mask, labels)
             if p < MIN_SHARED_TOKENS:
                 self.plain_batches += 1
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            self.shared_batches += 1
-            loss = shared_prefix_loss(model, ids, mask, labels, p, num_items_in_batch)
+                loss = trained_positions_loss(model, ids, mask, labels, num_items_in_batch)
+            else:
+                self.shared_batches += 1
+                loss = shared_prefix_loss(model, ids, mask, labels, p, num_items_in_batch)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
             return loss

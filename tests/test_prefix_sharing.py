@@ -8,7 +8,13 @@ import json
 import pytest
 import torch
 
-from selfguide_lite.prefix_sharing import IGNORE, plain_loss, shared_prefix_length, shared_prefix_loss
+from selfguide_lite.prefix_sharing import (
+    IGNORE,
+    plain_loss,
+    shared_prefix_length,
+    shared_prefix_loss,
+    trained_positions_loss,
+)
 
 
 def test_prefix_stops_before_the_first_trained_token_and_at_the_first_difference():
@@ -42,8 +48,10 @@ def _batch(tok, n=6):
     return ids, mask, labels
 
 
-@pytest.mark.parametrize("arch_fixture", ["tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("arch_fixture", ["tiny_llama", "tiny_qwen2", "tiny_gemma3"])
 def test_loss_and_gradients_equal_the_plain_computation(arch_fixture, request):
+    """The shared-prefix loss and the fallback that skips the prompt's logits (trained_positions_loss)
+    both equal one plain forward over the full rows: loss and LoRA gradients."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -70,10 +78,12 @@ def test_loss_and_gradients_equal_the_plain_computation(arch_fixture, request):
 
     loss_plain, g_plain = grads(lambda: plain_loss(model, ids, mask, labels, num_items=17))
     loss_shared, g_shared = grads(lambda: shared_prefix_loss(model, ids, mask, labels, p, num_items=17))
-    assert loss_shared == pytest.approx(loss_plain, rel=1e-5)
-    assert set(g_plain) == set(g_shared) and len(g_plain) > 10
-    worst = max(float((g_plain[n] - g_shared[n]).abs().max() / g_plain[n].abs().max()) for n in g_plain)
-    assert worst < 1e-4, worst
+    loss_kept, g_kept = grads(lambda: trained_positions_loss(model, ids, mask, labels, num_items=17))
+    for loss, g in ((loss_shared, g_shared), (loss_kept, g_kept)):
+        assert loss == pytest.approx(loss_plain, rel=1e-5)
+        assert set(g_plain) == set(g) and len(g_plain) > 10
+        worst = max(float((g_plain[n] - g[n]).abs().max() / g_plain[n].abs().max()) for n in g_plain)
+        assert worst < 1e-4, worst
 
 
 @pytest.mark.slow
