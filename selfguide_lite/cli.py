@@ -30,6 +30,7 @@ app = typer.Typer(
 )
 
 STUDENT_HELP = setting_help("model")
+GGUF_HELP = "a student GGUF: a file, a built-in name, ollama:NAME[:TAG] or lmstudio:PUBLISHER/NAME[/FILE]"
 # Task overrides shared by the commands that load a task (loop, synth, eval).
 TaskTypeOption = Annotated[str | None, typer.Option(help=setting_help("task_type"))]
 LabelsOption = Annotated[str | None, typer.Option(help=setting_help("labels"))]
@@ -162,7 +163,7 @@ def _check_loop_options(method: str | None, resume: bool, fresh: bool, given: di
 @app.command()
 def synth(
     task: Annotated[str, typer.Option(help="task file")],
-    model: Annotated[str, typer.Option(help="student GGUF file")],
+    model: Annotated[str, typer.Option(help=GGUF_HELP)],
     out: Annotated[Path, typer.Option(help="output directory")],
     num_inputs: Annotated[int | None, typer.Option(help=setting_help("selfguide.num_inputs"))] = None,
     config: Annotated[Path | None, typer.Option(help="YAML configuration file")] = None,
@@ -188,7 +189,7 @@ def synth(
 
 @app.command()
 def instruct(
-    model: Annotated[str, typer.Option(help="student GGUF file")],
+    model: Annotated[str, typer.Option(help=GGUF_HELP)],
     out: Annotated[Path, typer.Option(help="output directory")],
     seed_tasks: Annotated[str | None, typer.Option(help=setting_help("seed_tasks"))] = None,
     seeds: OldSeedsOption = None,
@@ -262,7 +263,7 @@ def export(
 @app.command(name="eval")
 def eval_cmd(
     task: Annotated[str, typer.Option(help="task file")],
-    model: Annotated[str, typer.Option(help="student GGUF file, or a built-in student's name")],
+    model: Annotated[str, typer.Option(help=GGUF_HELP)],
     split: Annotated[str, typer.Option(help="validation (for choosing anything) or test (only for reporting)")] = "test",
     task_type: TaskTypeOption = None,
     labels: LabelsOption = None,
@@ -350,19 +351,21 @@ def demo_model(
 
 @app.command()
 def chat(
-    model: Annotated[Path, typer.Argument(help="a GGUF file (e.g. runs/NAME/round-2/model-q4_k_m.gguf)")],
+    model: Annotated[str, typer.Argument(help="a GGUF file (e.g. runs/NAME/round-2/model-q8_0.gguf), a built-in name, "
+                                              "ollama:NAME[:TAG] or lmstudio:PUBLISHER/NAME[/FILE]")],
     max_tokens: Annotated[int, typer.Option(help="new tokens per answer")] = 256,
     n_ctx: Annotated[int, typer.Option(help="context length (0: the model's own)")] = 0,
 ) -> None:
     """Type prompts, read the student's greedy answers (single turn, its own prompt format)."""
+    from .models import sampling_gguf
     from .usage import chat as run_chat
 
-    run_chat(model, max_tokens=max_tokens, n_ctx=n_ctx)
+    run_chat(sampling_gguf(model), max_tokens=max_tokens, n_ctx=n_ctx)
 
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Argument(help="a GGUF file")],
+    model: Annotated[str, typer.Argument(help=GGUF_HELP)],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     n_ctx: Annotated[int, typer.Option(help="context length (0: the model's own)")] = 0,
@@ -375,7 +378,9 @@ def serve(
         raise UserError(f"--port must be 1-65535, not {port}")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be at least 1, not {threads}")
-    run_server(model, host=host, port=port, n_ctx=n_ctx, n_threads=threads)
+    from .models import sampling_gguf
+
+    run_server(sampling_gguf(model), host=host, port=port, n_ctx=n_ctx, n_threads=threads)
 
 
 @app.command()
@@ -399,6 +404,16 @@ def config_cmd(
     if not print_ and config is None:
         raise UserError("nothing to do: use --print (and --config FILE to resolve a file over the defaults)")
     sys.stdout.write(annotated_yaml(load_config(config)))
+
+
+@app.command(name="models")
+def models_cmd() -> None:
+    """The students you can name: built-in ones (installed or not), and the GGUF models Ollama and LM
+    Studio keep on this machine, with architecture, size, quantization and whether they can be students."""
+    from .models import student_listing
+
+    for line in student_listing():
+        _log(line)
 
 
 @app.command()

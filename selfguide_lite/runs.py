@@ -95,6 +95,14 @@ def rounds_of(manifest: dict[str, Any]) -> dict[int, RoundRecord]:
     return {int(k): RoundRecord.from_dict(v) for k, v in sorted(manifest.get("rounds", {}).items(), key=lambda kv: int(kv[0]))}
 
 
+def ollama_model_name(run_name: str) -> str:
+    """A model name Ollama accepts (lowercase letters, digits, '-', '_', '.') for a run's final student."""
+    import re
+
+    cleaned = re.sub(r"[^a-z0-9._-]+", "-", run_name.lower()).strip("-._")
+    return f"selfguide-{cleaned or 'student'}"
+
+
 def summary_lines(summary: dict) -> list[str]:
     """Per round: training rows, validation and test scores of the primary metric, promotion."""
     rounds = rounds_of(summary)
@@ -120,6 +128,7 @@ def summary_lines(summary: dict) -> list[str]:
     modelfile = gguf.with_suffix(".Modelfile")
     lines.append(f"final student (round {summary['final_round']}, the best on validation): {gguf}")
     if modelfile.is_file():
-        lines.append(f"Ollama Modelfile: {modelfile}")
+        name = ollama_model_name(Path(summary["report"]).parent.name)
+        lines.append(f"use it in Ollama: ollama create {name} -f {modelfile}  &&  ollama run {name}")
     lines.append(f"report: {summary['report']}")
     return lines
