@@ -30,7 +30,8 @@ app = typer.Typer(
 )
 
 STUDENT_HELP = setting_help("model")
-GGUF_HELP = "a student GGUF: a file, a built-in name, ollama:NAME[:TAG] or lmstudio:PUBLISHER/NAME[/FILE]"
+# (no square brackets in help texts: the help renderer reads them as markup)
+GGUF_HELP = "a student GGUF: a file, a built-in name, ollama:NAME:TAG (tag optional) or lmstudio:PUBLISHER/NAME/FILE (file optional)"
 # Task overrides shared by the commands that load a task (loop, synth, eval).
 TaskTypeOption = Annotated[str | None, typer.Option(help=setting_help("task_type"))]
 LabelsOption = Annotated[str | None, typer.Option(help=setting_help("labels"))]
@@ -352,7 +353,7 @@ def demo_model(
 @app.command()
 def chat(
     model: Annotated[str, typer.Argument(help="a GGUF file (e.g. runs/NAME/round-2/model-q8_0.gguf), a built-in name, "
-                                              "ollama:NAME[:TAG] or lmstudio:PUBLISHER/NAME[/FILE]")],
+                                              "ollama:NAME:TAG or lmstudio:PUBLISHER/NAME/FILE (tag and file optional)")],
     max_tokens: Annotated[int, typer.Option(help="new tokens per answer")] = 256,
     n_ctx: Annotated[int, typer.Option(help="context length (0: the model's own)")] = 0,
 ) -> None:

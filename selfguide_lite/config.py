@@ -208,7 +208,8 @@ class Config(_Section):
 
     task: str | None = _f(None, "Self-Guide task file (Natural Instructions JSON or our YAML/JSON)")
     model: str | None = _f(None, f"student: a built-in name ({', '.join(BUILTIN_STUDENTS)}), a GGUF file, "
-                                 "ollama:NAME[:TAG], lmstudio:PUBLISHER/NAME[/FILE], a local HF checkpoint directory, "
+                                 "ollama:NAME or ollama:NAME:TAG, lmstudio:PUBLISHER/NAME or lmstudio:PUBLISHER/NAME/FILE, "
+                                 "a local HF checkpoint directory, "
                                  "or a hub id")
     seed_tasks: str | None = _f(None, "Self-Instruct seed tasks (JSON Lines: instruction, instances)")
     eval_tasks: list[str] = _f(list, "Self-Instruct: task files to evaluate on")

@@ -227,6 +227,10 @@ def test_an_assembled_builtin_student_comes_from_its_package(monkeypatch, tmp_pa
 def test_help_and_doctor_list_the_builtin_students():
     out = run_cli("loop", "--help")
     assert out.returncode == 0 and all(name in " ".join(out.stdout.split()) for name in BUILTIN_STUDENTS)
+    for command in ("synth", "instruct", "eval", "chat", "serve", "train", "export"):  # model help renders everywhere
+        shown = run_cli(command, "--help")
+        assert shown.returncode == 0, (command, shown.stderr[-300:])
+        assert "ollama:NAME" in " ".join(shown.stdout.split()), command
     doctor = run_cli("doctor")
     for name in BUILTIN_STUDENTS:
         assert f"built-in student {name}:" in doctor.stdout + doctor.stderr
