@@ -38,3 +38,14 @@ def test_readme_is_short_and_every_docs_page_is_linked_from_it():
     assert len(readme.splitlines()) <= 220
     linked = {Path(t.split("#", 1)[0]).name for t in relative_links(REPO / "README.md")}
     assert {p.name for p in DOCS[1:]} <= linked
+
+
+def test_the_readme_task_example_loads(tmp_path):
+    """The README's own-task example is a task file the loader accepts as written."""
+    from selfguide_lite.tasks import load_task
+
+    block = re.search(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), flags=re.S).group(1)
+    path = tmp_path / "my_task.yaml"
+    path.write_text(block, encoding="utf-8")
+    task = load_task(path)
+    assert task.is_classification and task.labels == ["sports", "weather", "food"] and len(task.demos) == 3
