@@ -140,10 +140,19 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
 
 
 def _copy_tokenizer_model(source: str, dest: Path) -> None:
-    """The converter reads a sentencepiece `tokenizer.model` directly when there is one: keep it."""
+    """The converter reads a sentencepiece `tokenizer.model` directly when there is one: keep it, and
+    keep what it reads beside it in tokenizer_config.json (the leading-space rule, user-defined tokens
+    such as Gemma's whitespace runs), which the merged tokenizer's save_pretrained leaves out."""
     src = Path(source) / "tokenizer.model"
     if src.is_file() and not (dest / "tokenizer.model").exists():
         shutil.copy2(src, dest / "tokenizer.model")
+    src_config, dest_config = Path(source) / "tokenizer_config.json", dest / "tokenizer_config.json"
+    if src.is_file() and src_config.is_file() and dest_config.is_file():
+        given = json.loads(src_config.read_text(encoding="utf-8"))
+        written = json.loads(dest_config.read_text(encoding="utf-8"))
+        hints = {k: given[k] for k in ("add_prefix_space", "added_tokens_decoder") if k in given and k not in written}
+        if hints:
+            dest_config.write_text(json.dumps({**written, **hints}, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def convert_to_gguf(hf_dir: str | Path, out_path: str | Path, outtype: str = "f16") -> Path:

@@ -378,6 +378,24 @@ def sentencepiece_model(f: GGUFFile) -> bytes:
     return m.SerializeToString()
 
 
+def _converter_hints(f: GGUFFile, config_path: Path) -> None:
+    """What llama.cpp's converter reads from tokenizer_config.json beside a `tokenizer.model`: the
+    leading-space rule (Llama), and the user-defined tokens (Gemma's whitespace and newline runs), which
+    it does not take from the sentencepiece model and which transformers 5 no longer writes
+    (`added_tokens_decoder`). Without them the exported GGUF splits "  " into two "▁" (the export
+    gate caught it on Gemma 3 270M)."""
+    tok_config = json.loads(config_path.read_text(encoding="utf-8"))
+    if (space_prefix := f.get("tokenizer.ggml.add_space_prefix")) is not None:
+        tok_config["add_prefix_space"] = bool(space_prefix)
+    tokens = [str(t) for t in f.get("tokenizer.ggml.tokens") or []]
+    types = list(f.get("tokenizer.ggml.token_type") or [])
+    user = {str(i): {"content": tokens[i], "special": False, "lstrip": False, "rstrip": False, "normalized": False,
+                     "single_word": False} for i, kind in enumerate(types) if kind == TOKEN_USER_DEFINED}
+    if user:
+        tok_config["added_tokens_decoder"] = {**tok_config.get("added_tokens_decoder", {}), **user}
+    config_path.write_text(json.dumps(tok_config, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
 def build_tokenizer(f: GGUFFile, add_bos: bool):
     """A transformers fast tokenizer rebuilt from the GGUF's vocabulary metadata."""
     from tokenizers import AddedToken, processors
@@ -525,12 +543,7 @@ def write_checkpoint(f: GGUFFile, dest: Path, digest: str) -> dict[str, Any]:
         tok.save_pretrained(tmp)
         if f.get("tokenizer.ggml.model") == "llama":
             (tmp / "tokenizer.model").write_bytes(sentencepiece_model(f))
-        if f.get("tokenizer.ggml.model") == "llama" and (space_prefix := f.get("tokenizer.ggml.add_space_prefix")) is not None:
-            # the converter reads a SentencePiece Llama's leading-space rule from here (our tokenizer.json
-            # applies it itself; byte-level BPE has none)
-            config_path = tmp / "tokenizer_config.json"
-            tok_config = json.loads(config_path.read_text(encoding="utf-8"))
-            config_path.write_text(json.dumps({**tok_config, "add_prefix_space": bool(space_prefix)}, indent=2), encoding="utf-8")
+            _converter_hints(f, tmp / "tokenizer_config.json")
 
         reloaded = load_tokenizer(tmp)  # as training will load it
         probes = check_tokenizer(reloaded, f.path)

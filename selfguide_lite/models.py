@@ -32,7 +32,7 @@ Log = Callable[[str], None]
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-IMPORTER_VERSION = 4  # bump when the importer's output changes: older imports are then redone
+IMPORTER_VERSION = 5  # bump when the importer's output changes: older imports are then redone
 
 
 def models_dir() -> Path:

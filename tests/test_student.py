@@ -346,3 +346,31 @@ def test_llama3_rope_scaling_is_recovered_from_the_factors_or_refused():
         llama3_rope_scaling(bumpy, 500000.0, 128, where="f")
     with pytest.raises(UserError, match="do not look like"):
         llama3_rope_scaling(np.ones(10), 500000.0, 128, where="f")
+
+
+def test_converter_hints_carry_user_defined_tokens_and_the_space_rule(tmp_path):
+    """llama.cpp's converter takes user-defined tokens (Gemma's whitespace runs) and a Llama's leading-space
+    rule from tokenizer_config.json, not from tokenizer.model: the import writes both there."""
+    import gguf
+
+    from selfguide_lite.gguf_import import GGUFFile, _converter_hints
+
+    path = tmp_path / "v.gguf"
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<pad>", "<eos>", "<bos>", "<unk>", "  ", "\n\n", "▁a"])
+    w.add_token_types([3, 3, 3, 2, 4, 4, 1])
+    w.add_token_scores([0.0] * 7)
+    w.add_add_space_prefix(False)
+    w.add_tensor("token_embd.weight", np.zeros((7, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    _converter_hints(GGUFFile(path), config)
+    written = json.loads(config.read_text())
+    assert written["add_prefix_space"] is False and written["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert {k: v["content"] for k, v in written["added_tokens_decoder"].items()} == {"4": "  ", "5": "\n\n"}
+    assert not any(v["special"] for v in written["added_tokens_decoder"].values())
