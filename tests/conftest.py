@@ -10,54 +10,42 @@ import pytest
 from tests.helpers import CONFIG, CORPUS, loop_cmd
 
 
+def _tiny(tmp_path_factory, arch: str, seed: int) -> Path:
+    """A random-init tiny HF checkpoint of `arch` with a sentencepiece tokenizer (no download)."""
+    from selfguide_lite.toy_models.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp(f"tiny-{arch}")
+    build_tiny_model(out, CORPUS, arch=arch, vocab_size=320, seed=seed)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
-    """A random-init tiny Llama HF checkpoint with a sentencepiece tokenizer."""
-    from selfguide_lite.toy_models.tiny import build_tiny_model
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    build_tiny_model(out, CORPUS, arch="llama", vocab_size=320, seed=1)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_llama3(tmp_path_factory) -> Path:
-    """A tiny Llama with Llama 3.2's RoPE (base 500000, llama3 scaling: the GGUF carries rope_freqs)."""
-    from selfguide_lite.toy_models.tiny import build_tiny_model
-
-    out = tmp_path_factory.mktemp("tiny-llama3")
-    build_tiny_model(out, CORPUS, arch="llama3", vocab_size=320, seed=3)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen3(tmp_path_factory) -> Path:
-    """A tiny Qwen3 (per-head Q/K norms)."""
-    from selfguide_lite.toy_models.tiny import build_tiny_model
-
-    out = tmp_path_factory.mktemp("tiny-qwen3")
-    build_tiny_model(out, CORPUS, arch="qwen3", vocab_size=320, seed=4)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_gemma3(tmp_path_factory) -> Path:
-    """A tiny Gemma 3 (sliding and global layers, a window shorter than the test prompts, four norms
-    per block, tied embeddings, SentencePiece vocabulary)."""
-    from selfguide_lite.toy_models.tiny import build_tiny_model
-
-    out = tmp_path_factory.mktemp("tiny-gemma3")
-    build_tiny_model(out, CORPUS, arch="gemma3", vocab_size=320, seed=5)
-    return out
+    return _tiny(tmp_path_factory, "llama", 1)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
-    from selfguide_lite.toy_models.tiny import build_tiny_model
+    return _tiny(tmp_path_factory, "qwen2", 2)
 
-    out = tmp_path_factory.mktemp("tiny-qwen2")
-    build_tiny_model(out, CORPUS, arch="qwen2", vocab_size=320, seed=2)
-    return out
+
+@pytest.fixture(scope="session")
+def tiny_llama3(tmp_path_factory) -> Path:
+    """Llama 3.2's RoPE (base 500000, llama3 scaling: the GGUF carries rope_freqs)."""
+    return _tiny(tmp_path_factory, "llama3", 3)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    """Per-head Q/K norms."""
+    return _tiny(tmp_path_factory, "qwen3", 4)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory) -> Path:
+    """Sliding and global layers (a window shorter than the test prompts), four norms per block, tied
+    embeddings, SentencePiece vocabulary."""
+    return _tiny(tmp_path_factory, "gemma3", 5)
 
 
 @pytest.fixture(scope="session")

@@ -60,3 +60,19 @@ def loop_cmd(student: Path, run_dir: Path, cfg: Path, seed: int = 0) -> list[str
 
     return [sys.executable, "-m", "selfguide_lite", "loop", "--task", str(headline_task_path()), "--model", str(student),
             "--rounds", "1", "--run-dir", str(run_dir), "--config", str(cfg), "--seed", str(seed)]
+
+
+def small_gguf(path: Path, arch: str = "mamba") -> Path:
+    """A small valid GGUF (one tensor, no vocabulary) of any architecture: for refusals and listings."""
+    import gguf
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from selfguide_lite.errors import UserError
@@ -24,6 +23,7 @@ from selfguide_lite.local_models import (
 )
 from selfguide_lite.models import sampling_gguf
 from selfguide_lite.runs import ollama_model_name
+from tests.helpers import small_gguf
 
 
 @pytest.fixture
@@ -32,20 +32,6 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("OLLAMA_MODELS", raising=False)
     (tmp_path / "home").mkdir()
     return tmp_path / "home"
-
-
-def small_gguf(path: Path, arch: str = "mamba") -> Path:
-    import gguf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 def ollama_pull(store: Path, registry: str, namespace: str, model: str, tag: str, gguf_bytes: bytes) -> Path:

@@ -17,6 +17,7 @@ from selfguide_lite.loop import promoted_on_validation
 from selfguide_lite.models import import_gguf
 from selfguide_lite.store import file_hash
 from selfguide_lite.tasks import load_task
+from tests.helpers import small_gguf
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -149,25 +150,11 @@ def test_import_is_cached_by_hash(tiny_llama, tmp_path):
     assert file_hash(elsewhere) == file_hash(first)
 
 
-def _fake_gguf(path: Path, arch: str) -> Path:
-    """A small valid GGUF of an architecture the importer does not support."""
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 @pytest.mark.parametrize("kind", ["unsupported", "corrupt"])
 def test_bad_gguf_is_one_error_line_and_leaves_nothing(kind, tmp_path):
     cache = tmp_path / "models"
     if kind == "unsupported":
-        bad = _fake_gguf(tmp_path / "m.gguf", "mamba")
+        bad = small_gguf(tmp_path / "m.gguf", "mamba")
     else:
         bad = tmp_path / "m.gguf"
         bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 20)
