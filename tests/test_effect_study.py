@@ -30,6 +30,7 @@ def test_effect_study_runs_scores_diagnoses_and_resumes(student, tmp_path):
     funnel = rounds["1"]["funnel"]
     assert funnel["candidates"] == 36 and funnel["candidates"] >= funnel["after_input_filters"] >= funnel["after_vote"] \
         >= funnel["after_balance"] == rounds["1"]["train_rows"]
+    assert set(rounds["1"]["sampling_seconds"]) == {"write_inputs", "annotate"}  # the labelling cost per round
     drops = rounds["1"]["input_drops"]
     assert sum(v for k, v in drops.items() if k != "input_echoes") == funnel["candidates"] - funnel["after_input_filters"]
     q = run["label_quality"]
