@@ -18,7 +18,10 @@ samples/s, training rows/s and tokens/s, the baseline's rows/s, the speedup, val
 train_rows_per_s, train_rows_per_s_baseline, train_speedup, max_grad_rel_diff, inputs_per_s,
 round_seconds).
 
-Usage: python3 scripts/bench_round.py [--tasks T.json ...] [--context-sampling request wave]
+`--models A B` runs every task with each student in turn, in one invocation, so two students' stage
+times are read side by side on the same machine and load (the first model is the reference).
+
+Usage: python3 scripts/bench_round.py [--tasks T.json ...] [--models NAME ...] [--context-sampling request wave]
        [--work runs/bench-round] [--no-baseline] [--json FILE]
 """
 
@@ -48,10 +51,10 @@ SHARED = REPO.parent / "shared" / "data" / "natural-instructions"
 DEFAULT_TASKS = [real_demo_task_path(), SHARED / "task1195_disflqa_disfluent_to_fluent_conversion.json"]
 
 
-def run_round(task: Path, mode: str, work: Path) -> dict:
+def run_round(task: Path, mode: str, work: Path, model: str = DEFAULT_STUDENT) -> dict:
     """Round 0 + one default round through the product's loop; figures read back from the manifest."""
-    run_dir = work / f"{task.stem}-{mode}"
-    cfg = load_config(None, {"model": DEFAULT_STUDENT, "task": str(task), "run_dir": str(run_dir),
+    run_dir = work / (f"{task.stem}-{mode}" if model == DEFAULT_STUDENT else f"{task.stem}-{mode}-{Path(model).stem}")
+    cfg = load_config(None, {"model": model, "task": str(task), "run_dir": str(run_dir),
                              "loop": {"rounds": 1}, "selfguide": {"without": ["wave_context"] if mode == "request" else []}})
     t0 = time.perf_counter()
     run_loop(cfg, log=lambda m: None)
@@ -72,7 +75,7 @@ def run_round(task: Path, mode: str, work: Path) -> dict:
     rows = int(train.get("rows", 0))
     epochs = cfg.train.epochs
     return {
-        "task": task.stem, "context_sampling": mode, "run_dir": str(run_dir),
+        "task": task.stem, "model": model, "context_sampling": mode, "run_dir": str(run_dir),
         "wall_seconds_this_invocation": round(wall, 1),
         "stage_seconds": seconds,
         "round_seconds": round(seconds["synthesis_total"] + seconds["train"] + seconds["export"] + seconds["evaluate"], 1),
@@ -89,14 +92,14 @@ def run_round(task: Path, mode: str, work: Path) -> dict:
     }
 
 
-def training_comparison(run_dir: Path, work: Path, max_rows: int) -> dict:
+def training_comparison(run_dir: Path, work: Path, max_rows: int, model: str = DEFAULT_STUDENT) -> dict:
     """The round's rows (the first `max_rows`: the plain path is slow), one epoch, plain vs shared
     prefix, default training settings otherwise."""
     from selfguide_lite.config import TrainConfig
     from selfguide_lite.train import resolve_quantization
 
     rows = read_jsonl(run_dir / "round-1" / "synth" / "train.jsonl")[:max_rows]
-    source = resolve_student(DEFAULT_STUDENT, lambda m: None).hf_dir
+    source = resolve_student(model, lambda m: None).hf_dir
     base = resolve_quantization(TrainConfig(epochs=1))
     grad = gradient_check(rows, source, base.model_copy(update={"shared_prefix": "auto"}), work / "grad")
     out = {"rows": len(rows), "epochs": 1, "batch_size": base.batch_size, "quantization": base.quantization, **grad}
@@ -117,7 +120,7 @@ def training_comparison(run_dir: Path, work: Path, max_rows: int) -> dict:
 
 def table(r: dict) -> str:
     s = r["stage_seconds"]
-    lines = [f"{r['task']} (context_sampling {r['context_sampling']}):",
+    lines = [f"{r['task']}, {r['model']} (context_sampling {r['context_sampling']}):",
              f"  stage seconds: write inputs {s['write_inputs']:.0f}, annotate {s['annotate']:.0f} "
              f"(synthesis stage {s['synthesis_total']:.0f}), train {s['train']:.0f}, export {s['export']:.0f}, "
              f"evaluate {s['evaluate']:.0f}  -> round {r['round_seconds']:.0f} s ({r['round_seconds'] / 60:.1f} min); "
@@ -139,6 +142,7 @@ def table(r: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=Path, nargs="+", default=DEFAULT_TASKS)
+    ap.add_argument("--models", nargs="+", default=[DEFAULT_STUDENT], help="students, each run on every task")
     ap.add_argument("--context-sampling", nargs="+", default=["wave"], choices=["request", "wave"],
                     help="input-writing modes to run (each a whole round): every task with the first, the first task with the others")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-round"))
@@ -152,13 +156,13 @@ def main() -> int:
     print(f"command: {command}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     results = []
-    plan = [(task, args.context_sampling[0]) for task in args.tasks]
-    plan += [(args.tasks[0], mode) for mode in args.context_sampling[1:]]  # other modes: first task, at the end
-    for task, mode in plan:
-        r = run_round(task, mode, args.work)
+    plan = [(task, args.context_sampling[0], model) for task in args.tasks for model in args.models]
+    plan += [(args.tasks[0], mode, args.models[0]) for mode in args.context_sampling[1:]]  # other modes: at the end
+    for task, mode, model in plan:
+        r = run_round(task, mode, args.work, model)
         if not args.no_baseline and mode == args.context_sampling[0]:
-            r["training_comparison"] = training_comparison(Path(r["run_dir"]), args.work / "train" / task.stem,
-                                                           args.baseline_rows)
+            r["training_comparison"] = training_comparison(Path(r["run_dir"]), args.work / "train" / task.stem / Path(model).stem,
+                                                           args.baseline_rows, model)
         results.append(r)
         print(table(r), flush=True)
     top = results[0]

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """How good are the student's own labels? Every classification labeller on the validation instances of the
-shared classification tasks, whose gold labels are known, with the round-0 student (the built-in one).
+shared classification tasks, whose gold labels are known, with the round-0 student (the built-in one, or
+--model: any name or GGUF the loop accepts).
 
 Labellers (selfguide.labeler) and baselines:
 - vote:          the self-consistency vote of a default round (10 label-constrained samples, threshold 0.3);
@@ -22,8 +23,8 @@ The rule, committed with this script before it was run (validation only):
   3. Label quality is "above chance" on a task when balanced accuracy (all instances) >= chance + 5.
   The default labeller is not decided here: that needs final students (the round study).
 
-Usage: python3 scripts/label_quality_study.py [--tasks T.json ...] [--work runs/label-quality] [--json FILE]
-Per-task results are cached in WORK (the script resumes).
+Usage: python3 scripts/label_quality_study.py [--tasks T.json ...] [--model NAME] [--work DIR] [--json FILE]
+Per-task results are cached in WORK (default runs/label-quality/<model>; the script resumes).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from selfguide_lite.builtin_students import DEFAULT_STUDENT, builtin_gguf
+from selfguide_lite.builtin_students import DEFAULT_STUDENT
 from selfguide_lite.calibration import (
     CONTENT_FREE_INPUTS,
     batch_prior,
@@ -48,6 +49,7 @@ from selfguide_lite.engine import open_sampler
 from selfguide_lite.evaluate import predict, split_instances
 from selfguide_lite.methods.selfguide import annotate
 from selfguide_lite.metrics import classification_skill, normalize
+from selfguide_lite.models import sampling_gguf
 from selfguide_lite.prompts import PromptFormat
 from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
 from selfguide_lite.store import read_json, write_json
@@ -124,13 +126,15 @@ def decide(per_task: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=Path, nargs="+", default=[SHARED / f"{t}.json" for t in TASKS])
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "label-quality")
+    ap.add_argument("--model", default=DEFAULT_STUDENT, help="the round-0 student (default: %(default)s)")
+    ap.add_argument("--work", type=Path, help="per-task cache (default: runs/label-quality/<model>)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    args.work = args.work or REPO / "runs" / "label-quality" / Path(str(args.model)).stem.replace(":", "-")
     args.work.mkdir(parents=True, exist_ok=True)
     cfg = Config()
     per_task = {}
-    with open_sampler(builtin_gguf(DEFAULT_STUDENT), EngineConfig()) as sampler:
+    with open_sampler(sampling_gguf(args.model), EngineConfig()) as sampler:
         for path in args.tasks:
             cache = args.work / f"{path.stem}.json"
             if not cache.is_file():
@@ -148,7 +152,7 @@ def main() -> int:
     if args.json:
         write_json(args.json, {"command": shlex.join([sys.executable, *sys.argv]),
                                "machine": f"{cpu_name()}, {' '.join(named_features(cpu_flags()))}",
-                               "student": DEFAULT_STUDENT, "per_task": per_task, "decision": decision})
+                               "student": str(args.model), "per_task": per_task, "decision": decision})
     return 0
 
 

@@ -1,0 +1,37 @@
+#!/bin/bash
+# The effect study for a second student (issue 29; default gemma3-270m), resumable across sessions:
+#   1. self-label quality on validation (scripts/label_quality_study.py --model M): every labeller at round 0;
+#   2. rounds 0-2, seed 0, on the 7 classification tasks with the vote and the calibrated labeller
+#      (margin from docs/results/labeller-margin.yaml), and on the 4 generation tasks with the vote.
+# Per-task results land in OUT (commit them); a task whose result is there is skipped, so a later session
+# finishes the study. Within a machine the loop's stage cache under runs/ is reused too.
+cd "$(dirname "$0")/.."
+S=${SHARED:-../shared/data/natural-instructions}
+M=${MODEL:-gemma3-270m}
+R=${ROUNDS:-2}
+OUT=${OUT:-docs/results/effect-study-$M}
+mkdir -p "$OUT"
+if [ ! -f "$OUT/label-quality.json" ]; then
+  python3 scripts/label_quality_study.py --model "$M" --json "$OUT/label-quality.json.tmp" \
+    && mv "$OUT/label-quality.json.tmp" "$OUT/label-quality.json" || echo "FAILED label quality"
+fi
+run() {  # task, variants...
+  local t=$1; shift
+  local result=$OUT/$t-r$R.json
+  if [ -f "$result" ]; then echo "SKIP $t (have $result)"; return; fi
+  local start=$(date +%s)
+  python3 scripts/effect_study.py --model "$M" --rounds $R --seeds 0 --variants "$@" \
+    --config docs/results/labeller-margin.yaml --tasks "$S/$t.json" --work "runs/effect-study-$M" \
+    --json "$result.tmp" && mv "$result.tmp" "$result" || echo "FAILED $t"
+  echo "TASK $t $(( $(date +%s) - start )) s"
+}
+for t in task738_perspectrum_classification task190_snli_classification task199_mnli_classification \
+         task937_defeasible_nli_social_classification task200_mnli_entailment_classification \
+         task1386_anli_r2_entailment task1385_anli_r1_entailment; do
+  run $t full content_free_calibrated
+done
+for t in task1195_disflqa_disfluent_to_fluent_conversion task121_zest_text_modification \
+         task036_qasc_topic_word_to_generate_related_fact task039_qasc_find_overlapping_words; do
+  run $t full
+done
+echo DONE
