@@ -178,7 +178,8 @@ def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
             # why inputs were dropped; input_echoes: candidates that began with "Input:" (absent in older runs)
             entry["input_drops"] = {**(stats.get("input_dropped") or {}), "input_echoes": stats.get("input_echoes")}
             entry["train_rows"] = rec.get("train_size")
-            entry["sampling_seconds"] = stats.get("sampling_seconds")  # {"write_inputs": s, "annotate": s}
+            synth_stage = manifest["stages"].get(f"round-{k}/synth") or {}
+            entry["sampling_seconds"] = synth_stage.get("sampling_seconds")  # {"write_inputs": s, "annotate": s}
             train_stage = manifest["stages"].get(f"round-{k}/train") or {}
             entry["train_loss"] = train_stage.get("train_loss")
             synth = run_dir / f"round-{k}" / "synth"
