@@ -42,8 +42,10 @@ def final_row(run: dict[str, Any]) -> dict[str, Any]:
         return (entry.get("skill") or {}).get(split) or {}
 
     val, test = skill(final, "validation"), skill(final, "test")
-    labelling = [(r.get("sampling_seconds") or {}).get("annotate") for k, r in rounds.items() if k != "0"]
-    labelling = [s for s in labelling if s is not None]
+    # labelling cost per 100 inputs offered to the labeller, over rounds 1-2 (rounds write different numbers)
+    labelled = [((r.get("sampling_seconds") or {}).get("annotate"), (r.get("funnel") or {}).get("after_input_filters"))
+                for k, r in rounds.items() if k != "0"]
+    labelled = [(s, n) for s, n in labelled if s is not None and n]
     return {
         "task": run["task"].split("_")[0], "final_round": run["final_round"],
         "rounds_done": sorted(int(k) for k, r in rounds.items() if r.get("status") == "done"),
@@ -55,7 +57,8 @@ def final_row(run: dict[str, Any]) -> dict[str, Any]:
         "test_labels": test.get("labels_predicted"), "test_best_constant": test.get("best_constant"),
         "test_macro_f1": test.get("macro_f1"),
         "train_rows": [rounds[k].get("train_rows") for k in sorted(rounds, key=int) if k != "0"],
-        "labelling_seconds_per_round": round(statistics.fmean(labelling), 1) if labelling else None,
+        "labelling_seconds_per_100_inputs": (round(100 * sum(s for s, _ in labelled) / sum(n for _, n in labelled), 1)
+                                             if labelled else None),
     }
 
 
@@ -111,7 +114,7 @@ def _f(x: float | None) -> str:
 def markdown(table: dict[str, dict[str, dict[str, Any]]], v: dict[str, Any]) -> str:
     lines = ["| task, labeller | round 0 test (val) | final student: round | test (val) | best constant (test) "
              "| balanced accuracy test / val (chance) | labels used (test) | training rows per round "
-             "| labelling s per round |", "|---|---|---|---|---|---|---|---|---|"]
+             "| labelling s per 100 inputs |", "|---|---|---|---|---|---|---|---|---|"]
     names = {REFERENCE: "vote", CANDIDATE: "content-free calibrated", ABLATION: "argmax (no calibration)"}
     for t in v["tasks"]:
         for var in VARIANTS:
@@ -120,7 +123,7 @@ def markdown(table: dict[str, dict[str, dict[str, Any]]], v: dict[str, Any]) -> 
                          f"{r['final_round']} | {_f(r['test'])} ({_f(r['validation'])}) | {_f(r['test_best_constant'])} | "
                          f"{_f(r['test_balanced_accuracy'])} / {_f(r['val_balanced_accuracy'])} ({_f(r['test_chance'])}) | "
                          f"{r['test_labels']} | {', '.join(str(x) for x in r['train_rows'])} | "
-                         f"{_f(r['labelling_seconds_per_round'])} |")
+                         f"{_f(r['labelling_seconds_per_100_inputs'])} |")
     g = v["gain_skill_validation"]
     lines += ["", "gain_skill on validation (mean balanced accuracy - chance of the final students): "
               + ", ".join(f"{names[k]} {'-' if x is None else f'{x:+.1f}'}" for k, x in g.items()),

@@ -15,7 +15,8 @@ def _run(task: str, val: float, val_ba: float, test_ba: float, labels: int, roun
              "test": {"balanced_accuracy": test_ba, "chance": 50.0, "labels_predicted": labels, "best_constant": 55.0}}
     rs = {str(k): {"status": "done", "validation": val if k else 0.0, "test": val if k else 0.0,
                    "skill": skill, "train_rows": 30 if k else None,
-                   "sampling_seconds": {"annotate": 10.0} if k else None} for k in rounds}
+                   "sampling_seconds": {"annotate": 10.0} if k else None,
+                   "funnel": {"after_input_filters": 20} if k else None} for k in rounds}
     return {"task": f"{task}_x", "final_round": max(rounds), "rounds": rs}
 
 
@@ -36,6 +37,7 @@ def test_rule_picks_calibration_only_with_skill_margin_and_no_metric_loss(tmp_pa
     assert v["gain_skill_validation"]["content_free_calibrated"] == 3.0
     assert len(v["goals_on_test"]["content_free_calibrated"]["tasks_reading_on_test"]) == 7
     assert "decision: content_free_calibrated" in report.markdown(report.load(tmp_path), v)
+    assert report.load(tmp_path)["full"]["task0"]["labelling_seconds_per_100_inputs"] == 50.0  # 2 x 10 s / 2 x 20 inputs
 
 
 def test_rule_keeps_the_vote_when_calibration_loses_the_official_metric(tmp_path):
