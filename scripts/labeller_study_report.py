@@ -57,6 +57,9 @@ def final_row(run: dict[str, Any]) -> dict[str, Any]:
         "test_labels": test.get("labels_predicted"), "test_best_constant": test.get("best_constant"),
         "test_macro_f1": test.get("macro_f1"),
         "train_rows": [rounds[k].get("train_rows") for k in sorted(rounds, key=int) if k != "0"],
+        # the labeller's labels per round (before balancing): a one-label round can only teach a constant
+        "labels_assigned": [(rounds[k].get("inputs") or {}).get("labels_written") or {}
+                            for k in sorted(rounds, key=int) if k != "0"],
         "labelling_seconds_per_100_inputs": (round(100 * sum(s for s, _ in labelled) / sum(n for _, n in labelled), 1)
                                              if labelled else None),
     }
@@ -114,7 +117,7 @@ def _f(x: float | None) -> str:
 def markdown(table: dict[str, dict[str, dict[str, Any]]], v: dict[str, Any]) -> str:
     lines = ["| task, labeller | round 0 test (val) | final student: round | test (val) | best constant (test) "
              "| balanced accuracy test / val (chance) | labels used (test) | training rows per round "
-             "| labelling s per 100 inputs |", "|---|---|---|---|---|---|---|---|---|"]
+             "| labels assigned per round | labelling s per 100 inputs |", "|---|---|---|---|---|---|---|---|---|---|"]
     names = {REFERENCE: "vote", CANDIDATE: "content-free calibrated", ABLATION: "argmax (no calibration)"}
     for t in v["tasks"]:
         for var in VARIANTS:
@@ -123,6 +126,7 @@ def markdown(table: dict[str, dict[str, dict[str, Any]]], v: dict[str, Any]) -> 
                          f"{r['final_round']} | {_f(r['test'])} ({_f(r['validation'])}) | {_f(r['test_best_constant'])} | "
                          f"{_f(r['test_balanced_accuracy'])} / {_f(r['val_balanced_accuracy'])} ({_f(r['test_chance'])}) | "
                          f"{r['test_labels']} | {', '.join(str(x) for x in r['train_rows'])} | "
+                         f"{'; '.join(' '.join(f'{lab} {n}' for lab, n in sorted(d.items())) or '-' for d in r['labels_assigned'])} | "
                          f"{_f(r['labelling_seconds_per_100_inputs'])} |")
     g = v["gain_skill_validation"]
     lines += ["", "gain_skill on validation (mean balanced accuracy - chance of the final students): "
