@@ -55,10 +55,10 @@ from selfguide_lite.diagnostics import (  # noqa: E402
     label_quality,
 )
 from selfguide_lite.errors import UserError  # noqa: E402
+from selfguide_lite.evaluate import skill_scores  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
-from selfguide_lite.metrics import classification_skill, input_as_answer  # noqa: E402
 from selfguide_lite.store import file_hash, read_json, read_jsonl, value_hash, write_json  # noqa: E402
-from selfguide_lite.tasks import Task, load_task  # noqa: E402
+from selfguide_lite.tasks import Instance, Task, load_task  # noqa: E402
 
 SHARED_TASKS = REPO.parent / "shared" / "data" / "natural-instructions"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -202,12 +202,10 @@ def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
 
 
 def split_skill(task: Task, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The skill columns (balanced accuracy, macro-F1, labels used, best constant; input as answer) from a
-    split's stored predictions, so runs evaluated before the columns existed get them too."""
-    refs = [r["references"] for r in rows]
-    if task.is_classification:
-        return classification_skill(task.labels, refs, [r["prediction"] for r in rows])
-    return input_as_answer([r["input"] for r in rows], refs)
+    """The evaluator's skill columns (balanced accuracy, macro-F1, labels used, best constant; input as
+    answer) recomputed from a split's stored predictions, so runs evaluated before they existed get them too."""
+    instances = [Instance(id=str(i), input=r["input"], outputs=tuple(r["references"])) for i, r in enumerate(rows)]
+    return skill_scores(task, instances, [r["prediction"] for r in rows])
 
 
 def _mean(xs: list[float | None]) -> float | None:

@@ -5,6 +5,7 @@
 #      (margin from docs/results/labeller-margin.yaml), and on the 4 generation tasks with the vote.
 # Per-task results land in OUT (commit them); a task whose result is there is skipped, so a later session
 # finishes the study. Within a machine the loop's stage cache under runs/ is reused too.
+# Tables: python3 scripts/student_study_report.py "$OUT" (beside the built-in SmolLM2's results).
 cd "$(dirname "$0")/.."
 S=${SHARED:-../shared/data/natural-instructions}
 M=${MODEL:-gemma3-270m}

@@ -98,3 +98,18 @@ def test_seed_spread_joins_seeds_from_several_files_and_rejects_a_foreign_file(t
     (tmp_path / "bad.json").write_text("[1, 2]")
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "bad.json")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_split_skill_uses_the_evaluators_columns():
+    """Recomputed skill columns carry the same names the evaluator stores (one definition of them)."""
+    from selfguide_lite.tasks import Task
+
+    study = _study_module()
+    rows = [{"input": "a b c", "prediction": "x", "references": ["a b c"]},
+            {"input": "d e", "prediction": "d e", "references": ["f g"]}]
+    gen = study.split_skill(Task("t", "Rewrite.", [], "generation"), rows)
+    assert gen["input_as_answer_rougeL"] == 50.0 and gen["input_as_answer_exact_match"] == 50.0
+    cls = study.split_skill(Task("c", "Pick.", [], "classification", labels=["yes", "no"]),
+                            [{"input": "i", "prediction": "yes", "references": ["yes"]},
+                             {"input": "j", "prediction": "yes", "references": ["no"]}])
+    assert cls["balanced_accuracy"] == 50.0 and cls["labels_predicted"] == 1
