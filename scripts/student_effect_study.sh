@@ -3,7 +3,7 @@
 #   1. self-label quality on validation (scripts/label_quality_study.py --model M): every labeller at round 0;
 #   2. rounds 0-2, seed 0, on the 7 classification tasks with the vote and the calibrated labeller
 #      (margin from docs/results/labeller-margin.yaml), and on the 4 generation tasks with the vote.
-# Per-task results land in OUT (commit them); a task whose result is there is skipped, so a later session
+# Per-task, per-labeller results land in OUT (commit them); one that is there is skipped, so a later session
 # finishes the study. Within a machine the loop's stage cache under runs/ is reused too.
 # Tables: python3 scripts/student_study_report.py "$OUT" (beside the built-in SmolLM2's results).
 cd "$(dirname "$0")/.."
@@ -16,15 +16,17 @@ if [ ! -f "$OUT/label-quality.json" ]; then
   python3 scripts/label_quality_study.py --model "$M" --json "$OUT/label-quality.json.tmp" \
     && mv "$OUT/label-quality.json.tmp" "$OUT/label-quality.json" || echo "FAILED label quality"
 fi
-run() {  # task, variants...
+run() {  # task, variants...: one result file per task and labeller, the unit a session can finish
   local t=$1; shift
-  local result=$OUT/$t-r$R.json
-  if [ -f "$result" ]; then echo "SKIP $t (have $result)"; return; fi
-  local start=$(date +%s)
-  python3 scripts/effect_study.py --model "$M" --rounds $R --seeds 0 --variants "$@" \
-    --config docs/results/labeller-margin.yaml --tasks "$S/$t.json" --work "runs/effect-study-$M" \
-    --json "$result.tmp" && mv "$result.tmp" "$result" || echo "FAILED $t"
-  echo "TASK $t $(( $(date +%s) - start )) s"
+  for v in "$@"; do
+    local result=$OUT/$t-$v-r$R.json
+    if [ -f "$result" ]; then echo "SKIP $t $v (have $result)"; continue; fi
+    local start=$(date +%s)
+    python3 scripts/effect_study.py --model "$M" --rounds $R --seeds 0 --variants $v \
+      --config docs/results/labeller-margin.yaml --tasks "$S/$t.json" --work "runs/effect-study-$M" \
+      --json "$result.tmp" && mv "$result.tmp" "$result" || echo "FAILED $t $v"
+    echo "TASK $t $v $(( $(date +%s) - start )) s"
+  done
 }
 for t in task738_perspectrum_classification task190_snli_classification task199_mnli_classification \
          task937_defeasible_nli_social_classification task200_mnli_entailment_classification \
