@@ -30,6 +30,7 @@ ROUNDS_EXPECTED = 2
 MIN_SKILL_MARGIN = 2.0
 MAX_METRIC_LOSS = 2.0
 MIN_TASKS_NOT_WORSE = 4
+ROUND_ENDED = ("done", "no_data")  # a round the loop ran to its end; no_data: nothing was left to train on
 
 
 def final_row(run: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +49,8 @@ def final_row(run: dict[str, Any]) -> dict[str, Any]:
     labelled = [(s, n) for s, n in labelled if s is not None and n]
     return {
         "task": run["task"].split("_")[0], "final_round": run["final_round"],
-        "rounds_done": sorted(int(k) for k, r in rounds.items() if r.get("status") == "done"),
+        # rounds the loop finished: trained, or ended because synthesis left nothing to train on (no_data)
+        "rounds_done": sorted(int(k) for k, r in rounds.items() if r.get("status") in ROUND_ENDED),
         "round0_validation": r0.get("validation"), "round0_test": r0.get("test"),
         "validation": final.get("validation"), "test": final.get("test"),
         "val_balanced_accuracy": val.get("balanced_accuracy"), "val_chance": val.get("chance"),
