@@ -2,7 +2,8 @@
 # The effect study for a second student (issue 29; default gemma3-270m), resumable across sessions:
 #   1. self-label quality on validation (scripts/label_quality_study.py --model M): every labeller at round 0;
 #   2. rounds 0-2, seed 0, on the 7 classification tasks with the vote and the calibrated labeller
-#      (margin from docs/results/labeller-margin.yaml), and on the 4 generation tasks with the vote.
+#      (margin: the one step 1's rule picked for this student, OUT/labeller-margin.yaml), and on the
+#      4 generation tasks with the vote.
 # Per-task, per-labeller results land in OUT (commit them); one that is there is skipped, so a later session
 # finishes the study. Within a machine the loop's stage cache under runs/ is reused too.
 # Tables: python3 scripts/student_study_report.py "$OUT" (beside the built-in SmolLM2's results).
@@ -16,6 +17,14 @@ if [ ! -f "$OUT/label-quality.json" ]; then
   python3 scripts/label_quality_study.py --model "$M" --json "$OUT/label-quality.json.tmp" \
     && mv "$OUT/label-quality.json.tmp" "$OUT/label-quality.json" || echo "FAILED label quality"
 fi
+# The calibrated labeller's margin: what label_quality_study.py's rule picked for this student on
+# validation (its decision's label_margin), written once; the vote ignores it.
+CFG=$OUT/labeller-margin.yaml
+if [ ! -f "$CFG" ] && [ -f "$OUT/label-quality.json" ]; then
+  python3 -c "import json, sys; m = json.load(open(sys.argv[1]))['decision']['label_margin']; print(f'selfguide:\n  label_margin: {m}')" \
+    "$OUT/label-quality.json" > "$CFG.tmp" && mv "$CFG.tmp" "$CFG"
+fi
+[ -f "$CFG" ] || { echo "error: no $CFG (the label-quality study did not finish)" >&2; exit 2; }
 run() {  # task, variants...: one result file per task and labeller, the unit a session can finish
   local t=$1; shift
   for v in "$@"; do
@@ -23,7 +32,7 @@ run() {  # task, variants...: one result file per task and labeller, the unit a 
     if [ -f "$result" ]; then echo "SKIP $t $v (have $result)"; continue; fi
     local start=$(date +%s)
     python3 scripts/effect_study.py --model "$M" --rounds $R --seeds 0 --variants $v \
-      --config docs/results/labeller-margin.yaml --tasks "$S/$t.json" --work "runs/effect-study-$M" \
+      --config "$CFG" --tasks "$S/$t.json" --work "runs/effect-study-$M" \
       --json "$result.tmp" && mv "$result.tmp" "$result" || echo "FAILED $t $v"
     echo "TASK $t $v $(( $(date +%s) - start )) s"
   done
