@@ -84,7 +84,7 @@ def summarize(run: dict[str, Any], source: str) -> dict[str, Any]:
         trivial = skill(r0, "test").get("input_as_answer_rougeL", run.get("input_copy_test"))
     return {
         "task": short(run["task"]), "type": run["type"], "metric": run["metric"], "source": source,
-        "rounds_done": sorted(int(k) for k, r in rounds.items() if r.get("status") == "done"),
+        "rounds_done": sorted(int(k) for k, r in rounds.items() if r.get("status") in ("done", "no_data")),
         "final_round": run["final_round"],
         "round0": (r0.get("test"), r0.get("validation")), "final": (final.get("test"), final.get("validation")),
         "gain_test": run.get("gain"), "trivial_test": trivial,
