@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from labeller_study_report import ROUND_ENDED  # a round the loop ran to its end (done or no_data)
+
 DEFAULT_REFERENCE = [Path("docs/results/effect-study-round2-seed0.json"),
                      Path("docs/results/effect-study-round2-seed0-task1386.json"),
                      Path("docs/results/labeller-study"), Path("docs/results/label-quality.json")]
@@ -84,7 +86,7 @@ def summarize(run: dict[str, Any], source: str) -> dict[str, Any]:
         trivial = skill(r0, "test").get("input_as_answer_rougeL", run.get("input_copy_test"))
     return {
         "task": short(run["task"]), "type": run["type"], "metric": run["metric"], "source": source,
-        "rounds_done": sorted(int(k) for k, r in rounds.items() if r.get("status") in ("done", "no_data")),
+        "rounds_done": sorted(int(k) for k, r in rounds.items() if r.get("status") in ROUND_ENDED),
         "final_round": run["final_round"],
         "round0": (r0.get("test"), r0.get("validation")), "final": (final.get("test"), final.get("validation")),
         "gain_test": run.get("gain"), "trivial_test": trivial,
