@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from labeller_study_report import ROUND_ENDED  # a round the loop ran to its end (done or no_data)
+from labeller_study_report import final_row  # the final student's columns: one definition for both reports
 
 DEFAULT_REFERENCE = [Path("docs/results/effect-study-round2-seed0.json"),
                      Path("docs/results/effect-study-round2-seed0-task1386.json"),
@@ -74,28 +74,23 @@ def load_quality(paths: list[Path]) -> dict[str, dict[str, Any]]:
 
 
 def summarize(run: dict[str, Any], source: str) -> dict[str, Any]:
-    rounds = run["rounds"]
-    final = rounds[str(run["final_round"])]
-    r0 = rounds["0"]
-
-    def skill(entry: dict[str, Any], split: str) -> dict[str, Any]:
-        return (entry.get("skill") or {}).get(split) or {}
-
-    trivial = skill(r0, "test").get("best_constant")
+    """One run as the tables read it: labeller_study_report.final_row's columns as (test, validation)
+    pairs, plus what a generation task and a second student add (trivial answer, prompt format)."""
+    row = final_row(run)
+    r0, final = run["rounds"]["0"], run["rounds"][str(run["final_round"])]
+    r0_test = (r0.get("skill") or {}).get("test") or {}
+    trivial = r0_test.get("best_constant")
     if trivial is None:  # generation: the input as answer (older files carry it as input_copy_test)
-        trivial = skill(r0, "test").get("input_as_answer_rougeL", run.get("input_copy_test"))
+        trivial = r0_test.get("input_as_answer_rougeL", run.get("input_copy_test"))
     return {
         "task": short(run["task"]), "type": run["type"], "metric": run["metric"], "source": source,
-        "rounds_done": sorted(int(k) for k, r in rounds.items() if r.get("status") in ROUND_ENDED),
-        "final_round": run["final_round"],
-        "round0": (r0.get("test"), r0.get("validation")), "final": (final.get("test"), final.get("validation")),
+        "rounds_done": row["rounds_done"], "final_round": row["final_round"],
+        "round0": (row["round0_test"], row["round0_validation"]), "final": (row["test"], row["validation"]),
         "gain_test": run.get("gain"), "trivial_test": trivial,
-        "balanced_accuracy": (skill(final, "test").get("balanced_accuracy"),
-                              skill(final, "validation").get("balanced_accuracy")),
-        "chance": (skill(final, "test").get("chance"), skill(final, "validation").get("chance")),
-        "labels_predicted": (skill(final, "test").get("labels_predicted"),
-                             skill(final, "validation").get("labels_predicted")),
-        "train_rows": [rounds[k].get("train_rows") for k in sorted(rounds, key=int) if k != "0"],
+        "balanced_accuracy": (row["test_balanced_accuracy"], row["val_balanced_accuracy"]),
+        "chance": (row["test_chance"], row["val_chance"]),
+        "labels_predicted": (row["test_labels"], row["val_labels"]),
+        "train_rows": row["train_rows"],
         "format": (r0.get("format"), final.get("format")),
     }
 
