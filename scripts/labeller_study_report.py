@@ -30,7 +30,9 @@ ROUNDS_EXPECTED = 2
 MIN_SKILL_MARGIN = 2.0
 MAX_METRIC_LOSS = 2.0
 MIN_TASKS_NOT_WORSE = 4
-ROUND_ENDED = ("done", "no_data")  # a round the loop ran to its end; no_data: nothing was left to train on
+# a round the loop ran to its end: trained and kept (done), nothing left to train on (no_data), or trained
+# and refused by the export gate (export_rejected: its student is not used)
+ROUND_ENDED = ("done", "no_data", "export_rejected")
 
 
 def final_row(run: dict[str, Any]) -> dict[str, Any]:
