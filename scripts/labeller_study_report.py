@@ -51,7 +51,6 @@ def final_row(run: dict[str, Any]) -> dict[str, Any]:
     labelled = [(s, n) for s, n in labelled if s is not None and n]
     return {
         "task": run["task"].split("_")[0], "final_round": run["final_round"],
-        # rounds the loop finished: trained, or ended because synthesis left nothing to train on (no_data)
         "rounds_done": sorted(int(k) for k, r in rounds.items() if r.get("status") in ROUND_ENDED),
         "round0_validation": r0.get("validation"), "round0_test": r0.get("test"),
         "validation": final.get("validation"), "test": final.get("test"),
