@@ -62,21 +62,15 @@ def test_a_round_that_ended_without_data_or_with_a_refused_export_counts_as_run(
     """A round whose synthesis left nothing to train on, or whose export the gate refused, was run to its
     end: the study is complete; a diverged round was not."""
     tasks = [f"task{i}" for i in range(7)]
-    no_data = _run("task0", 50, 50, 50, 1)
-    no_data["rounds"]["2"]["status"] = "no_data"
-    no_data["final_round"] = 1
-    _write(tmp_path, {"full": [no_data] + [_run(t, 50, 50, 50, 1) for t in tasks[1:]],
-                      "content_free_calibrated": [_run(t, 50, 50, 50, 1) for t in tasks],
-                      "argmax": [_run(t, 50, 50, 50, 1) for t in tasks]})
-    v = report.verdict(report.load(tmp_path))
-    assert v["complete"] and v["decision"] == "full"
-    no_data["rounds"]["2"]["status"] = "export_rejected"  # trained, its export refused by the gate: run too
-    _write(tmp_path, {"full": [no_data] + [_run(t, 50, 50, 50, 1) for t in tasks[1:]],
-                      "content_free_calibrated": [_run(t, 50, 50, 50, 1) for t in tasks],
-                      "argmax": [_run(t, 50, 50, 50, 1) for t in tasks]})
-    assert report.verdict(report.load(tmp_path))["complete"] is True
-    no_data["rounds"]["2"]["status"] = "diverged"  # a failed round (training diverged) leaves the study incomplete
-    _write(tmp_path, {"full": [no_data] + [_run(t, 50, 50, 50, 1) for t in tasks[1:]],
-                      "content_free_calibrated": [_run(t, 50, 50, 50, 1) for t in tasks],
-                      "argmax": [_run(t, 50, 50, 50, 1) for t in tasks]})
-    assert report.verdict(report.load(tmp_path))["complete"] is False
+    short = _run("task0", 50, 50, 50, 1)
+    short["final_round"] = 1
+    # a diverged round (training failed) leaves the study incomplete
+    for status, complete in (("no_data", True), ("export_rejected", True), ("diverged", False)):
+        short["rounds"]["2"]["status"] = status
+        _write(tmp_path, {"full": [short] + [_run(t, 50, 50, 50, 1) for t in tasks[1:]],
+                          "content_free_calibrated": [_run(t, 50, 50, 50, 1) for t in tasks],
+                          "argmax": [_run(t, 50, 50, 50, 1) for t in tasks]})
+        v = report.verdict(report.load(tmp_path))
+        assert v["complete"] is complete, status
+        if complete:
+            assert v["decision"] == "full"
