@@ -83,7 +83,7 @@ def main() -> int:
     machine = f"{cpu_name()}, {os.cpu_count()} cores, {' '.join(named_features(cpu_flags()))}"
     print(f"command: {command}\nmachine: {machine}", flush=True)
     task = load_task(args.task)
-    cfg = SelfGuideConfig()
+    cfg = SelfGuideConfig(labeler="vote")
     result: dict = {"command": command, "machine": machine, "task": task.name}
     with open_sampler(builtin_gguf(DEFAULT_STUDENT), EngineConfig()) as sampler:
         fmt = PromptFormat.from_info(sampler.info)

@@ -65,7 +65,7 @@ def main() -> int:
     with open_sampler(builtin_gguf(DEFAULT_STUDENT), EngineConfig()) as sampler:
         for mode in ("request", "wave"):
             timed = TimedSampler(sampler)
-            cfg = SelfGuideConfig(num_inputs=args.num_inputs, wave_size=32, num_samples=1,
+            cfg = SelfGuideConfig(labeler="vote", num_inputs=args.num_inputs, wave_size=32, num_samples=1,
                                   without=["wave_context"] if mode == "request" else [])
             synthesize(task, timed, cfg, PromptFormat.from_info(sampler.info), seed=1)
             writing = sum(c["seconds"] for c in timed.calls if c["writes_inputs"])

@@ -28,7 +28,7 @@ gguf = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo/round-0/model-q4_k_
 if not gguf.is_file():
     sys.exit(f"error: no GGUF at {gguf}: run `python -m selfguide_lite loop` first or pass one")
 task = load_task(world_task_path())
-cfg = SelfGuideConfig(num_inputs=100, wave_size=50, num_samples=10)
+cfg = SelfGuideConfig(labeler="vote", num_inputs=100, wave_size=50, num_samples=10)
 
 
 def port() -> int:

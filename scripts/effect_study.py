@@ -96,7 +96,7 @@ def self_label_quality(cfg: Config, task: Task, run_dir: Path, round0: dict[str,
     answers there. Cached in diagnostics/label_quality.json (keyed by student, settings, seed)."""
     from selfguide_lite.engine import open_sampler
     from selfguide_lite.methods import method_for
-    from selfguide_lite.methods.selfguide import annotate
+    from selfguide_lite.methods.labellers import annotate
     from selfguide_lite.prompts import PromptFormat
 
     gguf = Path(round0["model"])

@@ -47,7 +47,7 @@ from selfguide_lite.calibration import (
 from selfguide_lite.config import Config, EngineConfig
 from selfguide_lite.engine import open_sampler
 from selfguide_lite.evaluate import predict, split_instances
-from selfguide_lite.methods.selfguide import annotate
+from selfguide_lite.methods.labellers import annotate
 from selfguide_lite.metrics import classification_skill, normalize
 from selfguide_lite.models import sampling_gguf
 from selfguide_lite.prompts import PromptFormat

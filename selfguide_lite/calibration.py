@@ -8,22 +8,20 @@ calibration (Zhou et al., ICLR 2024) from the batch of inputs being labelled; th
 the argmax of p(label | input) / prior(label). Here the batch is the round's kept inputs.
 
 Pure arithmetic on a [inputs x labels] array of summed log-probabilities (`Sampler.score`), so it is
-tested on hand-made numbers; `score_labels` is the one place that asks the student.
+tested on hand-made numbers; `score_labels` is the one place that asks the student. Which prior each
+labeller divides out is the labeller's own (methods/labellers.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from .engine.sampler import Sampler, ScoreRequest
 from .prompts import PromptFormat, task_prompt
 from .tasks import Task
-
-Calibration = Literal["batch", "content_free", "none"]
 
 # Content-free inputs for contextual calibration (Zhao et al. use "N/A", "" and "[MASK]").
 CONTENT_FREE_INPUTS: tuple[str, ...] = ("N/A", "", "[MASK]")
@@ -70,14 +68,3 @@ def calibrated_labels(probs: np.ndarray, prior: np.ndarray | None, margin: float
         confident = gap > 0 and gap >= margin
         out.append(CalibratedLabel(int(order[0]) if confident else None, gap, tuple(float(x) for x in p)))
     return out
-
-
-def label_prior(kind: Calibration, probs: np.ndarray, content_free: np.ndarray | None = None) -> np.ndarray | None:
-    """The prior that `kind` divides out: the batch's mean, the content-free inputs' mean, or none."""
-    if kind == "batch":
-        return batch_prior(probs)
-    if kind == "content_free":
-        if content_free is None:
-            raise ValueError("content_free calibration needs the content-free inputs' probabilities")
-        return batch_prior(content_free)
-    return None

@@ -304,7 +304,8 @@ def eval_cmd(
         write_json(out, result)
     scores = result[split]
     _log(json.dumps({"task": t.name, "split": split, "n": scores["n"], "exact_match": scores["exact_match"],
-                     "rougeL": scores["rougeL"], "primary_metric": result["primary_metric"], "skill": scores["skill"]}))
+                     "rougeL": scores["rougeL"], "primary_metric": result["primary_metric"], "skill": scores["skill"],
+                     "verdict": scores["verdict"]}))
 
 
 @app.command()
@@ -326,8 +327,10 @@ def score(
     member = {inst.id: name for name in SPLITS for inst in t.split(name, cfg.eval.validation_size, cfg.eval.test_size)}
     found = {member.get(r["id"], "other") for r in rows}
     split = found.pop() if len(found) == 1 else "mixed"
+    from .metrics import verdict
+
     print(json.dumps({"task": s["task"], "split": split, "n": s["n"], "exact_match": s["exact_match"],
-                      "rougeL": s["rougeL"], "skill": s["skill"]}))
+                      "rougeL": s["rougeL"], "skill": s["skill"], "verdict": verdict(s["skill"], s["rougeL"])}))
 
 
 @app.command(name="demo-model")

@@ -81,12 +81,26 @@ class SelfGuideConfig(_Section):
     labels_in_vote: Literal["constrained", "exact", "any"] = _f(
         "constrained", "classification: constrained: annotation decodes only label strings (grammar); exact: free "
                        "decoding, only samples that are exactly a label count in the vote; any: every sample counts")
-    labeler: Literal["vote", "batch-calibrated", "content-free-calibrated", "argmax"] = _f(
-        "vote", "classification: who labels a written input. vote: the self-consistency vote (the published method; "
-                "num_samples, annotate_*, vote_threshold and labels_in_vote apply); batch-calibrated: each label's "
-                "log-probability as a training target, the student's label prior over the round's inputs divided "
-                "out (Zhou et al. 2024), kept at label_margin; content-free-calibrated: the prior from content-free "
-                "inputs instead (Zhao et al. 2021); argmax: the label-constrained, uncalibrated best guess")
+    # checked where the labeller is looked up (methods/labellers.py), so the configuration imports no method
+    labeler: str = _f(
+        "auto", "classification: who labels a written input. auto: before each round the signal check labels "
+                "validation inputs with every labeller and the one whose labels agree with the gold labels above "
+                "chance (and best) labels the round; no such labeller: the round is not trained. Or a name: vote "
+                "(the self-consistency vote of the published method; num_samples, annotate_*, vote_threshold and "
+                "labels_in_vote apply), batch-calibrated (each label's log-probability with the student's label "
+                "prior over the round's inputs divided out, Zhou et al. 2024), content-free-calibrated (the prior "
+                "from content-free inputs, Zhao et al. 2021), argmax (the uncalibrated best guess); a named "
+                "labeller trains even where the check finds no signal")
+    signal_size: int = _f(
+        300, "classification: validation instances the signal check labels (the promotion validation first, then "
+             "instances that are neither validation nor test, as many as the task has)", ge=1)
+    signal_level: float = _f(
+        0.05, "the signal check's test level: a labeller passes when a permutation test of its balanced accuracy "
+              "against chance (corrected for choosing among the labellers) gives p at most this, and it is at least "
+              "chance + 5 with two or more labels", gt=0, le=1)
+    signal_generation_size: int = _f(
+        16, "generation: validation inputs on which the check compares the vote's answers with the gold answers "
+            "(informs, never refuses)", ge=0)
     label_margin: float = _f(
         0.0, "calibrated labellers: the best label's calibrated log-score must beat the runner-up's by this much "
              "(and by more than nothing)", ge=0)
@@ -200,6 +214,9 @@ class LoopConfig(_Section):
     method: str = _f("self-guide", "self-guide (one task) or self-instruct (general): a name in selfguide_lite/methods")
     train_from: Literal["base", "previous"] = _f("base", "base: a fresh adapter on the original weights; previous: on the last student")
     data: Literal["latest", "accumulate"] = _f("latest", "latest: this round's rows; accumulate: every round's so far")
+    min_train_rows: int = _f(
+        16, "a round with fewer training rows is not trained (no_data), nor a classification round whose rows carry "
+            "fewer than two labels (it could only teach one constant answer)", ge=1)
     promote_tolerance: float = _f(1.0, "a round this many validation points below the best is kept but not promoted", ge=0)
 
 

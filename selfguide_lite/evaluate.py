@@ -10,7 +10,7 @@ from . import progress
 from .config import EvalConfig
 from .engine.sampler import Request, Sampler, SamplingParams
 from .errors import UserError
-from .metrics import classification_skill, input_as_answer, score_predictions, skill_line
+from .metrics import classification_skill, input_as_answer, score_predictions, skill_line, verdict
 from .prompts import FIELD_STOPS, PromptFormat, task_prompt
 from .tasks import SPLITS, Instance, Task
 
@@ -115,7 +115,8 @@ def evaluate(task: Task, sampler: Sampler, cfg: EvalConfig | None = None,
         scores = score_rows(task, chunk)
         skill = scores["skill"]
         result[name] = {"n": scores["n"], "exact_match": scores["exact_match"], "rougeL": scores["rougeL"],
-                        "primary": scores[metric], "skill": skill, "predictions": chunk}
+                        "primary": scores[metric], "skill": skill, "verdict": verdict(skill, scores["rougeL"]),
+                        "predictions": chunk}
         said.append(f"{name} ({scores['n']}): exact match {scores['exact_match']:.1f}, ROUGE-L {scores['rougeL']:.1f} "
                     f"[{skill_line(skill)}]")
     progress.summary(f"evaluation of {task.name}: {'; '.join(said)} in {bar.seconds:.0f}s")

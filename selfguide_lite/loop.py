@@ -1,7 +1,7 @@
 """The rounds: the only place that knows the order of stages (docs/contract.md, "Rounds").
 
     run_loop -> start_run -> round_zero -> run_round(k) for k = 1..N -> finish_run
-    run_round: stage_synth -> training_data -> stage_train -> stage_export -> stage_eval -> promote?
+    run_round: stage_signal -> stage_synth -> training_data -> stage_train -> stage_export -> stage_eval -> promote?
 
 Round 0 evaluates the student as given (a GGUF student is sampled from its own file; a checkpoint is
 converted and quantized first). Round k synthesises with the current student's GGUF, trains a LoRA
@@ -30,6 +30,7 @@ from .evaluate import evaluate
 from .export import export, gguf_from_hf
 from .gate import ExportRejected
 from .methods import Method, method_for
+from .methods.label_signal import RULE as SIGNAL_RULE
 from .metrics import skill_line
 from .models import ResolvedStudent, fidelity_line, resolve_student
 from .prompts import ANSWER_END_RULE
@@ -87,6 +88,14 @@ def run_synthesis(cfg: Config, method: Method, student_gguf: Path, out_dir: Path
         write_jsonl(out_dir / "train.jsonl", method.training_rows(result))  # written last: marks the stage done
     return {**result.stats, "sampling_seconds": result.seconds, "replayed_requests": sampler.replayed,
             **sampler_record(cfg, sampler)}
+
+
+def run_signal_check(cfg: Config, method: Method, student_gguf: Path, out_path: Path, seed: int) -> dict[str, Any]:
+    """The method's signal check with the given student (methods/label_signal.py), written to out_path."""
+    with open_sampler(student_gguf, cfg.engine) as sampler:
+        report = method.check_signal(sampler, seed)
+    write_json(out_path, report)
+    return {"signal": report["signal"], "chosen": report.get("chosen")}
 
 
 def evaluate_student(cfg: Config, method: Method, tasks: list[Task], gguf: Path, out_path: Path) -> dict[str, Any]:
@@ -307,18 +316,45 @@ def round_zero(ctx: RunContext) -> Student:
     return Student(0, base_gguf, base, scores["validation"]["primary"])
 
 
-def stage_synth(ctx: RunContext, k: int, student: Student) -> Path:
+def stage_signal(ctx: RunContext, k: int, student: Student) -> dict[str, Any] | None:
+    """Before round k trains: do the student's own labels agree with the truth (validation)? None: the
+    method has no such check."""
+    if not ctx.method.checks_signal:
+        return None
+    out = ctx.run_dir / f"round-{k}" / "signal.json"
+    stage_cfg = ctx.cfg if student.round == 0 else ctx.local_cfg
+    ctx.log(f"round {k}: signal check with the round-{student.round} student")
+    ctx.stage(f"round-{k}/signal",
+              {"student": student.gguf, "tasks": ctx.tasks_key, "rule": SIGNAL_RULE, "seed": str(ctx.cfg.seed + k),
+               "cfg": [ctx.cfg.selfguide.model_dump(), ctx.cfg.eval.model_dump(), ctx.engine_key]},
+              [out], partial(run_signal_check, stage_cfg, ctx.method, student.gguf, out, ctx.cfg.seed + k))
+    report = read_json(out)
+    ctx.log(f"round {k}: signal check: {report['line']}")
+    return report
+
+
+def stage_synth(ctx: RunContext, k: int, student: Student, method: Method) -> Path:
     synth_dir = ctx.run_dir / f"round-{k}" / "synth"
     seed = ctx.cfg.seed + k
     stage_cfg = ctx.cfg if student.round == 0 else ctx.local_cfg
     where = f"on {len(ctx.cfg.engine.endpoints)} server(s)" if stage_cfg.engine.endpoints else "locally"
     ctx.log(f"round {k}: synthesising with the round-{student.round} student ({where})")
     ctx.stage(f"round-{k}/synth",
-              {"student": student.gguf, "tasks": ctx.tasks_key, "cfg": [ctx.method.settings(), ctx.engine_key],
+              {"student": student.gguf, "tasks": ctx.tasks_key, "cfg": [method.settings(), ctx.engine_key],
                "seed": str(seed), "stops": ANSWER_END_RULE},
               [synth_dir / "train.jsonl", synth_dir / "stats.json"],
-              partial(run_synthesis, stage_cfg, ctx.method, student.gguf, synth_dir, seed))
+              partial(run_synthesis, stage_cfg, method, student.gguf, synth_dir, seed))
     return synth_dir
+
+
+def too_little(rows: list[dict[str, Any]], stats: dict[str, Any], min_rows: int) -> str | None:
+    """Why a round's training rows are too few to train on (None: enough): fewer than `min_rows`, or a
+    classification round whose rows carry one label only (it could only teach a constant answer)."""
+    if len(rows) < min_rows:
+        return f"{len(rows)} training row(s), fewer than loop.min_train_rows {min_rows}"
+    if stats.get("type") == "classification" and len({r["completion"] for r in rows}) < 2:
+        return f"every training row carries the one label {rows[0]['completion']!r}"
+    return None
 
 
 def stage_train(ctx: RunContext, k: int, data: Path, train_base: str) -> Path:
@@ -355,14 +391,22 @@ def stage_export(ctx: RunContext, k: int, train_base: str, adapter: Path) -> tup
 
 def run_round(ctx: RunContext, k: int, student: Student, best: Student) -> tuple[RoundRecord, Student | None]:
     """One round from the current student; returns its record and the new student if it was promoted."""
-    synth_dir = stage_synth(ctx, k, student)
+    signal = stage_signal(ctx, k, student)
+    method = ctx.method
+    if signal is not None and signal["type"] == "classification":
+        if signal["chosen"] is None:
+            ctx.log(f"round {k}: not trained (no signal); keeping the round-{student.round} student")
+            return RoundRecord("no_signal", False, student_round=student.round, signal=signal), None
+        method = method.with_labeller(signal["chosen"])
+    synth_dir = stage_synth(ctx, k, student, method)
     stats = read_json(synth_dir / "stats.json")
     data = training_data(ctx.cfg, ctx.run_dir, k, synth_dir / "train.jsonl")
-    n_rows = len(read_jsonl(data))
-    facts = {"train_size": n_rows, "synth_stats": stats, "student_round": student.round}
-    if n_rows == 0:
-        ctx.log(f"round {k}: no training data survived the filters; keeping the round-{student.round} student")
-        return RoundRecord("no_data", False, **facts), None
+    rows = read_jsonl(data)
+    n_rows = len(rows)
+    facts = {"train_size": n_rows, "synth_stats": stats, "student_round": student.round, "signal": signal}
+    if why := too_little(rows, stats, ctx.cfg.loop.min_train_rows):
+        ctx.log(f"round {k}: not trained: {why}; keeping the round-{student.round} student")
+        return RoundRecord("no_data", False, error=why, **facts), None
     ctx.log(f"round {k}: {n_rows} training rows")
     train_base = ctx.source.hf_dir if ctx.cfg.loop.train_from == "base" else student.hf_dir
     try:
@@ -396,6 +440,8 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
     for k in range(1, cfg.loop.rounds + 1):
         record, promoted = run_round(ctx, k, student, best)
         ctx.save_round(k, record)
+        if record.status == "no_signal":
+            break  # the next round would check the same student
         if promoted is not None:
             student = promoted
             if student.score > best.score:
@@ -403,9 +449,12 @@ def run_loop(cfg: Config, log: Log = print, command: str | None = None) -> dict[
         prune_rounds(ctx, k, {student.round, best.round})
     # The final student is the best on validation (a tie keeps the earlier one: no evidence of a gain).
     # The loop goes on from the last promoted one, which may sit within promote_tolerance below it.
+    best_scores = RoundRecord.from_dict(ctx.manifest.data["rounds"][str(best.round)]).metrics
     ctx.manifest.data["final"] = {"round": best.round, "gguf": str(best.gguf), "validation_score": best.score,
                                   "last_promoted_round": student.round,
-                                  "best_round": best.round, "best_validation_score": best.score}
+                                  "best_round": best.round, "best_validation_score": best.score,
+                                  "verdict": {split: s.verdict for split in SPLITS
+                                              if best_scores and (s := best_scores.get(split)) is not None}}
     ctx.manifest.save()
     report = write_report(ctx.run_dir)
     return {"run_dir": str(ctx.run_dir), "final_gguf": str(best.gguf), "final_round": best.round,

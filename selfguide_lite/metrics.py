@@ -62,12 +62,14 @@ def classification_skill(labels: Sequence[str], references: Sequence[Sequence[st
     An instance's gold label is its first reference, normalised. balanced_accuracy is the mean recall
     over the gold labels present in the split (so a constant answer scores exactly `chance`, 100 / their
     number); macro_f1 averages F1 over the same labels; labels_predicted counts distinct task labels
-    the predictions use; best_constant is the exact match the best single label would score here."""
+    the predictions use; label_answers the percent of predictions that are a task label (the answer
+    format); best_constant is the exact match the best single label would score here."""
     gold = [normalize(refs[0]) if refs else "" for refs in references]
     said = [normalize(p) for p in predictions]
     present = sorted(set(gold))
     if not present:
-        return {"balanced_accuracy": 0.0, "chance": 0.0, "macro_f1": 0.0, "labels_predicted": 0, "best_constant": 0.0}
+        return {"balanced_accuracy": 0.0, "chance": 0.0, "macro_f1": 0.0, "labels_predicted": 0, "best_constant": 0.0,
+                "label_answers": 0.0}
     recalls, f1s = [], []
     for label in present:
         hits = sum(1 for g, p in zip(gold, said, strict=True) if g == p == label)
@@ -84,6 +86,7 @@ def classification_skill(labels: Sequence[str], references: Sequence[Sequence[st
         "macro_f1": 100.0 * sum(f1s) / len(present),
         "labels_predicted": len({p for p in said if p in known}),
         "best_constant": 100.0 * best_constant / len(references),
+        "label_answers": 100.0 * sum(1 for p in said if p in known) / len(said),
     }
 
 
@@ -92,6 +95,55 @@ def input_as_answer(inputs: Sequence[str], references: Sequence[Sequence[str]]) 
     ids = [str(i) for i in range(len(inputs))]
     scores = score_predictions(dict(zip(ids, references, strict=True)), dict(zip(ids, inputs, strict=True)))
     return {"exact_match": scores["exact_match"], "rougeL": scores["rougeL"]}
+
+
+# --- what a student is, in words ------------------------------------------------------------------
+# One definition for the CLI summary, the report, `eval` and the study scripts.
+
+READS_MARGIN = 5.0  # "reads": balanced accuracy at least chance + this, with two or more labels predicted
+READS = "reads"
+CONSTANT = "constant answer (format only)"
+BELOW_CHANCE = "below chance"
+AT_CHANCE = "at chance"
+NOT_IN_FORMAT = "not in the answer format"
+ABOVE_COPY = "above the input copy"
+BELOW_COPY = "below the input copy"
+
+
+def verdict(skill: Mapping[str, Any] | None, rouge_l: float | None = None) -> str | None:
+    """What a student's answers on one split are, against the trivial answers (None: no skill columns).
+
+    Classification, in this order: fewer than half of the answers are a task label: not in the answer
+    format; at most one label used: a constant answer (format only, whatever its exact match); balanced
+    accuracy at least chance + READS_MARGIN: reads; at most chance - READS_MARGIN: below chance; else at
+    chance. Generation: the split's ROUGE-L (`rouge_l`) against the input copied as the answer."""
+    if not skill:
+        return None
+    if "balanced_accuracy" in skill:
+        in_format = skill.get("label_answers")
+        if (in_format is not None and in_format < 50.0) or skill["labels_predicted"] == 0:
+            return NOT_IN_FORMAT
+        if skill["labels_predicted"] <= 1:
+            return CONSTANT
+        if skill["balanced_accuracy"] >= skill["chance"] + READS_MARGIN:
+            return READS
+        if skill["balanced_accuracy"] <= skill["chance"] - READS_MARGIN:
+            return BELOW_CHANCE
+        return AT_CHANCE
+    if rouge_l is None or "input_as_answer_rougeL" not in skill:
+        return None
+    return ABOVE_COPY if rouge_l > skill["input_as_answer_rougeL"] else BELOW_COPY
+
+
+def verdict_sentence(name: str | None) -> str | None:
+    """A plain sentence for a final student whose verdict says it did not learn the task (None otherwise)."""
+    return {
+        CONSTANT: "It answers one label to every input: it learned the answer format, not the task.",
+        NOT_IN_FORMAT: "Most of its answers are not one of the task's labels.",
+        BELOW_CHANCE: "Its labels agree with the truth less often than chance.",
+        AT_CHANCE: "Its labels agree with the truth no more often than chance: it does not read the input yet.",
+        BELOW_COPY: "Copying the input as the answer scores higher than its answers.",
+    }.get(name or "")
 
 
 def skill_line(skill: dict[str, Any] | None) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .methods import method_of_stats
-from .metrics import skill_line
+from .metrics import skill_line, verdict_sentence
 from .runs import RoundRecord, rounds_of
 from .store import atomic_write_text, disk_bytes, read_json, read_jsonl
 
@@ -155,7 +155,9 @@ def _examples_section(k: int, synth: Path) -> str:
 
 def skill_cell(rec: RoundRecord, split: str) -> str:
     s = rec.metrics.get(split) if rec.metrics else None
-    return skill_line(s.skill) if s and s.skill else "-"
+    if not (s and s.skill):
+        return "-"
+    return (f"{s.verdict}: " if s.verdict else "") + skill_line(s.skill)
 
 
 def _score_rows(rounds: list[tuple[int, RoundRecord]]) -> list[list[Any]]:
@@ -221,8 +223,20 @@ def _disk_rows(run_dir: Path, rounds: list[tuple[int, RoundRecord]], pruned: dic
 def _summary_line(final: dict[str, Any]) -> str:
     if not final:
         return "the run has not finished"
+    verdicts = final.get("verdict") or {}
+    said = "; ".join(f"{split}: {v}" for split, v in verdicts.items() if v)
+    sentence = verdict_sentence(verdicts.get("validation"))
     return (f"final student: round {final.get('round')} ({_esc(final.get('gguf'))}); best round "
-            f"{final.get('best_round')} with {final.get('best_validation_score', 0):.1f} on validation")
+            f"{final.get('best_round')} with {final.get('best_validation_score', 0):.1f} on validation"
+            + (f" &middot; <b>{_esc(said)}</b>" if said else "")
+            + (f"</p><p class='warn'>{_esc(sentence)}" if sentence else ""))
+
+
+def _signal_table(rounds: list[tuple[int, RoundRecord]]) -> str:
+    """The signal check before each round: what it measured and what it decided, in words."""
+    rows = [[k, rec.status if rec.status == "no_signal" else "checked", rec.signal.get("line", "")]
+            for k, rec in rounds if rec.signal]
+    return ("<h3>Signal check before each round</h3>" + _table(["round", "decision", "what it measured"], rows)) if rows else ""
 
 
 def _import_note(imported: dict[str, Any] | None) -> str:
@@ -277,6 +291,7 @@ task <b>{_esc(manifest.get('task') or manifest.get('seed_tasks') or manifest.get
          "test ROUGE-L", "validation, beside the trivial answers", "test, beside the trivial answers", "promoted",
          "GGUF"], score_rows)}
 {import_note}
+{_signal_table(rounds)}
 {gate_table}
 {scores_plot(rounds)}
 <h2 id="funnel">Data funnel</h2>

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .metrics import skill_line
+from .metrics import skill_line, verdict, verdict_sentence
 from .store import read_json
 from .tasks import SPLITS
 
@@ -24,6 +24,11 @@ class SplitScores:
     rougeL: float
     primary: float
     skill: dict[str, Any] | None = None  # evaluate.skill_scores (absent in runs written before it)
+
+    @property
+    def verdict(self) -> str | None:
+        """What the student is on this split, in words (metrics.verdict)."""
+        return verdict(self.skill, self.rougeL)
 
 
 @dataclass(frozen=True)
@@ -51,13 +56,15 @@ class RoundScores:
 
     def to_dict(self) -> dict[str, Any]:
         return {"primary_metric": self.primary_metric,
-                **{s: (asdict(self.get(s)) if self.get(s) else None) for s in SPLITS}}
+                **{s: ({**asdict(self.get(s)), "verdict": self.get(s).verdict} if self.get(s) else None) for s in SPLITS}}
 
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """One round: `status` is done, no_data (synthesis left nothing to train on), diverged, or
-    export_rejected (the exported GGUF failed the gate; `gate` holds the checks' numbers)."""
+    """One round: `status` is done, no_signal (the signal check found the student's labels at chance:
+    not trained, the loop ends; `signal` holds what it measured), no_data (too few training rows, or one
+    label only: `error` says which), diverged, or export_rejected (the exported GGUF failed the gate;
+    `gate` holds the checks' numbers)."""
 
     status: str
     promoted: bool
@@ -69,6 +76,7 @@ class RoundRecord:
     seconds: float | None = None
     error: str | None = None
     gate: dict[str, Any] | None = None
+    signal: dict[str, Any] | None = None  # the signal check before the round (methods/label_signal.py)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -103,6 +111,12 @@ def ollama_model_name(run_name: str) -> str:
     return f"selfguide-{cleaned or 'student'}"
 
 
+def verdict_pair(scores: RoundScores) -> str:
+    """'validation: reads; test: constant answer (format only)' ('' where there are no skill columns)."""
+    parts = [f"{split}: {s.verdict}" for split in SPLITS if (s := scores.get(split)) is not None and s.verdict]
+    return "; ".join(parts)
+
+
 def summary_lines(summary: dict) -> list[str]:
     """Per round: training rows, validation and test scores of the primary metric, promotion."""
     rounds = rounds_of(summary)
@@ -119,16 +133,28 @@ def summary_lines(summary: dict) -> list[str]:
 
     for k, rec in rounds.items():
         state = "" if rec.promoted else f"  not promoted ({rec.status})"
-        rows = "" if k == 0 else f", {rec.train_size or 0} training rows"
-        lines.append(f"  round {k}: validation {cell(k, 'validation')}, test {cell(k, 'test')}{rows}{state}")
+        rows = "" if k == 0 or rec.status == "no_signal" else f", {rec.train_size or 0} training rows"
+        lines.append(f"  round {k}: validation {cell(k, 'validation')}, test {cell(k, 'test')}{rows}{state}"
+                     + (f"  [{verdict_pair(rec.metrics)}]" if rec.metrics and verdict_pair(rec.metrics) else ""))
+        if rec.signal:
+            lines.append(f"    signal check: {rec.signal['line']}")
+        if rec.status == "no_data" and rec.error:
+            lines.append(f"    not trained: {rec.error}")
         test = rec.metrics.test if rec.metrics else None
         if test is not None and test.skill:
             lines.append(f"    test, beside the trivial answers: {skill_line(test.skill)}")
     gguf = Path(summary["final_gguf"])
     modelfile = gguf.with_suffix(".Modelfile")
-    lines.append(f"final student (round {summary['final_round']}, the best on validation): {gguf}")
+    final = rounds.get(summary["final_round"])
+    said = verdict_pair(final.metrics) if final and final.metrics else ""
+    lines.append(f"final student (round {summary['final_round']}, the best on validation): {gguf}"
+                 + (f"  [{said}]" if said else ""))
+    sentence = verdict_sentence(final.metrics.validation.verdict) if final and final.metrics else None
+    if sentence:
+        lines.append(f"  {sentence}")
     if modelfile.is_file():
         name = ollama_model_name(Path(summary["report"]).parent.name)
-        lines.append(f"use it in Ollama: ollama create {name} -f {modelfile}  &&  ollama run {name}")
+        lines.append(f"use it in Ollama ({said or 'no verdict'}): ollama create {name} -f {modelfile}  &&  "
+                     f"ollama run {name}")
     lines.append(f"report: {summary['report']}")
     return lines

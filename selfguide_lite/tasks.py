@@ -54,14 +54,16 @@ class Task:
         return self.type == "classification"
 
     def split(self, name: str, validation_size: int = DEFAULT_VALIDATION_SIZE,
-              test_size: int = DEFAULT_TEST_SIZE) -> list[Instance]:
+              test_size: int = DEFAULT_TEST_SIZE, signal_size: int = 0) -> list[Instance]:
         """Held-out instances of one split, deterministic and disjoint.
 
         Instances repeating a demo input are skipped. Validation is the first `validation_size` of
         them and test the next `test_size`, skipping any whose input already is a validation input
         (or, when the file gives `validation:` apart, the first `test_size` of `instances` not in
-        validation). Validation decides (promotion, settings); test is only reported."""
-        if name not in SPLITS:
+        validation). Validation decides (promotion, settings); test is only reported. "signal" (the
+        signal check's pool, `signal_size` at most) is validation followed by the instances after test
+        that are in neither: more validation-side instances where the task has them, never a test one."""
+        if name not in (*SPLITS, "signal"):
             raise UserError(f"unknown split {name!r}: validation or test")
         demo_inputs = {_norm(d.input) for d in self.demos}
         pool = [i for i in self.instances if _norm(i.input) not in demo_inputs]
@@ -73,14 +75,15 @@ class Task:
         if name == "validation":
             return validation
         seen = {_norm(i.input) for i in validation}
-        test = []
+        test, after = [], []
         for inst in rest:
-            if len(test) >= test_size:
-                break
-            if _norm(inst.input) not in seen:
-                seen.add(_norm(inst.input))
-                test.append(inst)
-        return test
+            if _norm(inst.input) in seen:
+                continue
+            seen.add(_norm(inst.input))
+            (test if len(test) < test_size else after).append(inst)
+        if name == "test":
+            return test
+        return (validation + after)[:signal_size]
 
 
 def _norm(text: str) -> str:

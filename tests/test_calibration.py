@@ -8,7 +8,6 @@ import pytest
 from selfguide_lite.calibration import (
     batch_prior,
     calibrated_labels,
-    label_prior,
     label_probabilities,
 )
 
@@ -42,8 +41,16 @@ def test_label_probabilities_and_priors():
     logprobs = np.log(np.array([[0.2, 0.6], [0.1, 0.1]]))  # summed log-probs need not sum to 1 over labels
     probs = label_probabilities(logprobs)
     assert probs == pytest.approx(np.array([[0.25, 0.75], [0.5, 0.5]]))
-    assert label_prior("none", probs) is None
-    assert label_prior("batch", probs) == pytest.approx([0.375, 0.625])
-    assert label_prior("content_free", probs, np.array([[0.9, 0.1]])) == pytest.approx([0.9, 0.1])
-    with pytest.raises(ValueError):
-        label_prior("content_free", probs)
+    assert batch_prior(probs) == pytest.approx([0.375, 0.625])
+
+
+def test_each_score_labeller_divides_out_its_own_prior():
+    from selfguide_lite.methods.labellers import LABELLERS
+
+    class Scores:
+        probs = np.array([[0.25, 0.75], [0.5, 0.5]])
+        content_free = np.array([[0.9, 0.1]])
+
+    assert LABELLERS["argmax"].prior(Scores) is None
+    assert LABELLERS["batch-calibrated"].prior(Scores) == pytest.approx([0.375, 0.625])
+    assert LABELLERS["content-free-calibrated"].prior(Scores) == pytest.approx([0.9, 0.1])

@@ -55,7 +55,9 @@ def test_score_prints_one_json_object_and_rejects_unknown_ids(tmp_path):
                    # gold C N C N, predicted C zzz C zzz: recall 1 on C and 0 on N; F1 1 and 0; one label used;
                    # either constant label gets 2 of 4
                    "skill": {"balanced_accuracy": 50.0, "chance": 50.0, "macro_f1": 50.0, "labels_predicted": 1,
-                             "best_constant": 50.0}}
+                             "best_constant": 50.0, "label_answers": 50.0},
+                   # every label answer is C: a constant answer, whatever the exact match
+                   "verdict": "constant answer (format only)"}
     preds.write_text(json.dumps({"id": "nope", "prediction": "E"}) + "\n")
     bad = run_cli("score", "--task", str(task), "--predictions", str(preds))
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "nope" in bad.stderr
@@ -83,7 +85,8 @@ def test_loop_one_round_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert set(manifest["rounds"]) == {"0", "1"}
-    for stage in ["round-0/export", "round-0/eval", "round-1/synth", "round-1/train", "round-1/export", "round-1/eval"]:
+    for stage in ["round-0/export", "round-0/eval", "round-1/signal", "round-1/synth", "round-1/train", "round-1/export",
+                  "round-1/eval"]:
         assert manifest["stages"][stage]["status"] == "done", stage
         assert len(manifest["stages"][stage]["inputs"]) >= 2
     train_rows = (run_dir / "round-1" / "synth" / "train.jsonl").read_text().splitlines()
@@ -106,7 +109,7 @@ def test_loop_one_round_end_to_end(tmp_path):
     # Re-running with the same inputs skips every finished stage.
     again = run_cli("loop", "--task", str(headline_task_path()), "--model", str(model), "--rounds", "1",
                     "--run-dir", str(run_dir), "--config", str(cfg), cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 6
+    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 7
 
 
 @pytest.fixture(scope="module")

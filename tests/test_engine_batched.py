@@ -259,23 +259,23 @@ def test_stopping_run_on_samples_early_changes_no_vote(engine, reference, monkey
     engines; the batched engine decodes fewer tokens."""
     from selfguide_lite.config import SelfGuideConfig
     from selfguide_lite.filters import AnswerRunOn
-    from selfguide_lite.methods import selfguide
+    from selfguide_lite.methods import labellers
     from selfguide_lite.prompts import PromptFormat
     from selfguide_lite.tasks import Demo, Task
 
     task = Task(name="subject", instruction="Name the sentence's subject.", type="generation",
                 demos=[Demo("the cat sees the dog.", "cat"), Demo("a dog likes green fields.", "dog")])
     inputs = ["my friend sees the old car.", "our team paints the house.", "the bird finds a cat.", "a child likes it."]
-    cfg = SelfGuideConfig(num_samples=6, annotate_temperature=0.9, annotate_top_k=0, vote_threshold=0.3,
+    cfg = SelfGuideConfig(labeler="vote", num_samples=6, annotate_temperature=0.9, annotate_top_k=0, vote_threshold=0.3,
                           max_tokens_factor=40.0)
-    rule = AnswerRunOn.for_vote(*selfguide.answer_filters(task, cfg), inputs[0])
+    rule = AnswerRunOn.for_vote(*labellers.answer_filters(task, cfg), inputs[0])
     assert rule is not None and rule.max_chars is not None and rule.lead_in
 
     def votes(sampler, early: bool):
         if not early:
-            monkeypatch.setattr(selfguide.AnswerRunOn, "for_vote", staticmethod(lambda length, checks, text: None))
+            monkeypatch.setattr(labellers.AnswerRunOn, "for_vote", staticmethod(lambda length, checks, text: None))
         before = getattr(sampler, "stats", {}).get("generated", 0)
-        out = selfguide.annotate(task, sampler, cfg, PromptFormat(), inputs, seed=5)
+        out = labellers.annotate(task, sampler, cfg, PromptFormat(), inputs, seed=5)
         monkeypatch.undo()
         # how many samples were rejected is exact too; a stopped one cannot show noise a later token might have
         # written, so its reason may read "length" where full decoding says "noise"

@@ -85,7 +85,7 @@ def test_answer_run_on_stops_only_samples_the_vote_rejects():
     """The exactness AnswerRunOn promises: for every prefix at which it stops a sample, the vote would
     have rejected the whole sample (by its length window or answer checks), over thousands of texts."""
     from selfguide_lite.filters import AnswerChecks, AnswerRunOn, LengthWindow, NoiseFilter
-    from selfguide_lite.methods.selfguide import self_consistency_vote
+    from selfguide_lite.methods.labellers import self_consistency_vote
 
     demos = ["cat", "the big cat", "dog", "ΑΣ"]  # "ΑΣ" lowercases to "ας" only at a word end
     length, checks = LengthWindow.from_examples(demos), AnswerChecks.from_examples(demos)

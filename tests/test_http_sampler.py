@@ -40,7 +40,7 @@ from selfguide_lite.methods.selfguide import synthesize
 from selfguide_lite.prompts import PromptFormat, task_prompt
 from selfguide_lite.toy_models.headline import headline_task
 
-CFG = SelfGuideConfig(num_inputs=24, wave_size=12, num_samples=3, annotate_temperature=0.7, length_filter=False)
+CFG = SelfGuideConfig(labeler="vote", num_inputs=24, wave_size=12, num_samples=3, annotate_temperature=0.7, length_filter=False)
 SEED = 5
 
 

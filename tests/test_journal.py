@@ -9,7 +9,7 @@ from selfguide_lite.prompts import PromptFormat
 from tests.helpers import ScriptedSampler
 from tests.test_selfguide import TASK, scripted
 
-CFG = SelfGuideConfig(num_inputs=30, wave_size=6, num_samples=4)
+CFG = SelfGuideConfig(labeler="vote", num_inputs=30, wave_size=6, num_samples=4)
 
 
 class Crash(Exception):

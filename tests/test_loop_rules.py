@@ -46,6 +46,10 @@ class FakeStages:
     def __init__(self, tmp_path, rows: dict[int, int], scores: dict[int, tuple[float, float]], diverge=(), reject=()):
         self.rows, self.scores, self.diverge, self.reject = rows, scores, set(diverge), set(reject)
         self.synth_students: dict[int, str] = {}
+        self.labels: list[str] = []  # classification rows' labels, in turn (empty: a generation task)
+        self.labellers: dict[int, str] = {}  # round -> selfguide.labeler its synthesis ran with
+        self.checked: dict[int, str] = {}  # round -> the student its signal check asked
+        self.signals: dict[int, dict] = {}  # round -> a planted signal report (default: generation, informs)
         self.trained_on: dict[int, int] = {}
         base = tmp_path / "base"
         base.mkdir()
@@ -62,9 +66,13 @@ class FakeStages:
     def synth(self, cfg, method, gguf, out_dir, seed):
         k = self.round_of(out_dir)
         self.synth_students[k] = gguf.read_text()
-        _write(out_dir / "train.jsonl", [{"prompt": f"r{k}-{i}", "completion": "x"} for i in range(self.rows[k])])
+        self.labellers[k] = method.cfg.selfguide.labeler
+        labels = self.labels or ["x"]
+        _write(out_dir / "train.jsonl", [{"prompt": f"r{k}-{i}", "completion": labels[i % len(labels)]}
+                                         for i in range(self.rows[k])])
         (out_dir / "stats.json").write_text(json.dumps({"method": "self-guide", "candidates": self.rows[k],
-                                                        "train": self.rows[k]}))
+                                                        "train": self.rows[k],
+                                                        "type": "classification" if self.labels else "generation"}))
         return {}
 
     def train(self, data, base, adapter, cfg, log, chat):
@@ -96,8 +104,17 @@ class FakeStages:
                                    "test": {**split, "primary": test}, "tasks": []}))
         return {}
 
+    def signal(self, cfg, method, gguf, out, seed):
+        k = self.round_of(out)
+        self.checked[k] = gguf.read_text()
+        report = self.signals.get(k, {"type": "generation", "n": 4, "signal": True, "line": "generation check"})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report))
+        return {}
+
     def install(self, monkeypatch):
         monkeypatch.setattr(loop, "resolve_student", lambda model, log=None: self.source)
+        monkeypatch.setattr(loop, "run_signal_check", self.signal)
         monkeypatch.setattr(loop, "run_synthesis", self.synth)
         monkeypatch.setattr(loop, "train_adapter", self.train)
         monkeypatch.setattr(loop, "_export", self.export)
@@ -107,9 +124,9 @@ class FakeStages:
 def _run(tmp_path, monkeypatch, fake: FakeStages, rounds: int, **loop_cfg):
     fake.install(monkeypatch)
     task = tmp_path / "t.yaml"
-    task.write_text("instruction: Say it.\nexamples:\n  - {input: a, output: b}\n")
+    task.write_text("instruction: Say it.\ntype: generation\nexamples:\n  - {input: a, output: b}\n")
     cfg = Config.model_validate({"task": str(task), "model": "fake", "run_dir": str(tmp_path / "run"),
-                                 "loop": {"rounds": rounds, **loop_cfg}})
+                                 "loop": {"rounds": rounds, "min_train_rows": 1, **loop_cfg}})
     summary = loop.run_loop(cfg, log=lambda m: None)
     return summary, read_rounds(tmp_path / "run")
 
@@ -166,6 +183,44 @@ def test_rerun_skips_every_finished_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "run_synthesis", lambda *a: pytest.fail("synthesis ran again"))
     monkeypatch.setattr(loop, "train_adapter", lambda *a: pytest.fail("training ran again"))
     task = tmp_path / "t.yaml"
-    cfg = Config.model_validate({"task": str(task), "model": "fake", "run_dir": str(tmp_path / "run"), "loop": {"rounds": 1}})
+    monkeypatch.setattr(loop, "run_signal_check", lambda *a: pytest.fail("the signal check ran again"))
+    cfg = Config.model_validate({"task": str(task), "model": "fake", "run_dir": str(tmp_path / "run"),
+                                 "loop": {"rounds": 1, "min_train_rows": 1}})
     summary = loop.run_loop(cfg, log=lambda m: None)
     assert summary["final_round"] == 1
+
+
+# --- the signal check and the least a round trains on ----------------------------------------------
+
+def _classification_signal(chosen, line="planted"):
+    return {"type": "classification", "n": 300, "signal": chosen is not None, "chosen": chosen, "line": line,
+            "labellers": {}}
+
+
+def test_a_round_without_signal_is_not_trained_and_ends_the_loop(tmp_path, monkeypatch):
+    fake = FakeStages(tmp_path, rows={1: 40, 2: 40}, scores={0: (50, 50)})
+    fake.signals = {1: _classification_signal(None, "its labels agree with the truth at chance")}
+    summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=2)
+    assert rounds[1].status == "no_signal" and not rounds[1].promoted
+    assert rounds[1].signal["line"] == "its labels agree with the truth at chance"
+    assert 2 not in rounds and fake.synth_students == {} and fake.trained_on == {}
+    assert summary["final_round"] == 0
+
+
+def test_the_labeller_the_check_chose_labels_the_round(tmp_path, monkeypatch):
+    fake = FakeStages(tmp_path, rows={1: 40, 2: 40}, scores={0: (50, 50), 1: (60, 60), 2: (61, 61)})
+    fake.labels = ["yes", "no"]
+    fake.signals = {1: _classification_signal("content-free-calibrated"), 2: _classification_signal("vote")}
+    _, rounds = _run(tmp_path, monkeypatch, fake, rounds=2)
+    assert fake.labellers == {1: "content-free-calibrated", 2: "vote"}
+    assert fake.checked == {1: "round 0", 2: "round 1"}  # each check asks the student that would synthesise
+    assert rounds[1].signal["chosen"] == "content-free-calibrated" and rounds[2].status == "done"
+
+
+def test_too_few_rows_or_one_label_is_no_data(tmp_path, monkeypatch):
+    fake = FakeStages(tmp_path, rows={1: 15, 2: 40}, scores={0: (50, 50)})
+    fake.labels = ["yes"]
+    summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=2, min_train_rows=16)
+    assert rounds[1].status == "no_data" and "fewer than loop.min_train_rows 16" in rounds[1].error
+    assert rounds[2].status == "no_data" and "the one label 'yes'" in rounds[2].error
+    assert fake.trained_on == {} and summary["final_round"] == 0

@@ -89,7 +89,7 @@ OLD_KEYS = {
 }
 
 
-def _synth_key(task_kind, over, tmp_path, warnings):
+def _synth_key(task_kind, over, tmp_path, warnings, labeller="vote"):
     from selfguide_lite.config import load_config
     from selfguide_lite.methods import method_for
     from selfguide_lite.store import value_hash
@@ -100,7 +100,9 @@ def _synth_key(task_kind, over, tmp_path, warnings):
                    '"Instances": [{"input": "c d", "output": ["c"]}]}')
     task, task_type = (headline_task_path(), None) if task_kind == "classification" else (gen, "generation")
     cfg = load_config(None, {**over, "task": str(task), "task_type": task_type}, warn=warnings.append)
-    return value_hash(method_for(cfg).settings())
+    method = method_for(cfg)
+    # the default labeller is `auto`: the loop synthesises with the labeller its signal check chose
+    return value_hash((method.with_labeller(labeller) if labeller else method).settings())
 
 
 @pytest.mark.parametrize("task_kind,variant", sorted(PINNED_SYNTH_KEYS))
@@ -112,6 +114,17 @@ def test_default_and_ablation_runs_keep_their_synthesis_cache_keys(task_kind, va
     assert _synth_key(task_kind, OLD_KEYS[variant], tmp_path, old) == PINNED_SYNTH_KEYS[(task_kind, variant)]
     assert today == [] and len(old) == (variant not in ("full", "no_repeat_limit"))  # answer_repeat_limit: 0 is off
     assert all(line.startswith("warning: command line: old setting names") for line in old)
+
+
+def test_auto_resolved_to_the_vote_keeps_the_key_and_unresolved_has_its_own(tmp_path):
+    """Runs cached before `auto` became the default were labelled by the vote: a round whose signal check
+    chooses the vote asks for their synthesis (the pins above); `auto` itself, before the check, keys apart
+    (the `synth` command runs the check inside the stage), and so does another labeller."""
+    unresolved = _synth_key("classification", {}, tmp_path, [], labeller=None)
+    calibrated = _synth_key("classification", {}, tmp_path, [], labeller="content-free-calibrated")
+    assert unresolved == "ebf3d8943d7c2e4a"  # pinned on purpose when auto became the default
+    assert len({unresolved, calibrated, PINNED_SYNTH_KEYS[("classification", "full")]}) == 3
+    assert _synth_key("generation", {}, tmp_path, [], labeller=None) == PINNED_SYNTH_KEYS[("generation", "full")]
 
 
 def test_an_old_config_file_loads_with_one_warning_line(tmp_path):

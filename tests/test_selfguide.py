@@ -5,7 +5,8 @@ import pytest
 
 from selfguide_lite.config import SelfGuideConfig
 from selfguide_lite.filters import LengthWindow, NoiseFilter
-from selfguide_lite.methods.selfguide import balance_classes, self_consistency_vote, synthesize
+from selfguide_lite.methods.labellers import self_consistency_vote
+from selfguide_lite.methods.selfguide import balance_classes, synthesize
 from selfguide_lite.prompts import PromptFormat
 from selfguide_lite.tasks import Demo, Task
 from tests.helpers import ScriptedSampler
@@ -73,7 +74,7 @@ def test_balance_downsamples_to_smallest_class():
 
 def test_synthesize_cycles_labels_votes_balances_and_accounts_for_every_candidate():
     sampler = ScriptedSampler(scripted)
-    cfg = SelfGuideConfig(num_inputs=12, wave_size=4, num_samples=10)
+    cfg = SelfGuideConfig(labeler="vote", num_inputs=12, wave_size=4, num_samples=10)
     res = synthesize(TASK, sampler, cfg, PromptFormat(), seed=7)
     gen = [r for r in sampler.requests if "Write one new input" in r.prompt]
     asked = [re.search(r'correct output is "(\w+)"', r.prompt).group(1) for r in gen]
@@ -105,7 +106,7 @@ def test_synthesize_shows_accepted_inputs_back_and_drops_duplicates():
         return "sports"
 
     sampler = ScriptedSampler(respond)
-    cfg = SelfGuideConfig(num_inputs=6, wave_size=2, num_samples=2, length_filter=False)
+    cfg = SelfGuideConfig(labeler="vote", num_inputs=6, wave_size=2, num_samples=2, length_filter=False)
     res = synthesize(TASK, sampler, cfg, PromptFormat(), seed=0)
     assert res.stats["input_dropped"]["duplicate"] == 3  # A again, then C twice more
     later = [r.prompt for r in sampler.requests if "Write one new input" in r.prompt][2:]
@@ -119,7 +120,7 @@ def test_synthesize_generation_task_uses_generation_settings():
         return "hand it over" if "Write one new input" in prompt else "Would you please hand it over?"
 
     sampler = ScriptedSampler(respond)
-    res = synthesize(task, sampler, SelfGuideConfig(num_inputs=3, num_samples=3), PromptFormat(), seed=0)
+    res = synthesize(task, sampler, SelfGuideConfig(labeler="vote", num_inputs=3, num_samples=3), PromptFormat(), seed=0)
     assert sampler.requests[0].params.temperature == 0.9
     assert all(r.params.choices is None for r in sampler.requests)
     assert res.stats["train"] == 1 and res.train[0]["output"] == "Would you please hand it over?"
@@ -129,7 +130,7 @@ def test_synthesize_generation_task_uses_generation_settings():
 def test_context_sampling_per_request_or_per_wave(mode):
     """`wave`: every input request of a wave shows the same accepted inputs (so their prompts share
     everything up to the asked label); `request`: each draws its own. Both are deterministic."""
-    cfg = SelfGuideConfig(num_inputs=24, wave_size=8, num_samples=2, context_inputs=2, length_filter=False,
+    cfg = SelfGuideConfig(labeler="vote", num_inputs=24, wave_size=8, num_samples=2, context_inputs=2, length_filter=False,
                           without=["wave_context"] if mode == "request" else [])
 
     def contexts():
@@ -196,7 +197,7 @@ def test_written_inputs_start_with_the_lead_and_lack_no_field():
             return f" Dogs {n} bark.\n perspective: Loud {n}." if n % 2 else f" Dogs {n} bark."
         return " support" if "Loud" in prompt.rsplit("Input:", 1)[1] else " undermine"
 
-    cfg = SelfGuideConfig(num_inputs=12, wave_size=6, num_samples=2, length_filter=False, balance=False)
+    cfg = SelfGuideConfig(labeler="vote", num_inputs=12, wave_size=6, num_samples=2, length_filter=False, balance=False)
     res = synthesize(FIELD_TASK, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
     assert all(p.endswith("Input: claim:") for p in seen)
     kept = [r["input"] for r in res.train]
@@ -241,7 +242,7 @@ def test_answer_checks_apply_to_generation_only_and_can_be_switched_off():
         return " What is it?" if i % 2 else " The answer is: When is it?"
 
     # one answer for every input: the repeated-answer limit (tested below) is switched off here
-    cfg = SelfGuideConfig(num_inputs=4, wave_size=4, num_samples=4, output_length_filter=False, without=["repeat_limit"])
+    cfg = SelfGuideConfig(labeler="vote", num_inputs=4, wave_size=4, num_samples=4, output_length_filter=False, without=["repeat_limit"])
     on = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
     assert {r["output"] for r in on.train} == {"When is it?"}
     assert on.stats["samples_rejected"] == {"demo copy": 8}
@@ -266,7 +267,7 @@ def test_an_echoed_input_marker_is_counted_and_stripped_unless_the_original_filt
             return f" Input: Where no when is {n}?" if n % 2 else f" Where no when is {n}?"
         return " When is " + prompt.rsplit("when is ", 1)[1].split("?")[0] + "?"
 
-    cfg = SelfGuideConfig(num_inputs=8, wave_size=8, num_samples=2, output_length_filter=False)
+    cfg = SelfGuideConfig(labeler="vote", num_inputs=8, wave_size=8, num_samples=2, output_length_filter=False)
     assert cfg.uses("strip_input_echo")  # on by default since it was measured; off: the original filters
     on = synthesize(gen, ScriptedSampler(respond), cfg, PromptFormat(), seed=0)
     off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"without": ["strip_input_echo"]}), PromptFormat(), seed=0)
@@ -288,7 +289,7 @@ def test_answers_the_vote_gives_to_many_inputs_are_dropped():
         n = int(prompt.split("Sentence1: word")[-1].split(" ")[0])
         return " No, no, no!" if n % 3 else f" word{n}."  # a constant answer for two thirds of the inputs
 
-    cfg = SelfGuideConfig(num_inputs=9, wave_size=9, num_samples=3, output_length_filter=False)
+    cfg = SelfGuideConfig(labeler="vote", num_inputs=9, wave_size=9, num_samples=3, output_length_filter=False)
     off = synthesize(gen, ScriptedSampler(respond), cfg.model_copy(update={"without": ["repeat_limit"]}), PromptFormat(), seed=0)
     assert sum(r["output"] == "No, no, no!" for r in off.train) >= 4  # the original method trains on it
     assert cfg.repeat_limit == 3  # the default drops it

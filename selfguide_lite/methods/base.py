@@ -61,6 +61,8 @@ class Method(ABC):
     name: ClassVar[str]
     # Command-line flags that only this method reads (a flag of another method is refused).
     own_flags: ClassVar[tuple[str, ...]] = ()
+    # Whether `check_signal` checks anything (the loop then runs it as a stage before every round).
+    checks_signal: ClassVar[bool] = False
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -93,6 +95,16 @@ class Method(ABC):
     @abstractmethod
     def synthesize(self, sampler: Sampler, seed: int) -> SynthResult:
         """One round's data from the student behind `sampler` (pure: no files)."""
+
+    def check_signal(self, sampler: Sampler, seed: int) -> dict[str, Any] | None:
+        """Before a round trains: whether the student's own labels carry signal (methods/label_signal.py).
+        A report with `signal`, `chosen` (the labeller for the round) and `line` (in words); None: this
+        method has no such check."""
+        return None
+
+    def with_labeller(self, name: str) -> Method:
+        """This method with the labeller the signal check chose (methods without labellers: itself)."""
+        return self
 
     def extra_outputs(self, result: SynthResult) -> dict[str, list[dict[str, Any]]]:
         """Files beside train/dropped/stats that this method writes (name -> records)."""

@@ -8,28 +8,17 @@ At the end, `SelfGuide` is the `Method` the loop runs: inputs, prompts, funnel a
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
 from .. import progress
-from ..calibration import (
-    CONTENT_FREE_INPUTS,
-    calibrated_labels,
-    label_prior,
-    label_probabilities,
-    score_labels,
-)
 from ..config import SelfGuideConfig
 from ..engine.sampler import Request, Sampler, SamplingParams
 from ..errors import UserError
 from ..filters import (
-    AnswerChecks,
-    AnswerRunOn,
     DuplicateFilter,
     FieldFilter,
     InputFilters,
@@ -38,12 +27,14 @@ from ..filters import (
     strip_input_echo,
 )
 from ..metrics import normalize
-from ..prompts import FIELD_STOPS, INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
+from ..prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
 from ..tasks import Task
 from .base import ClassBalance, Method, PromptFn, SynthResult, funnel_counts, register, stage_seed
+from .label_signal import check_signal
+from .labellers import AUTO, LabelJob, check_labeller_name, drop_stages, labeller_for, max_tokens_for
 
 INPUT_STAGES = ("empty", "length", "noise", "fields", "duplicate")
-VOTE_STAGES = ("no_valid_samples", "no_consensus", "low_margin", "repeated_answer")
+VOTE_STAGES = (*drop_stages(), "repeated_answer")  # the labellers' drop stages, then generation's repeat filter
 
 
 class SelfGuideStats(TypedDict):
@@ -67,75 +58,6 @@ class SelfGuideStats(TypedDict):
     samples: int  # annotation samples drawn (accepted inputs x num_samples)
     input_echoes: int  # candidates that began with "Input:" (removed under strip_input_echo, else dropped as noise)
     sampled_tokens: dict[str, int]  # tokens decoded: write_inputs, annotate (-1 where a server did not say)
-
-
-@dataclass(frozen=True)
-class Vote:
-    answer: str | None  # None: the input is dropped
-    share: float
-    reason: str
-    counts: dict[str, int]
-    rejected: dict[str, int]
-    tokens: int = 0  # tokens decoded for its samples (set by annotate)
-    margin: float | None = None  # calibrated labellers: the label's lead over the runner-up (log-score)
-
-
-def max_tokens_for(sampler: Sampler, texts: Sequence[str], factor: float, floor: int = 8) -> int:
-    longest = max((sampler.count_tokens(t) for t in texts), default=floor)
-    return max(floor, math.ceil(factor * longest))
-
-
-def self_consistency_vote(
-    samples: Sequence[str],
-    *,
-    labels: Sequence[str] | None,
-    noise: NoiseFilter,
-    length: LengthWindow | None,
-    threshold: float,
-    checks: AnswerChecks | None = None,
-    input_text: str = "",
-) -> Vote:
-    """contract §2.3: drop bad samples, then the most frequent normalised answer wins if its share of the
-    surviving samples is at least `threshold` (ties: the shortest). Classification samples count
-    only when they normalise to a label, and the winner is the label string itself. `checks`
-    (generation) strips an answer lead-in and rejects copies of a demonstration's answer that
-    `input_text` does not contain and answers that run on past the demonstrations' line count."""
-    label_of = {normalize(lab): lab for lab in labels} if labels else None
-    rejected: Counter[str] = Counter()
-    survivors: list[tuple[str, str]] = []  # (normalised key, answer text)
-    for raw in samples:
-        text = checks.clean(raw) if checks is not None else raw.strip()
-        if not text:
-            rejected["empty"] += 1
-            continue
-        if noise.check(text):
-            rejected["noise"] += 1
-            continue
-        if label_of is not None:
-            key = normalize(text)
-            if key not in label_of:
-                rejected["off-label"] += 1
-                continue
-            survivors.append((key, label_of[key]))
-            continue
-        if length is not None and length.check(text):
-            rejected["length"] += 1
-            continue
-        if checks is not None and (why := checks.check(text, input_text)):
-            rejected[why[0]] += 1
-            continue
-        survivors.append((normalize(text), text))
-    if not survivors:
-        return Vote(None, 0.0, "no valid samples", {}, dict(rejected))
-    counts = Counter(key for key, _ in survivors)
-    best_key = min(counts, key=lambda k: (-counts[k], len(k), k))
-    share = counts[best_key] / len(survivors)
-    shown = {k: v for k, v in counts.most_common()}
-    if share < threshold:
-        return Vote(None, share, f"no consensus (top share {share:.2f} < {threshold})", shown, dict(rejected))
-    answers = [text for key, text in survivors if key == best_key]
-    answer = min(answers, key=lambda a: (len(a), a))
-    return Vote(answer, share, "", shown, dict(rejected))
 
 
 def drop_repeated_answers(records: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], int]]]:
@@ -167,66 +89,6 @@ def balance_classes(records: list[dict[str, Any]], seed: int, floor: int = 0) ->
     kept = [r for r in records if r["id"] in kept_ids]
     dropped = [r for r in records if r["id"] not in kept_ids]
     return kept, dropped
-
-
-def answer_filters(task: Task, cfg: SelfGuideConfig) -> tuple[LengthWindow | None, AnswerChecks | None]:
-    """The generation vote's output length window and answer checks (None where off or classification)."""
-    if task.is_classification:
-        return None, None
-    outputs = [d.output for d in task.demos]
-    return (LengthWindow.from_examples(outputs) if cfg.output_length_filter else None,
-            AnswerChecks.from_examples(outputs) if cfg.uses("answer_checks") else None)
-
-
-def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, inputs: Sequence[str],
-             seed: int, noise: NoiseFilter | None = None) -> list[Vote]:
-    """Label inputs the way a round does (contract §2.3): `num_samples` samples each, then the vote.
-
-    One batch for all inputs; input n's samples are seeded by (seed, stage 2, n). Also used on
-    validation inputs, whose gold answers are known, to measure how often the vote is right."""
-    classification = task.is_classification
-    noise = noise or NoiseFilter(cfg.noise_patterns)
-    out_length, checks = answer_filters(task, cfg)
-    params = SamplingParams(
-        temperature=cfg.annotate_temperature,
-        top_k=cfg.annotate_top_k,
-        max_tokens=max_tokens_for(sampler, [d.output for d in task.demos] + list(task.labels), cfg.max_tokens_factor),
-        stop=FIELD_STOPS,
-        n=cfg.num_samples,
-        choices=tuple(task.labels) if classification and cfg.labels_in_vote == "constrained" else None,
-    )
-    # Each input's samples stop once the vote must reject them (exact; AnswerRunOn).
-    requests = [Request(fmt.render(task_prompt(task, text)),
-                        replace(params, seed=stage_seed(seed, 2, n), run_on=AnswerRunOn.for_vote(out_length, checks, text)))
-                for n, text in enumerate(inputs)]
-    outputs = sampler.generate(requests) if requests else []
-    labels = task.labels if classification and cfg.labels_in_vote != "any" else None
-    votes = []
-    for text, outs in zip(inputs, outputs, strict=True):
-        vote = self_consistency_vote([o.text for o in outs], labels=labels, noise=noise, length=out_length,
-                                     threshold=cfg.vote_threshold, checks=checks, input_text=text)
-        votes.append(replace(vote, tokens=sum(o.n_tokens for o in outs)))
-    return votes
-
-
-def calibrated_votes(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat,
-                     inputs: Sequence[str]) -> list[Vote]:
-    """Classification labels from the student's label log-probabilities instead of sampled answers
-    (`cfg.labeler` other than vote; calibration.py says why). A Vote per input: share is the student's own
-    probability of the chosen label, counts its probability of every label."""
-    probs = label_probabilities(score_labels(task, sampler, fmt, inputs))
-    content_free = None
-    if cfg.labeler == "content-free-calibrated":
-        content_free = label_probabilities(score_labels(task, sampler, fmt, CONTENT_FREE_INPUTS))
-    kind = {"batch-calibrated": "batch", "content-free-calibrated": "content_free", "argmax": "none"}[cfg.labeler]
-    votes = []
-    for c in calibrated_labels(probs, label_prior(kind, probs, content_free), cfg.label_margin):
-        shown = {lab: round(p, 4) for lab, p in zip(task.labels, c.probs, strict=True)}
-        if c.label is None:
-            votes.append(Vote(None, 0.0, f"calibrated margin {c.margin:.3f} below {cfg.label_margin}", shown, {}))
-        else:
-            votes.append(Vote(task.labels[c.label], c.probs[c.label], "", shown, {}, margin=c.margin))
-    return votes
 
 
 def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int = 0) -> SynthResult:
@@ -362,25 +224,22 @@ class LabelledInputs:
 
 def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int,
                  accepted: list[dict[str, Any]], noise: NoiseFilter, result: SynthResult) -> LabelledInputs:
-    """Step 3: every accepted input, num_samples samples each, in one batch, then the vote; for generation,
-    answers the vote gave to too many inputs are dropped (drops recorded in `result.dropped`)."""
+    """Step 3: every accepted input labelled by the configured labeller (generation: the vote) in one batch;
+    for generation, answers the vote gave to too many inputs are dropped (drops recorded in `result.dropped`)."""
     annotated: list[dict[str, Any]] = []
     vote_drops: Counter[str] = Counter()
     sample_rejects: Counter[str] = Counter()
     shares: list[float] = []
     texts = [a["input"] for a in accepted]
-    scored = task.is_classification and cfg.labeler != "vote"
-    if scored:
-        with progress.bar("scoring labels", len(accepted), "inputs") as bar:
-            votes = calibrated_votes(task, sampler, cfg, fmt, texts)
-    else:
-        with progress.bar("annotating", len(accepted) * cfg.num_samples, "samples", samples=True) as bar:
-            votes = annotate(task, sampler, cfg, fmt, texts, seed, noise)
+    labeller = labeller_for(round_labeller(task, cfg))
+    what, total, unit = labeller.work(cfg, len(accepted))
+    with progress.bar(what, total, unit, samples=unit == "samples") as bar:
+        votes = labeller.label(LabelJob(task, sampler, cfg, fmt, texts, seed, noise))
     seconds = bar.seconds
     for cand, vote in zip(accepted, votes, strict=True):
         sample_rejects.update(vote.rejected)
         if vote.answer is None:
-            stage = "low_margin" if scored else "no_valid_samples" if not vote.counts else "no_consensus"
+            stage = labeller.drop_stage(vote)
             vote_drops[stage] += 1
             result.dropped.append(
                 {**cand, "stage": stage, "reason": vote.reason, "votes": vote.counts, "rejected": vote.rejected}
@@ -404,24 +263,38 @@ def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
         for rec, times in repeated:
             result.dropped.append({**rec, "stage": "repeated_answer",
                                    "reason": f"the vote gave this answer to {times} different inputs"})
-    if scored:
-        progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled ({cfg.labeler}; "
-                         f"{vote_drops.get('low_margin', 0)} below the margin) in {seconds:.0f}s")
-    else:
-        progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled by the vote "
-                         f"({vote_drops.get('no_consensus', 0)} without consensus, "
-                         f"{vote_drops.get('no_valid_samples', 0)} without a valid sample) in {seconds:.0f}s")
+    dropped = ", ".join(f"{n} {stage.replace('_', ' ')}" for stage, n in vote_drops.items() if n) or "none dropped"
+    progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled ({labeller.name}; {dropped}) "
+                     f"in {seconds:.0f}s")
     return LabelledInputs(annotated, vote_drops, sample_rejects, shares, seconds, sum(v.tokens for v in votes))
+
+
+def round_labeller(task: Task, cfg: SelfGuideConfig) -> str:
+    """The labeller a round uses: the vote for generation; the configured one for classification, which is
+    never `auto` here (the loop's signal check resolves it first, `SelfGuide.with_labeller`)."""
+    if not task.is_classification:
+        return "vote"
+    if cfg.labeler == AUTO:
+        raise UserError("selfguide.labeler auto: the signal check chooses the labeller before a round (run the "
+                        "loop, or name a labeller)")
+    return cfg.labeler
 
 
 @register
 class SelfGuide(Method):
     name = "self-guide"
     own_flags = ("--labels", "--task-type", "--num-inputs")
+    checks_signal = True
 
     def check_inputs(self) -> None:
         if not self.cfg.task:
             raise UserError("self-guide needs --task")
+        check_labeller_name(self.cfg.selfguide.labeler)
+
+    def with_labeller(self, name: str) -> SelfGuide:
+        """This method with `selfguide.labeler` set to `name` (the signal check's choice for a round)."""
+        cfg = self.cfg.model_copy(update={"selfguide": self.cfg.selfguide.model_copy(update={"labeler": name})})
+        return SelfGuide(cfg)
 
     def input_files(self) -> list[str]:
         return [self.cfg.task] if self.cfg.task else []
@@ -439,24 +312,37 @@ class SelfGuide(Method):
         generation, > 0; strip_input_echo: on): a setting that changes nothing must not invalidate
         finished runs."""
         cfg = self.cfg.selfguide
-        settings = cfg.model_dump(exclude={"preset", "without", "labels_in_vote", "labeler", "label_margin"})
-        if cfg.labeler != "vote" and self.eval_tasks()[0].is_classification:
-            settings.update(labeler=cfg.labeler, label_margin=cfg.label_margin)
+        task = self.eval_tasks()[0]
+        settings = cfg.model_dump(exclude={"preset", "without", "labels_in_vote", "labeler", "label_margin",
+                                           "signal_size", "signal_level", "signal_generation_size"})
+        if task.is_classification:
+            settings.update(labeller_for(cfg.labeler).cache_key(cfg) if cfg.labeler != AUTO else {"labeler": AUTO})
         settings.update(
             context_sampling="wave" if cfg.uses("wave_context") else "request",
             input_lead=cfg.uses("input_lead"), field_filter=cfg.uses("field_filter"),
             answer_checks=cfg.uses("answer_checks"), strip_input_echo=cfg.uses("strip_input_echo"),
             answer_repeat_limit=cfg.repeat_limit, balance_floor=cfg.floor,
             constrain_labels=cfg.labels_in_vote == "constrained", label_filter=cfg.labels_in_vote != "any")
-        if self.eval_tasks()[0].is_classification or not settings["answer_repeat_limit"]:
+        if task.is_classification or not settings["answer_repeat_limit"]:
             del settings["answer_repeat_limit"]
         if not settings["strip_input_echo"]:
             del settings["strip_input_echo"]
         return settings
 
+    def check_signal(self, sampler: Sampler, seed: int) -> dict[str, Any] | None:
+        task = self.eval_tasks()[0]
+        return check_signal(task, sampler, self.cfg, PromptFormat.from_info(sampler.info), seed)
+
     def synthesize(self, sampler: Sampler, seed: int) -> SynthResult:
         task = self.eval_tasks()[0]
-        return synthesize(task, sampler, self.cfg.selfguide, PromptFormat.from_info(sampler.info), seed=seed)
+        cfg = self.cfg.selfguide
+        if task.is_classification and cfg.labeler == AUTO:  # outside the loop (`synth`): the check runs here
+            report = self.check_signal(sampler, seed)
+            progress.summary(f"signal check: {report['line']}")
+            if report["chosen"] is None:
+                raise UserError(f"{task.name}: {report['line']}")
+            cfg = cfg.model_copy(update={"labeler": report["chosen"]})
+        return synthesize(task, sampler, cfg, PromptFormat.from_info(sampler.info), seed=seed)
 
     def eval_prompt(self) -> tuple[PromptFn, tuple[str, ...]]:
         return task_prompt, ()

@@ -1,0 +1,146 @@
+"""The signal check (methods/label_signal.py) with planted labellers, and the verdicts in words (metrics)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from selfguide_lite import metrics
+from selfguide_lite.config import Config
+from selfguide_lite.methods import label_signal, labellers
+from selfguide_lite.methods.labellers import LabelJob, Labeller, Vote
+from selfguide_lite.prompts import PromptFormat
+from selfguide_lite.tasks import Demo, Instance, Task
+
+LABELS = ["yes", "no"]
+
+
+def task_with(n: int) -> Task:
+    rng = random.Random(7)
+    instances = [Instance(f"i{j}", f"input number {j}", (rng.choice(LABELS),)) for j in range(n)]
+    return Task("planted", "Answer yes or no.", [Demo("a demo", "yes")], "classification", LABELS, instances)
+
+
+class Planted(Labeller):
+    """Labels from the gold answer: right with probability `accuracy`, else the other label (or one constant)."""
+
+    drop_stages = ("planted",)
+
+    def __init__(self, name: str, gold: dict[str, str], accuracy: float = 1.0, constant: str | None = None) -> None:
+        self.name, self.gold, self.accuracy, self.constant = name, gold, accuracy, constant
+
+    def label(self, job: LabelJob) -> list[Vote]:
+        rng = random.Random(self.name)
+        out = []
+        for text in job.inputs:
+            truth = self.gold[text]
+            answer = self.constant or (truth if rng.random() < self.accuracy else LABELS[1 - LABELS.index(truth)])
+            out.append(Vote(answer, 1.0, "", {}, {}))
+        return out
+
+    def drop_stage(self, vote: Vote) -> str:
+        return "planted"
+
+
+def check(monkeypatch, planted: list[Planted], labeler: str = "auto", n: int = 400) -> dict:
+    task = task_with(n)
+    monkeypatch.setattr(labellers, "LABELLERS", {p.name: p for p in planted})
+    monkeypatch.setattr(label_signal, "LABELLERS", labellers.LABELLERS)
+    cfg = Config.model_validate({"selfguide": {"labeler": labeler}})
+    return label_signal.check_classification(task, None, cfg, PromptFormat(), seed=0)
+
+
+def gold_of(n: int = 400) -> dict[str, str]:
+    return {i.input: i.outputs[0] for i in task_with(n).instances}
+
+
+def test_a_labeller_at_chance_is_refused_with_the_numbers_in_words(monkeypatch):
+    gold = gold_of()
+    report = check(monkeypatch, [Planted("coin", gold, accuracy=0.5), Planted("always-yes", gold, constant="yes")])
+    assert report["n"] == 300 and report["chance"] == 50.0  # validation 100 + 200 more, never test
+    assert report["signal"] is False and report["chosen"] is None
+    assert report["labellers"]["always-yes"]["balanced_accuracy"] == pytest.approx(50.0)
+    assert report["labellers"]["always-yes"]["labels_used"] == 1
+    assert report["labellers"]["coin"]["p_value"] > 0.05
+    assert "at chance on 300 validation instances" in report["line"] and "not trained" in report["line"]
+    assert "--model" in report["line"]
+
+
+def test_a_labeller_above_chance_is_taken_over_one_at_chance(monkeypatch):
+    gold = gold_of()
+    report = check(monkeypatch, [Planted("coin", gold, accuracy=0.5), Planted("reader", gold, accuracy=0.7)])
+    reader = report["labellers"]["reader"]
+    assert reader["passes"] and reader["p_value"] < 0.01 and reader["balanced_accuracy"] > 60
+    assert report["chosen"] == "reader" and report["signal"]
+    assert "reader labels this round" in report["line"]
+
+
+def test_a_named_labeller_is_checked_alone_and_trains_anyway(monkeypatch):
+    gold = gold_of()
+    report = check(monkeypatch, [Planted("coin", gold, accuracy=0.5), Planted("reader", gold, accuracy=0.7)],
+                   labeler="coin")
+    assert list(report["labellers"]) == ["coin"]
+    assert report["chosen"] == "coin" and report["signal"] is False
+    assert "training anyway" in report["line"]
+
+
+def test_choosing_among_labellers_costs_significance():
+    # the max-T p-value of a labeller is at least its p-value alone: picking the best of many is not free
+    rng = random.Random(3)
+    gold = [rng.choice(LABELS) for _ in range(200)]
+    one = [[g if rng.random() < 0.56 else rng.choice(LABELS) for g in gold]]
+    many = one + [[rng.choice(LABELS) for _ in gold] for _ in range(5)]
+    alone = label_signal.permutation_test(gold, one).p_value[0]
+    among = label_signal.permutation_test(gold, many).p_value[0]
+    assert among >= alone
+
+
+def test_the_permutation_test_reads_perfect_constant_and_unlabelled_answers():
+    gold = ["a", "b", "c"] * 20
+    perfect = label_signal.permutation_test(gold, [gold], permutations=500)
+    assert perfect.balanced_accuracy[0] == pytest.approx(100.0) and perfect.chance == pytest.approx(100 / 3)
+    assert perfect.p_value[0] == pytest.approx(1 / 501)
+    constant = label_signal.permutation_test(gold, [["a"] * 60], permutations=500)
+    assert constant.balanced_accuracy[0] == pytest.approx(100 / 3) and constant.p_value[0] == 1.0
+    nothing = label_signal.permutation_test(gold, [[None] * 60], permutations=500)
+    assert nothing.balanced_accuracy[0] == 0.0
+
+
+def test_the_signal_pool_is_validation_then_instances_after_test():
+    task = task_with(250)
+    validation = task.split("validation", 100, 100)
+    test = {i.id for i in task.split("test", 100, 100)}
+    pool = task.split("signal", 100, 100, 300)
+    assert pool[:100] == validation and len(pool) == 150  # 250 - 100 test
+    assert not test & {i.id for i in pool}
+    assert task.split("signal", 100, 100, 120) == pool[:120]
+
+
+@pytest.mark.parametrize("skill, expected", [
+    ({"balanced_accuracy": 62.0, "chance": 50.0, "labels_predicted": 2, "label_answers": 100.0}, metrics.READS),
+    ({"balanced_accuracy": 50.0, "chance": 50.0, "labels_predicted": 1, "label_answers": 100.0}, metrics.CONSTANT),
+    ({"balanced_accuracy": 40.0, "chance": 50.0, "labels_predicted": 2, "label_answers": 100.0}, metrics.BELOW_CHANCE),
+    ({"balanced_accuracy": 52.0, "chance": 50.0, "labels_predicted": 2, "label_answers": 100.0}, metrics.AT_CHANCE),
+    ({"balanced_accuracy": 10.0, "chance": 50.0, "labels_predicted": 2, "label_answers": 30.0}, metrics.NOT_IN_FORMAT),
+    ({"balanced_accuracy": 0.0, "chance": 50.0, "labels_predicted": 0}, metrics.NOT_IN_FORMAT),  # before label_answers
+])
+def test_each_classification_verdict(skill, expected):
+    assert metrics.verdict(skill) == expected
+
+
+def test_generation_verdicts_read_against_the_input_copy():
+    skill = {"input_as_answer_rougeL": 40.0, "input_as_answer_exact_match": 0.0}
+    assert metrics.verdict(skill, 45.0) == metrics.ABOVE_COPY
+    assert metrics.verdict(skill, 35.0) == metrics.BELOW_COPY
+    assert metrics.verdict(None) is None
+
+
+def test_a_constant_student_gets_a_plain_sentence():
+    assert "answer format, not the task" in metrics.verdict_sentence(metrics.CONSTANT)
+    assert metrics.verdict_sentence(metrics.READS) is None
+
+
+def test_classification_skill_counts_answers_in_the_label_format():
+    skill = metrics.classification_skill(LABELS, [["yes"], ["no"], ["yes"], ["no"]], ["yes", "maybe", "Yes.", "no"])
+    assert skill["label_answers"] == 75.0 and metrics.verdict(skill) == metrics.READS
