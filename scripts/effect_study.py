@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from selfguide_lite import progress  # noqa: E402
 from selfguide_lite.builtin_students import DEFAULT_STUDENT  # noqa: E402
-from selfguide_lite.config import Config, deep_merge, load_config  # noqa: E402
+from selfguide_lite.config import Config, LoopConfig, deep_merge, load_config  # noqa: E402
 from selfguide_lite.diagnostics import (  # noqa: E402
     copy_share,
     format_share,
@@ -81,9 +81,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# The settings the committed studies ran with before the signal check existed: the vote labels (a variant may
+# name another labeller) and a round trains on whatever survives. Kept so finished runs are not recomputed and
+# the study measures the method itself; "gated" is today's default loop (labeler auto, loop.min_train_rows).
+STUDY_BASE: dict[str, Any] = {"selfguide": {"labeler": "vote"}, "loop": {"min_train_rows": 1}}
+VARIANTS["gated"] = {"selfguide": {"labeler": "auto"}, "loop": {"min_train_rows": LoopConfig().min_train_rows}}
+
+
 def study_config(task: Path, seed: int, variant: str, rounds: int, model: str, config: Path | None, run_dir: Path) -> Config:
-    overrides = deep_merge(VARIANTS[variant], {"model": model, "task": str(task), "run_dir": str(run_dir), "seed": seed,
-                                           "loop": {"rounds": rounds}})
+    overrides = deep_merge(deep_merge(STUDY_BASE, VARIANTS[variant]),
+                           {"model": model, "task": str(task), "run_dir": str(run_dir), "seed": seed,
+                            "loop": {"rounds": rounds}})
     return load_config(config, overrides)
 
 
