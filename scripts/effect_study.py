@@ -117,7 +117,7 @@ def self_label_quality(cfg: Config, task: Task, run_dir: Path, round0: dict[str,
         votes = annotate(task, sampler, cfg.selfguide, PromptFormat.from_info(sampler.info),
                          [r["input"] for r in rows], cfg.seed + 1000)
     quality = label_quality([r["references"] for r in rows], [v.answer for v in votes],
-                            [r["prediction"] for r in rows], task.is_classification)
+                            [r["prediction"] for r in rows], task.is_classification, task.labels)
     write_json(out, {"key": key, "quality": quality})
     return quality
 

@@ -37,18 +37,12 @@ import time
 from pathlib import Path
 
 from selfguide_lite.builtin_students import DEFAULT_STUDENT
-from selfguide_lite.calibration import (
-    CONTENT_FREE_INPUTS,
-    batch_prior,
-    calibrated_labels,
-    label_probabilities,
-    score_labels,
-)
 from selfguide_lite.config import Config, EngineConfig
 from selfguide_lite.engine import open_sampler
 from selfguide_lite.evaluate import predict, split_instances
-from selfguide_lite.methods.labellers import annotate
-from selfguide_lite.metrics import classification_skill, normalize
+from selfguide_lite.methods.label_signal import label_all
+from selfguide_lite.methods.labellers import LABELLERS, LabelJob, LabelScores
+from selfguide_lite.metrics import READS_MARGIN, normalize, read_labelling
 from selfguide_lite.models import sampling_gguf
 from selfguide_lite.prompts import PromptFormat
 from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
@@ -61,15 +55,19 @@ TASKS = ["task1385_anli_r1_entailment", "task1386_anli_r2_entailment", "task190_
          "task199_mnli_classification", "task200_mnli_entailment_classification", "task738_perspectrum_classification",
          "task937_defeasible_nli_social_classification"]
 MARGINS = (0.0, 0.25, 0.5, 1.0)
+# the result keys of the committed label-quality files -> the labeller
+SCORE_LABELLERS = {"argmax": "argmax", "batch": "batch-calibrated", "content-free": "content-free-calibrated"}
 
 
 def read_labels(labels: list[str], gold: list[list[str]], said: list[str | None]) -> dict:
-    """Balanced accuracy over every instance (no label = wrong) and over the labelled ones, coverage."""
+    """Balanced accuracy over every instance (no label = wrong) and over the labelled ones, coverage: the
+    product's one reading of self-labels (methods/label_signal.read_labelling)."""
+    firsts = [g[0] for g in gold]
+    everything = read_labelling(labels, firsts, said)
     kept = [i for i, s in enumerate(said) if s is not None]
-    everything = classification_skill(labels, gold, [s or "" for s in said])
-    on_kept = classification_skill(labels, [gold[i] for i in kept], [said[i] for i in kept]) if kept else None
+    on_kept = read_labelling(labels, [firsts[i] for i in kept], [said[i] for i in kept]) if kept else None
     return {"balanced_accuracy": everything["balanced_accuracy"], "chance": everything["chance"],
-            "labels_used": everything["labels_predicted"], "coverage": len(kept) / len(said),
+            "labels_used": everything["labels_used"], "coverage": everything["coverage"] / 100.0,
             "balanced_accuracy_kept": on_kept["balanced_accuracy"] if on_kept else None}
 
 
@@ -79,30 +77,27 @@ def study_task(path: Path, sampler, cfg: Config) -> dict:
     inputs, gold = [i.input for i in inst], [i.outputs for i in inst]
     fmt = PromptFormat.from_info(sampler.info)
     out = {"type": task.type, "labels": list(task.labels), "n": len(inst), "seconds": {}}
+    scores = LabelScores(task, sampler, fmt, inputs)  # one scoring pass for every score labeller and margin
 
-    start = time.perf_counter()
-    votes = annotate(task, sampler, cfg.selfguide, fmt, inputs, seed=0)
-    out["seconds"]["vote"] = round(time.perf_counter() - start, 1)
-    said = {"vote": [v.answer for v in votes]}
+    said, seconds = label_all(LabelJob(task, sampler, cfg.selfguide, fmt, inputs, 0, scores=scores), ["vote"])
+    out["seconds"]["vote"] = round(seconds["vote"], 1)
 
     greedy = predict(task, sampler, inst, cfg.eval.model_copy(update={"constrain_labels": False}), fmt=fmt)
     by_norm = {normalize(lab): lab for lab in task.labels}
     said["greedy"] = [by_norm.get(normalize(r["prediction"])) for r in greedy]
 
     start = time.perf_counter()
-    probs = label_probabilities(score_labels(task, sampler, fmt, inputs))
+    _ = scores.probs  # the one scoring pass, timed
     out["seconds"]["score"] = round(time.perf_counter() - start, 1)
-    free = label_probabilities(score_labels(task, sampler, fmt, CONTENT_FREE_INPUTS))
-    priors = {"argmax": None, "batch": batch_prior(probs), "content-free": batch_prior(free)}
-    out["priors"] = {k: None if v is None else [round(float(x), 4) for x in v] for k, v in priors.items()}
-    results = {}
-    for name, got in said.items():
-        results[name] = read_labels(task.labels, gold, got)
-    for name, prior in priors.items():
-        for margin in MARGINS if prior is not None else (0.0,):
-            labels = calibrated_labels(probs, prior, margin)
-            results[f"{name}@{margin}"] = read_labels(task.labels, gold, [
-                task.labels[c.label] if c.label is not None else None for c in labels])
+    out["priors"] = {short_name: None if (prior := LABELLERS[name].prior(scores)) is None else
+                     [round(float(x), 4) for x in prior] for short_name, name in SCORE_LABELLERS.items()}
+    results = {name: read_labels(task.labels, gold, got) for name, got in said.items()}
+    for short_name, name in SCORE_LABELLERS.items():
+        for margin in MARGINS if short_name != "argmax" else (0.0,):
+            job = LabelJob(task, sampler, cfg.selfguide.model_copy(update={"label_margin": margin}), fmt, inputs, 0,
+                           scores=scores)
+            got, _ = label_all(job, [name])
+            results[f"{short_name}@{margin}"] = read_labels(task.labels, gold, got[name])
     out["results"] = results
     return out
 
@@ -117,7 +112,7 @@ def decide(per_task: dict) -> dict:
     usable = [m for m in MARGINS if mean(f"{labeller}@{m}", "coverage") >= 0.5]
     margin = max(usable, key=lambda m: (mean(f"{labeller}@{m}", "balanced_accuracy_kept"), -m))
     above = {name: sum(1 for r in per_task.values()
-                       if r["results"][name]["balanced_accuracy"] >= r["results"][name]["chance"] + 5)
+                       if r["results"][name]["balanced_accuracy"] >= r["results"][name]["chance"] + READS_MARGIN)
              for name in ("vote", "greedy", "argmax@0.0", "batch@0.0", "content-free@0.0", f"{labeller}@{margin}")}
     return {"labeller": labeller, "label_margin": margin, "tasks_above_chance_plus_5": above,
             "mean_balanced_accuracy": {name: round(mean(name, "balanced_accuracy"), 2) for name in above}}

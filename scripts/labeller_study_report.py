@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from selfguide_lite.metrics import READS_MARGIN  # "reads": balanced accuracy >= chance + this, > 1 label
+
 REFERENCE = "full"  # the vote, today's default
 CANDIDATE = "content_free_calibrated"  # what scripts/label_quality_study.py's rule picked
 ABLATION = "argmax"  # label-constrained, uncalibrated
@@ -103,7 +105,7 @@ def verdict(table: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     for v in VARIANTS:
         rows = [table[v][t] for t in tasks]
         reads = [r["task"] for r in rows if r["test_balanced_accuracy"] is not None
-                 and r["test_balanced_accuracy"] >= r["test_chance"] + 5 and (r["test_labels"] or 0) > 1]
+                 and r["test_balanced_accuracy"] >= r["test_chance"] + READS_MARGIN and (r["test_labels"] or 0) > 1]
         worse = [r["task"] for r in rows if r["test"] is not None and r["round0_test"] is not None
                  and r["test"] < r["round0_test"] - 2]
         goals[v] = {"tasks_reading_on_test": reads, "tasks_worse_than_round0_on_test": worse}

@@ -31,13 +31,14 @@ from typing import Any
 
 from labeller_study_report import final_row  # the final student's columns: one definition for both reports
 
+from selfguide_lite.metrics import READS_MARGIN  # "reads": balanced accuracy >= chance + this, > 1 label
+
 DEFAULT_REFERENCE = [Path("docs/results/effect-study-round2-seed0.json"),
                      Path("docs/results/effect-study-round2-seed0-task1386.json"),
                      Path("docs/results/labeller-study"), Path("docs/results/label-quality.json")]
 LABELLER_NAMES = {"full": "vote", "content_free_calibrated": "content-free calibrated",
                   "batch_calibrated": "batch calibrated", "argmax": "argmax (no calibration)"}
 QUALITY_COLUMNS = ("vote", "greedy", "argmax@0.0", "batch@0.0", "content-free@0.0", "content-free@0.25")
-READS_MARGIN = 5.0  # balanced accuracy at least chance + 5, with more than one label predicted
 
 
 def short(task: str) -> str:

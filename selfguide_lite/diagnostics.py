@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from .metrics import exact_match, normalize, rouge_l
+from .metrics import exact_match, normalize, read_labelling, rouge_l
 
 # A generation answer that goes on with another field or turn is not one answer: the model kept
 # writing the prompt's pattern ("Input: ...", "Output: ...") or opened a chat turn.
@@ -77,7 +77,7 @@ def _score(answer: str, references: Sequence[str], classification: bool) -> floa
 
 
 def label_quality(references: Sequence[Sequence[str]], votes: Sequence[str | None], greedy: Sequence[str],
-                  classification: bool) -> dict[str, Any]:
+                  classification: bool, labels: Sequence[str] = ()) -> dict[str, Any]:
     """How good the self-labels are, on inputs whose gold answers are known (validation).
 
     `votes[i]` is the vote's answer (None: the vote dropped the input), `greedy[i]` the student's
@@ -87,7 +87,8 @@ def label_quality(references: Sequence[Sequence[str]], votes: Sequence[str | Non
     - vote_score_kept / greedy_score_kept: both on the kept inputs only: what training could teach
       compared with what the student already answers on the same inputs.
     Self-training can only teach what the vote gets right more often than greedy decoding, or a
-    format the greedy answer lacks.
+    format the greedy answer lacks. With the task's `labels` (classification) also `vote_reading`: the
+    vote's labels read as the signal check reads them (metrics.read_labelling: balanced accuracy, chance).
     """
     n = len(references)
     if not (n == len(votes) == len(greedy)):
@@ -98,6 +99,8 @@ def label_quality(references: Sequence[Sequence[str]], votes: Sequence[str | Non
     vote_scores = [_score(v, r, classification) if v is not None else 0.0 for v, r in zip(votes, references, strict=True)]
     greedy_scores = [_score(g, r, classification) for g, r in zip(greedy, references, strict=True)]
     kept = [i for i, v in enumerate(votes) if v is not None]
+    reading = {"vote_reading": read_labelling(labels, [r[0] if r else "" for r in references], list(votes))} \
+        if classification and labels else {}
     return {
         "n": n,
         "coverage": 100.0 * len(kept) / n,
@@ -105,6 +108,7 @@ def label_quality(references: Sequence[Sequence[str]], votes: Sequence[str | Non
         "greedy_score": statistics.fmean(greedy_scores),
         "vote_score_kept": statistics.fmean(vote_scores[i] for i in kept) if kept else None,
         "greedy_score_kept": statistics.fmean(greedy_scores[i] for i in kept) if kept else None,
+        **reading,
     }
 
 

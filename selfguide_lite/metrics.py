@@ -90,6 +90,16 @@ def classification_skill(labels: Sequence[str], references: Sequence[Sequence[st
     }
 
 
+def read_labelling(labels: Sequence[str], gold: Sequence[str], said: Sequence[str | None]) -> dict[str, float | int]:
+    """Self-labels against the gold labels (one gold label each): balanced accuracy with an unlabelled
+    input (None) counted as wrong, chance, task labels used, coverage (percent labelled). The one reading
+    of self-labels: the signal check, the diagnostics and the label-quality study use it."""
+    skill = classification_skill(labels, [[g] for g in gold], [s if s is not None else "" for s in said])
+    return {"balanced_accuracy": round(skill["balanced_accuracy"], 2), "chance": round(skill["chance"], 2),
+            "labels_used": skill["labels_predicted"],
+            "coverage": round(100.0 * sum(s is not None for s in said) / max(1, len(said)), 1)}
+
+
 def input_as_answer(inputs: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """Generation's trivial answer: each input copied as its own answer, scored by the official metrics."""
     ids = [str(i) for i in range(len(inputs))]

@@ -183,6 +183,34 @@ def test_classification_is_always_one_of_the_choices(engine):
     assert all(t.lstrip(" \t\n") in odd and len(t) - len(t.lstrip(" \t\n")) <= 1 for t in texts), texts
 
 
+def test_a_settled_choice_is_the_text_full_decoding_gives_with_fewer_tokens(engine, monkeypatch):
+    """A constrained sample ends once its text begins one choice only (settled_choice): every sample's text
+    equals the one decoding to the end of the choice gives, and fewer tokens are decoded."""
+    choices = ("positive feeling", "negative feeling", "no")
+    requests = [Request(f"Sentence: {s} {v} the river.\nLabel:", SamplingParams(temperature=1.2, n=5, seed=i,
+                                                                              choices=choices))
+                for i, (s, v) in enumerate(zip(SUBJECTS, VERBS, strict=False))]
+    early = engine.generate(requests)
+
+    def only_at_the_end(text, choices):  # the rule before settled_choice: finish on a complete choice
+        body = text[1:] if text[:1] in batched.WHITESPACE else text
+        return text if body in choices and not any(c != body and c.startswith(body) for c in choices) else None
+
+    monkeypatch.setattr(batched, "settled_choice", only_at_the_end)
+    full = engine.generate(requests)
+    assert [[c.text for c in r] for r in early] == [[c.text for c in r] for r in full]
+    assert {c.text.strip() for r in early for c in r} >= {"positive feeling", "negative feeling"}
+    assert sum(c.n_tokens for r in early for c in r) < sum(c.n_tokens for r in full for c in r)
+
+
+def test_settled_choice_waits_for_a_unique_beginning():
+    choices = ("no", "nope", "yes indeed")
+    assert batched.settled_choice(" y", choices) == " yes indeed"
+    assert batched.settled_choice("no", choices) is None  # "nope" may still follow
+    assert batched.settled_choice("nop", choices) == "nope"
+    assert batched.settled_choice(" ", choices) is None and batched.settled_choice("x", choices) is None
+
+
 def test_shared_prefix_is_computed_once(engine):
     prompts = [FEW_SHOT + f"Sentence: {s} {v} the river.\nLabel:" for s, v in zip(SUBJECTS, VERBS, strict=False)]
     requests = [Request(p, SamplingParams(temperature=0.5, max_tokens=4, n=4, seed=1)) for p in prompts]

@@ -144,3 +144,21 @@ def test_a_constant_student_gets_a_plain_sentence():
 def test_classification_skill_counts_answers_in_the_label_format():
     skill = metrics.classification_skill(LABELS, [["yes"], ["no"], ["yes"], ["no"]], ["yes", "maybe", "Yes.", "no"])
     assert skill["label_answers"] == 75.0 and metrics.verdict(skill) == metrics.READS
+
+
+def test_the_permutation_tests_balanced_accuracy_is_the_metrics_one():
+    rng = random.Random(5)
+    gold = [rng.choice(["a", "b", "c"]) for _ in range(90)]
+    said = [rng.choice(["a", "b", "c", None, "zzz"]) for _ in gold]
+    reading = metrics.read_labelling(["a", "b", "c"], gold, said)
+    test = label_signal.permutation_test(gold, [said], permutations=50)
+    assert test.balanced_accuracy[0] == pytest.approx(reading["balanced_accuracy"], abs=0.01)
+    assert test.chance == pytest.approx(reading["chance"], abs=0.01)
+    assert reading["coverage"] == pytest.approx(100.0 * sum(s is not None for s in said) / 90, abs=0.1)
+
+
+def test_diagnostics_read_the_vote_as_the_check_does():
+    from selfguide_lite.diagnostics import label_quality
+
+    q = label_quality([["a"], ["b"], ["a"], ["b"]], ["a", None, "a", "b"], ["a", "a", "a", "a"], True, ["a", "b"])
+    assert q["vote_reading"] == {"balanced_accuracy": 75.0, "chance": 50.0, "labels_used": 2, "coverage": 75.0}

@@ -518,6 +518,20 @@ class BatchedSampler(Sampler):
             pass
 
 
+def settled_choice(text: str, choices: Sequence[str]) -> str | None:
+    """The text a label-constrained sample will end with, as soon as it is settled: the grammar allows one
+    optional whitespace character, then exactly one choice, so once the text so far begins only one choice
+    (and is not a choice another one extends) nothing but that choice can follow. Ending the sample there
+    gives the text full decoding gives and saves decoding the choice's remaining tokens (a two- or
+    three-token label is settled after its first token). None: not settled yet."""
+    lead = text[:1] if text[:1] in WHITESPACE else ""
+    body = text[len(lead):]
+    if not body:
+        return None
+    options = [c for c in choices if c.startswith(body)]
+    return lead + options[0] if len(options) == 1 else None
+
+
 def _trie_size(seqs: Sequence[Sequence[int]]) -> int:
     """Distinct prefix positions over all prompts (nodes of their token trie): the least any engine must compute."""
     ordered = sorted(tuple(s) for s in seqs)
@@ -590,8 +604,8 @@ class _BatchRun:
         if p.run_on is not None and p.run_on.exceeded(settled_text(text, p.stop)):
             self.finish(seq, "abandoned", text)
             return
-        if job.terminal and (text[1:] if text[:1] in WHITESPACE else text) in job.terminal:
-            self.finish(seq, "stop", text)
+        if job.terminal and (done := settled_choice(text, job.params.choices)) is not None:
+            self.finish(seq, "stop", done)
         elif len(seq.tokens) >= seq.limit:
             self.finish(seq, "length", text)
         else:

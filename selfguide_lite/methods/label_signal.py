@@ -34,7 +34,7 @@ from ..config import Config
 from ..diagnostics import input_copy_score, label_quality
 from ..engine.sampler import Sampler
 from ..evaluate import predict
-from ..metrics import READS_MARGIN, normalize
+from ..metrics import READS_MARGIN, normalize, read_labelling
 from ..prompts import PromptFormat
 from ..tasks import Instance, Task
 from .labellers import AUTO, LABELLERS, LabelJob, LabelScores, annotate, labeller_for
@@ -68,25 +68,47 @@ def _balanced_accuracy(gold_onehot: np.ndarray, said_onehot: np.ndarray, per_cla
     return (hits / per_class).mean(axis=-1)
 
 
+def _encoded(gold: list[str], said: list[list[str | None]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(gold ids, one-hot gold [n, C], one-hot predictions [L, n, C], gold count per class)."""
+    g, s, n_classes = as_classes(gold, said)
+    eye = np.eye(n_classes, dtype=np.float32)
+    said_onehot = np.where(s[..., None] >= 0, eye[np.clip(s, 0, None)], 0.0).astype(np.float32)
+    return g, eye, said_onehot, np.bincount(g, minlength=n_classes).astype(np.float32)
+
+
+def balanced_accuracy(gold: list[str], said: list[list[str | None]]) -> tuple[np.ndarray, float]:
+    """Each labelling's balanced accuracy (percent) and chance (100 / the gold labels present)."""
+    g, eye, said_onehot, per_class = _encoded(gold, said)
+    return 100.0 * _balanced_accuracy(eye[g], said_onehot, per_class), 100.0 / len(per_class)
+
+
 def permutation_test(gold: list[str], said: list[list[str | None]], permutations: int = PERMUTATIONS,
                      seed: int = 0) -> Permutation:
     """Balanced accuracy of each labelling in `said` against `gold`, and its one-sided p-value against
     chance: the share of gold shuffles under which the best labelling scores at least as high (max-T, so
     the p-value holds for the labeller chosen as the best; with one labelling it is the plain test)."""
-    g, s, n_classes = as_classes(gold, said)
-    eye = np.eye(n_classes, dtype=np.float32)
-    said_onehot = np.where(s[..., None] >= 0, eye[np.clip(s, 0, None)], 0.0).astype(np.float32)
-    per_class = np.bincount(g, minlength=n_classes).astype(np.float32)
+    g, eye, said_onehot, per_class = _encoded(gold, said)
     observed = _balanced_accuracy(eye[g], said_onehot, per_class)
     rng = np.random.default_rng(seed)
     shuffled = np.stack([rng.permutation(g) for _ in range(permutations)])
     null_best = _balanced_accuracy(eye[shuffled], said_onehot, per_class).max(axis=1)
     exceed = (null_best[None, :] >= observed[:, None] - 1e-9).sum(axis=1)
-    return Permutation(100.0 * observed, 100.0 / n_classes, (1 + exceed) / (1 + permutations))
+    return Permutation(100.0 * observed, 100.0 / len(per_class), (1 + exceed) / (1 + permutations))
 
 
 def signal_instances(task: Task, cfg: Config) -> list[Instance]:
     return task.split("signal", cfg.eval.validation_size, cfg.eval.test_size, cfg.selfguide.signal_size)
+
+
+def label_all(job: LabelJob, names: list[str]) -> tuple[dict[str, list[str | None]], dict[str, float]]:
+    """Every named labeller's label per input (None: left unlabelled) and its seconds; the score labellers
+    share the job's one scoring pass."""
+    said, seconds = {}, {}
+    for name in names:
+        start = time.perf_counter()
+        said[name] = [v.answer for v in labeller_for(name).label(job)]
+        seconds[name] = round(time.perf_counter() - start, 2)
+    return said, seconds
 
 
 def check_classification(task: Task, sampler: Sampler, cfg: Config, fmt: PromptFormat, seed: int) -> dict[str, Any]:
@@ -96,24 +118,16 @@ def check_classification(task: Task, sampler: Sampler, cfg: Config, fmt: PromptF
     inputs, gold = [i.input for i in instances], [i.outputs[0] for i in instances]
     names = list(LABELLERS) if sg.labeler == AUTO else [sg.labeler]
     job = LabelJob(task, sampler, sg, fmt, inputs, seed, scores=LabelScores(task, sampler, fmt, inputs))
-    said, seconds = [], {}
-    for name in names:
-        start = time.perf_counter()
-        said.append([v.answer for v in labeller_for(name).label(job)])
-        seconds[name] = round(time.perf_counter() - start, 2)
-    test = permutation_test(gold, said, seed=seed)
-    by_norm = {normalize(lab) for lab in task.labels}
+    said, seconds = label_all(job, names)
+    test = permutation_test(gold, [said[n] for n in names], seed=seed)
     labellers = {}
     for i, name in enumerate(names):
-        ba = float(test.balanced_accuracy[i])
-        used = len({normalize(x) for x in said[i] if x is not None and normalize(x) in by_norm})
-        labellers[name] = {
-            "balanced_accuracy": round(ba, 2), "labels_used": used,
-            "coverage": round(100.0 * sum(x is not None for x in said[i]) / len(said[i]), 1),
-            "p_value": round(float(test.p_value[i]), 4), "seconds": seconds[name],
-            "passes": bool(test.p_value[i] <= sg.signal_level and ba >= test.chance + READS_MARGIN
-                           and used >= MIN_LABELS),
-        }
+        read = read_labelling(task.labels, gold, said[name])
+        p = float(test.p_value[i])
+        passes = p <= sg.signal_level and read["balanced_accuracy"] >= test.chance + READS_MARGIN \
+            and read["labels_used"] >= MIN_LABELS
+        labellers[name] = {**{k: v for k, v in read.items() if k != "chance"}, "p_value": round(p, 4),
+                           "seconds": seconds[name], "passes": bool(passes)}
     passing = [n for n in names if labellers[n]["passes"]]
     best = max(names, key=lambda n: (labellers[n]["balanced_accuracy"], -names.index(n)))
     chosen = max(passing, key=lambda n: (labellers[n]["balanced_accuracy"], -names.index(n))) if passing else None
