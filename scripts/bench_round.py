@@ -54,11 +54,16 @@ DEFAULT_TASKS = [real_demo_task_path(), SHARED / "task1195_disflqa_disfluent_to_
 def run_round(task: Path, mode: str, work: Path, model: str = DEFAULT_STUDENT) -> dict:
     """Round 0 + one default round through the product's loop; figures read back from the manifest."""
     run_dir = work / (f"{task.stem}-{mode}" if model == DEFAULT_STUDENT else f"{task.stem}-{mode}-{Path(model).stem}")
+    # The round trains with the vote (the labeller of every round measured before the signal check, and the
+    # one a classification round of these students gets only when named: `auto` refuses them); the default
+    # `auto` check, every labeller on up to 300 validation instances, is timed apart on the round-0 student.
     cfg = load_config(None, {"model": model, "task": str(task), "run_dir": str(run_dir),
-                             "loop": {"rounds": 1}, "selfguide": {"without": ["wave_context"] if mode == "request" else []}})
+                             "loop": {"rounds": 1},
+                             "selfguide": {"labeler": "vote", "without": ["wave_context"] if mode == "request" else []}})
     t0 = time.perf_counter()
     run_loop(cfg, log=lambda m: None)
     wall = time.perf_counter() - t0
+    signal = auto_signal_check(cfg, model, run_dir / "signal-auto.json")
     manifest = read_json(run_dir / "manifest.json")
     stages = manifest["stages"]
     synth = read_json(run_dir / "round-1" / "synth" / "stats.json")
@@ -76,6 +81,7 @@ def run_round(task: Path, mode: str, work: Path, model: str = DEFAULT_STUDENT) -
     epochs = cfg.train.epochs
     return {
         "task": task.stem, "model": model, "context_sampling": mode, "run_dir": str(run_dir),
+        "signal_check": signal,
         "wall_seconds_this_invocation": round(wall, 1),
         "stage_seconds": seconds,
         "round_seconds": round(seconds["synthesis_total"] + seconds["train"] + seconds["export"] + seconds["evaluate"], 1),
@@ -90,6 +96,24 @@ def run_round(task: Path, mode: str, work: Path, model: str = DEFAULT_STUDENT) -
                        "promoted": rounds[k].get("promoted")} for k in ("0", "1") if rounds.get(k, {}).get("metrics")},
         "train_loss": train.get("train_loss"),
     }
+
+
+def auto_signal_check(cfg, model: str, cache: Path) -> dict:
+    """The default signal check (selfguide.labeler auto) on the round-0 student, timed with the student's
+    loading as the loop's stage does; cached beside the run."""
+    if cache.is_file():
+        return read_json(cache)
+    from selfguide_lite.engine import open_sampler
+    from selfguide_lite.methods import method_for
+    from selfguide_lite.models import sampling_gguf
+
+    auto = cfg.model_copy(update={"selfguide": cfg.selfguide.model_copy(update={"labeler": "auto"})})
+    start = time.perf_counter()
+    with open_sampler(sampling_gguf(model), auto.engine) as sampler:
+        report = method_for(auto).check_signal(sampler, auto.seed + 1)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(cache, report)
+    return report
 
 
 def training_comparison(run_dir: Path, work: Path, max_rows: int, model: str = DEFAULT_STUDENT) -> dict:
@@ -125,6 +149,8 @@ def table(r: dict) -> str:
              f"(synthesis stage {s['synthesis_total']:.0f}), train {s['train']:.0f}, export {s['export']:.0f}, "
              f"evaluate {s['evaluate']:.0f}  -> round {r['round_seconds']:.0f} s ({r['round_seconds'] / 60:.1f} min); "
              f"round-0 evaluation {r['round0_eval_seconds']:.0f} s",
+             f"  signal check (auto, {r['signal_check']['n']} instances): {r['signal_check']['seconds']:.0f} s = "
+             f"{r['signal_check']['seconds'] / r['round_seconds']:.0%} of the round; {r['signal_check']['line']}",
              f"  inputs/s {r['inputs_per_s']:.2f}, samples/s {r['samples_per_s'] or 0:.1f}, funnel {r['funnel']}",
              f"  training: {r['train_rows']} rows x 3 epochs, {r['train_rows_per_s_in_round'] or 0:.2f} rows/s in the "
              f"round (model load included), final loss {r['train_loss']}"]
