@@ -322,7 +322,7 @@ def stage_signal(ctx: RunContext, k: int, student: Student) -> dict[str, Any] | 
     if not ctx.method.checks_signal:
         return None
     out = ctx.run_dir / f"round-{k}" / "signal.json"
-    stage_cfg = ctx.cfg if student.round == 0 else ctx.local_cfg
+    stage_cfg = ctx.local_cfg  # in-process llama.cpp even with --endpoint: the score labellers need log-probabilities
     ctx.log(f"round {k}: signal check with the round-{student.round} student")
     ctx.stage(f"round-{k}/signal",
               {"student": student.gguf, "tasks": ctx.tasks_key, "rule": SIGNAL_RULE, "seed": str(ctx.cfg.seed + k),

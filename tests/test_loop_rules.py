@@ -46,6 +46,7 @@ class FakeStages:
     def __init__(self, tmp_path, rows: dict[int, int], scores: dict[int, tuple[float, float]], diverge=(), reject=()):
         self.rows, self.scores, self.diverge, self.reject = rows, scores, set(diverge), set(reject)
         self.synth_students: dict[int, str] = {}
+        self.skills: dict[int, dict] = {}  # round -> the skill columns its evaluation reports (both splits)
         self.labels: list[str] = []  # classification rows' labels, in turn (empty: a generation task)
         self.labellers: dict[int, str] = {}  # round -> selfguide.labeler its synthesis ran with
         self.checked: dict[int, str] = {}  # round -> the student its signal check asked
@@ -98,7 +99,7 @@ class FakeStages:
     def evaluate(self, cfg, method, tasks, gguf, out):
         k = int(gguf.read_text().split()[-1])
         val, test = self.scores[k]
-        split = {"n": 4, "exact_match": 0.0, "rougeL": 0.0}
+        split = {"n": 4, "exact_match": 0.0, "rougeL": 0.0, **({"skill": self.skills[k]} if k in self.skills else {})}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"primary_metric": "exact_match", "validation": {**split, "primary": val},
                                    "test": {**split, "primary": test}, "tasks": []}))
@@ -224,3 +225,30 @@ def test_too_few_rows_or_one_label_is_no_data(tmp_path, monkeypatch):
     assert rounds[1].status == "no_data" and "fewer than loop.min_train_rows 16" in rounds[1].error
     assert rounds[2].status == "no_data" and "the one label 'yes'" in rounds[2].error
     assert fake.trained_on == {} and summary["final_round"] == 0
+
+
+CONSTANT_SKILL = {"balanced_accuracy": 50.0, "chance": 50.0, "macro_f1": 33.3, "labels_predicted": 1,
+                  "best_constant": 53.0, "label_answers": 100.0}
+NO_FORMAT_SKILL = {**CONSTANT_SKILL, "balanced_accuracy": 0.0, "labels_predicted": 0, "label_answers": 0.0}
+
+
+def test_the_summary_and_report_say_in_words_what_the_final_student_is(tmp_path, monkeypatch):
+    from selfguide_lite.runs import summary_lines
+
+    fake = FakeStages(tmp_path, rows={1: 40}, scores={0: (0, 0), 1: (50, 53)})
+    fake.labels, fake.skills = ["support", "undermine"], {0: NO_FORMAT_SKILL, 1: CONSTANT_SKILL}
+    fake.signals = {1: _classification_signal("vote", "above chance: vote labels this round")}
+    summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=1)
+    lines = summary_lines(summary)
+    text = "\n".join(lines)
+    assert "round 0: validation 0.0, test 0.0  [validation: not in the answer format; test: not in the answer format]" in text
+    assert "signal check: above chance: vote labels this round" in text
+    final = next(line for line in lines if line.startswith("final student"))
+    assert final.endswith("[validation: constant answer (format only); test: constant answer (format only)]")
+    assert "it learned the answer format, not the task" in text
+    assert any(line.startswith("use it in Ollama (validation: constant answer") for line in lines)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["final"]["verdict"] == {"validation": "constant answer (format only)",
+                                            "test": "constant answer (format only)"}
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "Signal check before each round" in page and "it learned the answer format, not the task" in page

@@ -245,9 +245,12 @@ def test_one_real_round_on_the_builtin_student(smollm2_models, tmp_path):
     from selfguide_lite.demo import real_demo_task_path
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("selfguide: {num_inputs: 12, wave_size: 12, num_samples: 3, length_filter: false}\n"
+    # the vote named and no row minimum: this test checks the round's parts on a real student, and its 12
+    # candidates are far fewer than a round needs (the signal check still runs, on 6 validation instances)
+    cfg.write_text("selfguide: {num_inputs: 12, wave_size: 12, num_samples: 3, length_filter: false, labeler: vote, "
+                   "signal_size: 6}\n"
                    "train: {quantization: none, epochs: 1, batch_size: 4}\n"
-                   "eval: {validation_size: 6, test_size: 6}\nexport: {quant: q8_0}\n")
+                   "eval: {validation_size: 6, test_size: 6}\nexport: {quant: q8_0}\nloop: {min_train_rows: 1}\n")
     env = {**__import__("os").environ, "SELFGUIDE_MODELS_DIR": str(smollm2_models)}
     out = run_cli("loop", "--task", str(real_demo_task_path()), "--model", "smollm2-135m-instruct", "--rounds", "1",
                   "--run-dir", str(tmp_path / "run"), "--config", str(cfg), cwd=tmp_path, env=env)
