@@ -167,6 +167,8 @@ def run_summary(cfg: Config, task: Task, run_dir: Path) -> dict[str, Any]:
     for k, rec in sorted(rounds.items(), key=lambda kv: int(kv[0])):
         k = int(k)
         entry: dict[str, Any] = {"status": rec.get("status"), "promoted": rec.get("promoted")}
+        if rec.get("signal"):  # the signal check before the round (runs since issue 41)
+            entry["signal"] = {k: rec["signal"].get(k) for k in ("signal", "chosen", "best", "n", "chance", "line")}
         if k in evals:
             entry["validation"] = evals[k]["validation"]["primary"]
             entry["test"] = evals[k]["test"]["primary"] if evals[k].get("test") else None

@@ -32,9 +32,10 @@ ROUNDS_EXPECTED = 2
 MIN_SKILL_MARGIN = 2.0
 MAX_METRIC_LOSS = 2.0
 MIN_TASKS_NOT_WORSE = 4
-# a round the loop ran to its end: trained and kept (done), nothing left to train on (no_data), or trained
-# and refused by the export gate (export_rejected: its student is not used)
-ROUND_ENDED = ("done", "no_data", "export_rejected")
+# a round the loop ran to its end: trained and kept (done), nothing left to train on (no_data), trained
+# and refused by the export gate (export_rejected: its student is not used), or not trained because the
+# signal check found the labels at chance (no_signal: the loop ends there)
+ROUND_ENDED = ("done", "no_data", "export_rejected", "no_signal")
 
 
 def final_row(run: dict[str, Any]) -> dict[str, Any]:
