@@ -51,16 +51,33 @@ def files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def committed_rounds(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
-    """{(task, labeller): run} from effect_study.py files (seed 0)."""
+def committed_rounds(paths: list[Path], variants: dict[str, str] = LABELLER) -> dict[tuple[str, str], dict[str, Any]]:
+    """{(task, name): run} from effect_study.py files (seed 0), for the variants named (variant -> name)."""
     runs: dict[tuple[str, str], dict[str, Any]] = {}
     for path in files(paths):
         doc = json.loads(path.read_text())
         for variant, block in (doc.get("variants") or {}).items():
             for run in block.get("runs", []):
-                if run.get("seed", 0) == 0 and variant in LABELLER:
-                    runs[(run["task"], LABELLER[variant])] = run
+                if run.get("seed", 0) == 0 and variant in variants:
+                    runs[(run["task"], variants[variant])] = run
     return runs
+
+
+def gated_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    """The product's default loop (effect_study.py's `gated` variant) where it was run: each round's status,
+    the labeller its check chose, rows and verdicts."""
+    out = []
+    for (task, _), run in committed_rounds(paths, {"gated": "gated"}).items():
+        rounds = {}
+        for k, r in sorted(run["rounds"].items(), key=lambda kv: int(kv[0])):
+            skill = r.get("skill") or {}
+            rounds[k] = {"status": r.get("status"), "rows": r.get("train_rows"),
+                         "chosen": (r.get("signal") or {}).get("chosen"),
+                         "test": verdict(skill.get("test")), "validation": verdict(skill.get("validation")),
+                         "test_score": r.get("test"), "validation_score": r.get("validation")}
+        out.append({"task": task, "final_round": run["final_round"], "rounds": rounds,
+                    "run_seconds": run.get("seconds_this_invocation")})
+    return out
 
 
 def round_outcome(run: dict[str, Any], k: int) -> dict[str, Any] | None:
@@ -94,7 +111,8 @@ def summarize(student: str) -> dict[str, Any]:
                                    for k, v in check["labellers"].items()},
                      "allowed": check["signal"], "chosen": check["chosen"], "seconds": check.get("wall_seconds"),
                      "committed": outcomes})
-    return {"student": student, "classification": rows, "generation": generation, "tally": tally(rows)}
+    return {"student": student, "classification": rows, "generation": generation, "tally": tally(rows),
+            "gated": gated_runs(spec["rounds"])}
 
 
 def tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,6 +173,15 @@ def table(s: dict[str, Any]) -> str:
               f"compute: the checks took {t['check_seconds'] / 60:.1f} min on {t['tasks']} tasks; the "
               f"{t['committed_runs_refused']} committed runs of refused tasks took "
               f"{t['committed_seconds_of_refused_runs'] / 60:.0f} min (rounds 0-2)"]
+    for g in s["gated"]:
+        lines += ["", f"{short(g['task'])} through the default loop (signal check before every round, rounds 0-2; "
+                  f"final round {g['final_round']}, {g['run_seconds']} s):"]
+        for k, r in g["rounds"].items():
+            label = f" with {r['chosen']}" if r["chosen"] else ""
+            scores = (f", test {r['test_score']:.1f} (validation {r['validation_score']:.1f})"
+                      if r["test_score"] is not None else "")
+            lines.append(f"  round {k}: {r['status']}{label}, {r['rows'] if r['rows'] is not None else '-'} rows"
+                         f"{scores}: {r['test'] or '-'} / {r['validation'] or '-'}")
     if s["generation"]:
         lines += ["", "| generation task | n | vote's answers ROUGE-L (answered %) | greedy | input copied | seconds |",
                   "|---|---|---|---|---|---|"]

@@ -111,6 +111,9 @@ def ollama_model_name(run_name: str) -> str:
     return f"selfguide-{cleaned or 'student'}"
 
 
+NOT_TRAINED = ("no_signal", "no_data")  # round statuses that stop before training
+
+
 def verdict_pair(scores: RoundScores) -> str:
     """'validation: reads; test: constant answer (format only)' ('' where there are no skill columns)."""
     parts = [f"{split}: {s.verdict}" for split in SPLITS if (s := scores.get(split)) is not None and s.verdict]
@@ -132,7 +135,7 @@ def summary_lines(summary: dict) -> list[str]:
         return f"{s.primary:.1f}" + (f" ({s.primary - base.primary:+.1f})" if base and k != 0 else "")
 
     for k, rec in rounds.items():
-        state = "" if rec.promoted else f"  not promoted ({rec.status})"
+        state = "" if rec.promoted else f"  not {'trained' if rec.status in NOT_TRAINED else 'promoted'} ({rec.status})"
         rows = "" if k == 0 or rec.status == "no_signal" else f", {rec.train_size or 0} training rows"
         lines.append(f"  round {k}: validation {cell(k, 'validation')}, test {cell(k, 'test')}{rows}{state}"
                      + (f"  [{verdict_pair(rec.metrics)}]" if rec.metrics and verdict_pair(rec.metrics) else ""))
