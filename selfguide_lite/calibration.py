@@ -27,12 +27,21 @@ from .tasks import Task
 CONTENT_FREE_INPUTS: tuple[str, ...] = ("N/A", "", "[MASK]")
 
 
-def score_labels(task: Task, sampler: Sampler, fmt: PromptFormat, inputs: Sequence[str]) -> np.ndarray:
-    """[inputs x labels] summed log-probabilities of each label as the training target renders it
-    (lead, label, end-of-answer token) after the task prompt of each input."""
+def score_requests(task: Task, fmt: PromptFormat, inputs: Sequence[str]) -> list[ScoreRequest]:
+    """Per input: its task prompt, and each label as the training target renders it (lead, label,
+    end-of-answer token)."""
     answers = tuple(fmt.answer(label) for label in task.labels)
-    requests = [ScoreRequest(fmt.render(task_prompt(task, text)), answers) for text in inputs]
-    return np.asarray(sampler.score(requests), dtype=np.float64).reshape(len(inputs), len(task.labels))
+    return [ScoreRequest(fmt.render(task_prompt(task, text)), answers) for text in inputs]
+
+
+def as_label_matrix(scored: Sequence[Sequence[float]], n_labels: int) -> np.ndarray:
+    """A sampler's scores as the [inputs x labels] array of summed log-probabilities."""
+    return np.asarray(scored, dtype=np.float64).reshape(len(scored), n_labels)
+
+
+def score_labels(task: Task, sampler: Sampler, fmt: PromptFormat, inputs: Sequence[str]) -> np.ndarray:
+    """[inputs x labels] summed log-probabilities of each label after the task prompt of each input."""
+    return as_label_matrix(sampler.score(score_requests(task, fmt, inputs)), len(task.labels))
 
 
 def label_probabilities(logprobs: np.ndarray) -> np.ndarray:

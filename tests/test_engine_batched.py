@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 
+import numpy as np
 import pytest
 
 pytest.importorskip("llama_cpp")
@@ -201,6 +202,28 @@ def test_a_settled_choice_is_the_text_full_decoding_gives_with_fewer_tokens(engi
     assert [[c.text for c in r] for r in early] == [[c.text for c in r] for r in full]
     assert {c.text.strip() for r in early for c in r} >= {"positive feeling", "negative feeling"}
     assert sum(c.n_tokens for r in early for c in r) < sum(c.n_tokens for r in full for c in r)
+
+
+def test_scoring_and_sampling_together_match_each_alone(engine, monkeypatch):
+    """score_and_generate (the signal check's vote beside its label scores, each prompt computed once):
+    the scores are `score`'s, and every sample is the one `generate` draws (the same first-token row
+    within float tolerance; on this model the same text)."""
+    from selfguide_lite.engine.sampler import ScoreRequest
+
+    choices = ("positive", "negative feeling", "no")
+    prompts = [f"Sentence: {s} {v} the river.\nLabel:" for s, v in zip(SUBJECTS, VERBS, strict=False)]
+    scores = [ScoreRequest(p, tuple(f" {c}" for c in choices)) for p in prompts]
+    requests = [Request(p, SamplingParams(temperature=3.0, top_k=0, n=6, seed=40 + i, choices=choices))
+                for i, p in enumerate(prompts)]
+    sampled_apart, generate = [], engine.generate
+    monkeypatch.setattr(engine, "generate", lambda reqs: sampled_apart.append(len(reqs)) or generate(reqs))
+    fused_scores, fused = engine.score_and_generate(scores, requests)
+    monkeypatch.undo()
+    assert sum(sampled_apart) < len(requests)  # most requests were settled from the scoring pass's rows
+    assert np.allclose(fused_scores, engine.score(scores), atol=1e-4)
+    alone = engine.generate(requests)
+    assert [[c.text for c in r] for r in fused] == [[c.text for c in r] for r in alone]
+    assert len({c.text.strip() for r in fused for c in r}) >= 2  # the draws vary, or this proves little
 
 
 def test_settled_choice_waits_for_a_unique_beginning():

@@ -411,6 +411,49 @@ class BatchedSampler(Sampler):
         each prompt's own part once in a slot of its own, then its continuations one after another, each
         continuation's KV dropped before the next. Rows come from batched decodes: equal to single-sequence
         log-probabilities within float tolerance, not bitwise (tests/test_engine_batched.py states it)."""
+        return self._score(requests)
+
+    def score_and_generate(self, scores: Sequence[ScoreRequest],
+                           requests: Sequence[Request]) -> tuple[list[list[float]], list[list[Completion]]]:
+        """Label scores and label-constrained samples of the same prompts (the signal check's vote beside
+        its score labellers) with each prompt computed once: a sample's first token is drawn from the
+        scoring pass's logits after the prompt, with the chain `generate` would use (seed + i), and a
+        sample that token settles (`settled_choice`) is finished. That row equals `generate`'s within float
+        tolerance, not bitwise (batched decodes; see `score`). A request with any unsettled sample, or whose
+        prompt's tokens do not begin its continuations', is sampled by `generate` in full."""
+        fusable = len(scores) == len(requests) and all(
+            r.params.choices and r.params.n > 0 and r.prompt == s.prompt for r, s in zip(requests, scores, strict=True))
+        if not fusable:
+            return self._score(scores), self.generate(requests)
+        drawn: dict[int, list[Completion]] = {}
+
+        def on_prompt(j: int, row: np.ndarray) -> None:
+            params = requests[j].params
+            allowed = self._choice_tokens(tuple(params.choices))
+            out = []
+            for i in range(params.n):
+                chain = self._make_chain(params, params.seed + i)
+                try:
+                    token = self._sample_row(chain, row, allowed)
+                finally:
+                    self._free_chain(chain)
+                self.stats["generated"] += 1
+                done = settled_choice(self._pieces[token].decode("utf-8", errors="ignore"), params.choices)
+                if done is None or token in self._eog:
+                    return  # not settled by its first token: `generate` samples this request
+                out.append(Completion(text=done, n_tokens=1, finish_reason="stop"))
+                progress.sample_done()
+            drawn[j] = out
+
+        scored = self._score(scores, on_prompt)
+        rest = [j for j in range(len(requests)) if j not in drawn]
+        for j, completions in zip(rest, self.generate([requests[j] for j in rest]) if rest else [], strict=True):
+            drawn[j] = completions
+        return scored, [drawn[j] for j in range(len(requests))]
+
+    def _score(self, requests: Sequence[ScoreRequest], on_prompt=None) -> list[list[float]]:
+        """`score`; `on_prompt(j, logits)`, when given, also receives request j's logits row after its whole
+        prompt (only where the prompt's tokens begin every continuation's)."""
         if not requests:
             return []
         seqs = [[self.prompt_tokens(r.prompt + c) for c in r.continuations] for r in requests]
@@ -430,23 +473,29 @@ class BatchedSampler(Sampler):
             self._L.llama_memory_seq_rm(self._mem, self._prefix_seq, -1, -1)
             self._prefix = []
         scores = [[0.0] * len(s) for s in seqs]
+        whole_prompt = None
+        if on_prompt is not None:  # the row after the prompt is the one `generate` samples from only here
+            whole_prompt = {j for j, r in enumerate(requests) if seqs[j] and splits[j] == len(self.prompt_tokens(r.prompt))}
         try:
             for start in range(0, len(requests), self.n_slots):
                 group = [j for j in range(start, min(len(requests), start + self.n_slots)) if seqs[j]]
-                self._score_group(group, seqs, splits, shared, scores)
+                self._score_group(group, seqs, splits, shared, scores,
+                                  (lambda j, row: on_prompt(j, row) if j in whole_prompt else None) if on_prompt else None)
         finally:
             for slot in range(self.n_slots):
                 self._L.llama_memory_seq_rm(self._mem, slot, -1, -1)
         return scores
 
     def _score_group(self, group: list[int], seqs: list[list[list[int]]], splits: list[int], shared: int,
-                     scores: list[list[float]]) -> None:
+                     scores: list[list[float]], on_prompt=None) -> None:
         """Requests `group` (one slot each): their prompt parts in one pass, then continuation i of all of them."""
         L = self._L
         slot_of = {j: slot for slot, j in enumerate(group)}
 
         def first_token(slot: int, pos: int, row: np.ndarray) -> None:
             j = group[slot]
+            if on_prompt is not None:
+                on_prompt(j, row)
             lse = logsumexp(row)
             for i, seq in enumerate(seqs[j]):
                 if len(seq) > splits[j]:

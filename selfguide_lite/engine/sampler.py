@@ -114,6 +114,13 @@ class Sampler(ABC):
         raise UserError(f"{type(self).__name__} cannot score labels (it returns no log-probabilities): "
                         "sample from a local GGUF instead (in-process llama.cpp)")
 
+    def score_and_generate(self, scores: Sequence[ScoreRequest],
+                           requests: Sequence[Request]) -> tuple[list[list[float]], list[list[Completion]]]:
+        """`score(scores)` and `generate(requests)` in one call. A backend may share the work the two have
+        in common (the batched engine computes each prompt once when request j's prompt is score j's);
+        this default runs them one after the other."""
+        return self.score(scores), self.generate(requests)
+
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` for this student (used to size max_tokens); backends override."""
         return max(1, len(text) // 4)

@@ -118,6 +118,9 @@ def check_classification(task: Task, sampler: Sampler, cfg: Config, fmt: PromptF
     inputs, gold = [i.input for i in instances], [i.outputs[0] for i in instances]
     names = list(LABELLERS) if sg.labeler == AUTO else [sg.labeler]
     job = LabelJob(task, sampler, sg, fmt, inputs, seed, scores=LabelScores(task, sampler, fmt, inputs))
+    start = time.perf_counter()
+    job.prepare(names)  # the vote's samples and the label scores from one pass over the prompts, where it can
+    prepared = round(time.perf_counter() - start, 2)
     said, seconds = label_all(job, names)
     test = permutation_test(gold, [said[n] for n in names], seed=seed)
     labellers = {}
@@ -132,6 +135,7 @@ def check_classification(task: Task, sampler: Sampler, cfg: Config, fmt: PromptF
     best = max(names, key=lambda n: (labellers[n]["balanced_accuracy"], -names.index(n)))
     chosen = max(passing, key=lambda n: (labellers[n]["balanced_accuracy"], -names.index(n))) if passing else None
     report = {"type": "classification", "n": len(instances), "chance": round(test.chance, 2), "rule": RULE,
+              "seconds_shared_pass": prepared,
               "level": sg.signal_level, "requested": sg.labeler, "labellers": labellers, "best": best,
               "signal": chosen is not None, "chosen": chosen if sg.labeler == AUTO else sg.labeler}
     report["line"] = signal_line(report)

@@ -24,10 +24,12 @@ import numpy as np
 
 from ..calibration import (
     CONTENT_FREE_INPUTS,
+    as_label_matrix,
     batch_prior,
     calibrated_labels,
     label_probabilities,
     score_labels,
+    score_requests,
 )
 from ..config import SelfGuideConfig
 from ..engine.sampler import Request, Sampler, SamplingParams
@@ -127,8 +129,14 @@ def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptForm
 
     One batch for all inputs; input n's samples are seeded by (seed, stage 2, n). Also used on
     validation inputs, whose gold answers are known, to measure how often the vote is right."""
+    requests = vote_requests(task, sampler, cfg, fmt, inputs, seed)
+    return read_votes(task, cfg, inputs, sampler.generate(requests) if requests else [], noise)
+
+
+def vote_requests(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, inputs: Sequence[str],
+                  seed: int) -> list[Request]:
+    """The vote's sampling requests, one per input (`num_samples` samples each)."""
     classification = task.is_classification
-    noise = noise or NoiseFilter(cfg.noise_patterns)
     out_length, checks = answer_filters(task, cfg)
     params = SamplingParams(
         temperature=cfg.annotate_temperature,
@@ -139,11 +147,17 @@ def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptForm
         choices=tuple(task.labels) if classification and cfg.labels_in_vote == "constrained" else None,
     )
     # Each input's samples stop once the vote must reject them (exact; AnswerRunOn).
-    requests = [Request(fmt.render(task_prompt(task, text)),
-                        replace(params, seed=stage_seed(seed, 2, n), run_on=AnswerRunOn.for_vote(out_length, checks, text)))
-                for n, text in enumerate(inputs)]
-    outputs = sampler.generate(requests) if requests else []
-    labels = task.labels if classification and cfg.labels_in_vote != "any" else None
+    return [Request(fmt.render(task_prompt(task, text)),
+                    replace(params, seed=stage_seed(seed, 2, n), run_on=AnswerRunOn.for_vote(out_length, checks, text)))
+            for n, text in enumerate(inputs)]
+
+
+def read_votes(task: Task, cfg: SelfGuideConfig, inputs: Sequence[str], outputs: Sequence[Sequence[Any]],
+               noise: NoiseFilter | None = None) -> list[Vote]:
+    """The vote over each input's samples (`Completion`s, in the order of `vote_requests`)."""
+    noise = noise or NoiseFilter(cfg.noise_patterns)
+    out_length, checks = answer_filters(task, cfg)
+    labels = task.labels if task.is_classification and cfg.labels_in_vote != "any" else None
     votes = []
     for text, outs in zip(inputs, outputs, strict=True):
         vote = self_consistency_vote([o.text for o in outs], labels=labels, noise=noise, length=out_length,
@@ -158,9 +172,10 @@ class LabelScores:
     """p(label | input) for one list of inputs, and for the content-free inputs, each asked of the student
     once however many labellers read them."""
 
-    def __init__(self, task: Task, sampler: Sampler, fmt: PromptFormat, inputs: Sequence[str]) -> None:
+    def __init__(self, task: Task, sampler: Sampler, fmt: PromptFormat, inputs: Sequence[str],
+                 logprobs: np.ndarray | None = None) -> None:
         self.task, self.sampler, self.fmt, self.inputs = task, sampler, fmt, list(inputs)
-        self._probs: np.ndarray | None = None
+        self._probs: np.ndarray | None = None if logprobs is None else label_probabilities(logprobs)
         self._content_free: np.ndarray | None = None
 
     @property
@@ -188,11 +203,25 @@ class LabelJob:
     seed: int
     noise: NoiseFilter | None = None
     scores: LabelScores | None = None  # shared by the score labellers; made on first use
+    vote_outputs: list[list[Any]] | None = None  # the vote's samples, when `prepare` drew them with the scores
 
     def label_scores(self) -> LabelScores:
         if self.scores is None:
             self.scores = LabelScores(self.task, self.sampler, self.fmt, self.inputs)
         return self.scores
+
+    def prepare(self, names: Sequence[str]) -> None:
+        """Before several labellers label the same inputs: where both the vote and a score labeller are
+        among `names`, ask the student for the vote's samples and the label scores in one call, so a
+        backend that can computes each prompt once (`Sampler.score_and_generate`)."""
+        wanted = [LABELLERS[n] for n in names]
+        if not (any(isinstance(lab, VoteLabeller) for lab in wanted) and any(isinstance(lab, ScoreLabeller) for lab in wanted)):
+            return
+        requests = vote_requests(self.task, self.sampler, self.cfg, self.fmt, self.inputs, self.seed)
+        scored, self.vote_outputs = self.sampler.score_and_generate(score_requests(self.task, self.fmt, self.inputs),
+                                                                     requests)
+        self.scores = LabelScores(self.task, self.sampler, self.fmt, self.inputs,
+                                  as_label_matrix(scored, len(self.task.labels)))
 
 
 class Labeller(ABC):
@@ -248,6 +277,8 @@ class VoteLabeller(Labeller):
     drop_stages = ("no_valid_samples", "no_consensus")
 
     def label(self, job: LabelJob) -> list[Vote]:
+        if job.vote_outputs is not None:
+            return read_votes(job.task, job.cfg, job.inputs, job.vote_outputs, job.noise)
         return annotate(job.task, job.sampler, job.cfg, job.fmt, job.inputs, job.seed, job.noise)
 
     def drop_stage(self, vote: Vote) -> str:
