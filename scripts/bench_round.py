@@ -66,6 +66,11 @@ def run_round(task: Path, mode: str, work: Path, model: str = DEFAULT_STUDENT) -
     signal = auto_signal_check(cfg, model, run_dir / "signal-auto.json")
     manifest = read_json(run_dir / "manifest.json")
     stages = manifest["stages"]
+    record = manifest["rounds"]["1"]
+    if "round-1/train" not in stages:  # not trained (no_signal / no_data): nothing to time past the check
+        raise SystemExit(f"{task.stem} with {model}: round 1 was not trained ({record['status']}: "
+                         f"{record.get('error') or (record.get('signal') or {}).get('line')}); a round that trains "
+                         "is what this benchmark times")
     synth = read_json(run_dir / "round-1" / "synth" / "stats.json")
     train = stages["round-1/train"]
     seconds = {
