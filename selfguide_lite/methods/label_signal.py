@@ -76,12 +76,6 @@ def _encoded(gold: list[str], said: list[list[str | None]]) -> tuple[np.ndarray,
     return g, eye, said_onehot, np.bincount(g, minlength=n_classes).astype(np.float32)
 
 
-def balanced_accuracy(gold: list[str], said: list[list[str | None]]) -> tuple[np.ndarray, float]:
-    """Each labelling's balanced accuracy (percent) and chance (100 / the gold labels present)."""
-    g, eye, said_onehot, per_class = _encoded(gold, said)
-    return 100.0 * _balanced_accuracy(eye[g], said_onehot, per_class), 100.0 / len(per_class)
-
-
 def permutation_test(gold: list[str], said: list[list[str | None]], permutations: int = PERMUTATIONS,
                      seed: int = 0) -> Permutation:
     """Balanced accuracy of each labelling in `said` against `gold`, and its one-sided p-value against
