@@ -214,9 +214,10 @@ class LoopConfig(_Section):
     method: str = _f("self-guide", "self-guide (one task) or self-instruct (general): a name in selfguide_lite/methods")
     train_from: Literal["base", "previous"] = _f("base", "base: a fresh adapter on the original weights; previous: on the last student")
     data: Literal["latest", "accumulate"] = _f("latest", "latest: this round's rows; accumulate: every round's so far")
-    min_train_rows: int = _f(
-        16, "a round with fewer training rows is not trained (no_data), nor a classification round whose rows carry "
-            "fewer than two labels (it could only teach one constant answer)", ge=1)
+    min_train_rows: int = _f(16, "a round with fewer training rows is not trained (no_data)", ge=1)
+    min_train_labels: int = _f(
+        2, "classification: a round whose training rows carry fewer labels is not trained (no_data): one label can "
+           "only teach a constant answer", ge=1)
     promote_tolerance: float = _f(1.0, "a round this many validation points below the best is kept but not promoted", ge=0)
 
 

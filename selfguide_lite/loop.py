@@ -347,13 +347,16 @@ def stage_synth(ctx: RunContext, k: int, student: Student, method: Method) -> Pa
     return synth_dir
 
 
-def too_little(rows: list[dict[str, Any]], stats: dict[str, Any], min_rows: int) -> str | None:
+def too_little(rows: list[dict[str, Any]], stats: dict[str, Any], min_rows: int, min_labels: int) -> str | None:
     """Why a round's training rows are too few to train on (None: enough): fewer than `min_rows`, or a
-    classification round whose rows carry one label only (it could only teach a constant answer)."""
+    classification round whose rows carry fewer than `min_labels` labels (one label can only teach a
+    constant answer)."""
     if len(rows) < min_rows:
         return f"{len(rows)} training row(s), fewer than loop.min_train_rows {min_rows}"
-    if stats.get("type") == "classification" and len({r["completion"] for r in rows}) < 2:
-        return f"every training row carries the one label {rows[0]['completion']!r}"
+    labels = sorted({r["completion"] for r in rows})
+    if stats.get("type") == "classification" and len(labels) < min_labels:
+        which = f"the one label {labels[0]!r}" if len(labels) == 1 else f"{len(labels)} labels"
+        return f"the training rows carry {which}, fewer than loop.min_train_labels {min_labels}"
     return None
 
 
@@ -404,7 +407,7 @@ def run_round(ctx: RunContext, k: int, student: Student, best: Student) -> tuple
     rows = read_jsonl(data)
     n_rows = len(rows)
     facts = {"train_size": n_rows, "synth_stats": stats, "student_round": student.round, "signal": signal}
-    if why := too_little(rows, stats, ctx.cfg.loop.min_train_rows):
+    if why := too_little(rows, stats, ctx.cfg.loop.min_train_rows, ctx.cfg.loop.min_train_labels):
         ctx.log(f"round {k}: not trained: {why}; keeping the round-{student.round} student")
         return RoundRecord("no_data", False, error=why, **facts), None
     ctx.log(f"round {k}: {n_rows} training rows")

@@ -49,14 +49,14 @@ class ScriptedSampler(Sampler):
 
 
 # Tiny counts for runs that check the loop's mechanics (resume, servers, export): the vote is named, so a
-# round trains whatever the signal check finds (the check still runs, on 24 instances), and any number of
-# rows is trained on. The checks' own decisions are tested with planted labellers (tests/test_label_signal.py).
+# round trains whatever the signal check finds (the check still runs, on 24 instances), on any number of
+# rows and labels. The checks' own decisions are tested with planted labellers (tests/test_label_signal.py).
 CONFIG = (
     "selfguide: {num_inputs: 36, wave_size: 12, num_samples: 4, length_filter: false, balance: false, labeler: vote, "
     "signal_size: 24}\n"
     "train: {quantization: none, epochs: 3, batch_size: 2, learning_rate: 1.0e-3}\n"
     "eval: {validation_size: 8, test_size: 4}\nengine: {n_ctx: 2048}\nexport: {quant: q8_0}\n"
-    "loop: {min_train_rows: 1}\n"
+    "loop: {min_train_rows: 1, min_train_labels: 1}\n"
 )
 
 

@@ -466,7 +466,7 @@ def test_synth_and_eval_commands_take_endpoints_and_match_local_sampling(servers
     from selfguide_lite.toy_models.headline import headline_task_path
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("selfguide: {num_inputs: 16, wave_size: 8, num_samples: 3, length_filter: false}\n"
+    cfg.write_text("selfguide: {num_inputs: 16, wave_size: 8, num_samples: 3, length_filter: false, labeler: vote}\n"
                    "engine: {n_ctx: 2048, n_threads: 1}\neval: {validation_size: 10, test_size: 10}\n")
 
     def cli(*args: str) -> str:

@@ -43,7 +43,7 @@ class Planted(Labeller):
         return "planted"
 
 
-def check(monkeypatch, planted: list[Planted], labeler: str = "auto", n: int = 400) -> dict:
+def check(monkeypatch, planted: list[Labeller], labeler: str = "auto", n: int = 400) -> dict:
     task = task_with(n)
     monkeypatch.setattr(labellers, "LABELLERS", {p.name: p for p in planted})
     monkeypatch.setattr(label_signal, "LABELLERS", labellers.LABELLERS)
@@ -162,3 +162,11 @@ def test_diagnostics_read_the_vote_as_the_check_does():
 
     q = label_quality([["a"], ["b"], ["a"], ["b"]], ["a", None, "a", "b"], ["a", "a", "a", "a"], True, ["a", "b"])
     assert q["vote_reading"] == {"balanced_accuracy": 75.0, "chance": 50.0, "labels_used": 2, "coverage": 75.0}
+
+
+def test_without_label_scores_only_the_labellers_that_sample_are_checked(monkeypatch):
+    # a completions server returns no log-probabilities: the score labellers are named as not checked
+    gold = gold_of()
+    report = check(monkeypatch, [Planted("reader", gold, accuracy=0.7), labellers.LABELLERS["argmax"]])
+    assert list(report["labellers"]) == ["reader"] and report["not_checked"] == ["argmax"]
+    assert report["chosen"] == "reader"

@@ -223,7 +223,7 @@ def test_too_few_rows_or_one_label_is_no_data(tmp_path, monkeypatch):
     fake.labels = ["yes"]
     summary, rounds = _run(tmp_path, monkeypatch, fake, rounds=2, min_train_rows=16)
     assert rounds[1].status == "no_data" and "fewer than loop.min_train_rows 16" in rounds[1].error
-    assert rounds[2].status == "no_data" and "the one label 'yes'" in rounds[2].error
+    assert rounds[2].status == "no_data" and "the one label 'yes', fewer than loop.min_train_labels 2" in rounds[2].error
     assert fake.trained_on == {} and summary["final_round"] == 0
 
 

@@ -245,12 +245,13 @@ def test_one_real_round_on_the_builtin_student(smollm2_models, tmp_path):
     from selfguide_lite.demo import real_demo_task_path
 
     cfg = tmp_path / "c.yaml"
-    # the vote named and no row minimum: this test checks the round's parts on a real student, and its 12
-    # candidates are far fewer than a round needs (the signal check still runs, on 6 validation instances)
+    # the vote named and no row or label minimum: this test checks the round's parts on a real student, whose
+    # 12 candidates are far fewer than a round needs (the signal check still runs, on 6 validation instances)
     cfg.write_text("selfguide: {num_inputs: 12, wave_size: 12, num_samples: 3, length_filter: false, labeler: vote, "
                    "signal_size: 6}\n"
                    "train: {quantization: none, epochs: 1, batch_size: 4}\n"
-                   "eval: {validation_size: 6, test_size: 6}\nexport: {quant: q8_0}\nloop: {min_train_rows: 1}\n")
+                   "eval: {validation_size: 6, test_size: 6}\nexport: {quant: q8_0}\n"
+                   "loop: {min_train_rows: 1, min_train_labels: 1}\n")
     env = {**__import__("os").environ, "SELFGUIDE_MODELS_DIR": str(smollm2_models)}
     out = run_cli("loop", "--task", str(real_demo_task_path()), "--model", "smollm2-135m-instruct", "--rounds", "1",
                   "--run-dir", str(tmp_path / "run"), "--config", str(cfg), cwd=tmp_path, env=env)
@@ -292,8 +293,10 @@ def test_llama3_qwen3_and_gemma3_gguf_students_run_a_round_through_the_export_ga
     cfg = tmp_path / "c.yaml"
     # a random model writes noise: keep every candidate, this checks the plumbing of the family
     cfg.write_text("selfguide: {num_inputs: 24, wave_size: 12, num_samples: 4, length_filter: false, balance: false, "
-                   "input_filters: false}\ntrain: {quantization: none, epochs: 1, batch_size: 4, learning_rate: 1.0e-3}\n"
-                   "eval: {validation_size: 8, test_size: 4}\nengine: {n_ctx: 2048}\nexport: {quant: q8_0}\n")
+                   "input_filters: false, labeler: vote, signal_size: 8}\n"
+                   "train: {quantization: none, epochs: 1, batch_size: 4, learning_rate: 1.0e-3}\n"
+                   "eval: {validation_size: 8, test_size: 4}\nengine: {n_ctx: 2048}\nexport: {quant: q8_0}\n"
+                   "loop: {min_train_rows: 1, min_train_labels: 1}\n")
     run_dir = tmp_path / "run"
     out = run_cli("loop", "--task", str(headline_task_path()), "--model", str(student), "--rounds", "1", "--run-dir",
                   str(run_dir), "--config", str(cfg), cwd=tmp_path,

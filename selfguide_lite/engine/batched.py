@@ -105,6 +105,8 @@ class _Job:
 class BatchedSampler(Sampler):
     """Continuous batching of many sequences over one llama.cpp context (see module docstring)."""
 
+    scores_labels = True
+
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_parallel: int = 16) -> None:
         L = llama_cpp_module()
         self._L = L

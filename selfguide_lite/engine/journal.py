@@ -37,6 +37,7 @@ class JournaledSampler(Sampler):
     def __init__(self, inner: Sampler, path: str | Path, identity: str) -> None:
         self.inner = inner
         self.info = inner.info
+        self.scores_labels = inner.scores_labels
         self.path = Path(path)
         self.replayed = 0
         self._done: dict[str, list[Completion]] = {}

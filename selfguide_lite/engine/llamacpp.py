@@ -21,6 +21,8 @@ from .sampler import Completion, Request, Sampler, ScoreRequest, choices_grammar
 class LlamaCppSampler(Sampler):
     """Sequential sampling with `Llama.create_completion`."""
 
+    scores_labels = True
+
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None) -> None:
         self.llama = load_llama(model_path, n_ctx, n_threads)
         self.info = model_info(self.llama.model)

@@ -102,6 +102,7 @@ class Sampler(ABC):
     """
 
     info: ModelInfo
+    scores_labels: bool = False  # whether `score` works (in-process llama.cpp: yes; a completions server: no)
 
     @abstractmethod
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:

@@ -110,7 +110,10 @@ def check_classification(task: Task, sampler: Sampler, cfg: Config, fmt: PromptF
     sg = cfg.selfguide
     instances = signal_instances(task, cfg)
     inputs, gold = [i.input for i in instances], [i.outputs[0] for i in instances]
-    names = list(LABELLERS) if sg.labeler == AUTO else [sg.labeler]
+    can_score = getattr(sampler, "scores_labels", False)
+    names = [n for n, lab in LABELLERS.items() if can_score or not lab.needs_scores] if sg.labeler == AUTO \
+        else [sg.labeler]
+    unavailable = [n for n in LABELLERS if sg.labeler == AUTO and n not in names]
     job = LabelJob(task, sampler, sg, fmt, inputs, seed, scores=LabelScores(task, sampler, fmt, inputs))
     start = time.perf_counter()
     job.prepare(names)  # the vote's samples and the label scores from one pass over the prompts, where it can
@@ -130,6 +133,8 @@ def check_classification(task: Task, sampler: Sampler, cfg: Config, fmt: PromptF
     chosen = max(passing, key=lambda n: (labellers[n]["balanced_accuracy"], -names.index(n))) if passing else None
     report = {"type": "classification", "n": len(instances), "chance": round(test.chance, 2), "rule": RULE,
               "seconds_shared_pass": prepared,
+              # score labellers need log-probabilities, which a completions server does not return
+              **({"not_checked": unavailable} if unavailable else {}),
               "level": sg.signal_level, "requested": sg.labeler, "labellers": labellers, "best": best,
               "signal": chosen is not None, "chosen": chosen if sg.labeler == AUTO else sg.labeler}
     report["line"] = signal_line(report)

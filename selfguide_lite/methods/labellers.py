@@ -229,7 +229,7 @@ class Labeller(ABC):
 
     name: ClassVar[str]
     drop_stages: ClassVar[tuple[str, ...]]  # the synthesis funnel's stages for the inputs it leaves unlabelled
-    progress_unit: ClassVar[str] = "inputs"
+    needs_scores: ClassVar[bool] = False  # reads label log-probabilities (`Sampler.scores_labels` must hold)
 
     @abstractmethod
     def label(self, job: LabelJob) -> list[Vote]:
@@ -297,6 +297,7 @@ class ScoreLabeller(Labeller):
     label, its counts the probability of every label."""
 
     drop_stages = ("low_margin",)
+    needs_scores = True
 
     @abstractmethod
     def prior(self, scores: LabelScores) -> np.ndarray | None:
