@@ -170,3 +170,18 @@ def test_without_label_scores_only_the_labellers_that_sample_are_checked(monkeyp
     report = check(monkeypatch, [Planted("reader", gold, accuracy=0.7), labellers.LABELLERS["argmax"]])
     assert list(report["labellers"]) == ["reader"] and report["not_checked"] == ["argmax"]
     assert report["chosen"] == "reader"
+
+
+def test_an_unknown_labeller_is_one_error_line_before_anything_is_written(tmp_path, capsys):
+    from selfguide_lite.cli import main
+    from selfguide_lite.demo import real_demo_task_path
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("selfguide:\n  labeler: votes\n")
+    code = main(["loop", "--task", str(real_demo_task_path()), "--model", str(tmp_path / "none.gguf"),
+                 "--config", str(cfg), "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == ("error: selfguide.labeler must be auto or one of vote, argmax, batch-calibrated, "
+                      "content-free-calibrated, not 'votes'")
+    assert not (tmp_path / "run").exists()
