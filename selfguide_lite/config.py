@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .builtin_students import BUILTIN_STUDENTS
 from .errors import UserError
@@ -299,15 +299,20 @@ def migrate_old_keys(data: dict[str, Any], where: str, warn: Callable[[str], Non
         for old in _OLD_SWITCHES:
             if old in section:
                 renamed.append(f"selfguide.{old}")
-                if section.pop(old) is False and old not in without:
+                if not _old_bool(section.pop(old), f"{where}: selfguide.{old}") and old not in without:
                     without.append(old)
         if "context_sampling" in section:
             renamed.append("selfguide.context_sampling")
-            if section.pop("context_sampling") == "request" and "wave_context" not in without:
+            mode = section.pop("context_sampling")
+            if mode not in ("wave", "request"):
+                raise UserError(f"{where}: selfguide.context_sampling (an old setting name): expected wave or request, "
+                                f"got {mode!r}")
+            if mode == "request" and "wave_context" not in without:
                 without.append("wave_context")
         if "constrain_labels" in section or "label_filter" in section:
             renamed.append("selfguide.constrain_labels/label_filter")
-            constrain, exact = section.pop("constrain_labels", True), section.pop("label_filter", True)
+            constrain = _old_bool(section.pop("constrain_labels", True), f"{where}: selfguide.constrain_labels")
+            exact = _old_bool(section.pop("label_filter", True), f"{where}: selfguide.label_filter")
             section["labels_in_vote"] = "constrained" if constrain else "exact" if exact else "any"
         if without:
             section["without"] = without
@@ -316,6 +321,14 @@ def migrate_old_keys(data: dict[str, Any], where: str, warn: Callable[[str], Non
         warn(f"warning: {where}: old setting names read as today's ({', '.join(renamed)}); "
              "`config --print` shows the current names")
     return data
+
+
+def _old_bool(value: Any, where: str) -> bool:
+    """An old on/off setting's value, validated as today's boolean settings are (a typo is an error, not off)."""
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        raise UserError(f"{where} (an old setting name): expected true or false, got {value!r}") from None
 
 
 def _validate(data: dict[str, Any], where: str) -> Config:
@@ -357,6 +370,10 @@ def load_config(
             raise UserError(f"config file not found: {p}")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{p}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+        except OSError as exc:
+            raise UserError(f"cannot read config file {p}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise UserError(f"{p}: invalid YAML ({exc.__class__.__name__})") from None
         if not isinstance(loaded, dict):

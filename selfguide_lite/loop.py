@@ -266,6 +266,10 @@ def start_run(cfg: Config, log: Log, command: str | None) -> RunContext:
     method = method_for(cfg)
     method.check_inputs()
     tasks = method.eval_tasks()
+    for task in tasks:  # refused before any file is written: every check the task files allow comes first
+        if not task.split("validation", cfg.eval.validation_size, cfg.eval.test_size):
+            raise UserError(f"task {task.name} has no evaluation instances to validate on: give it an 'eval:' list "
+                            "(or 'validation:'), whose answers decide promotion and the final student")
     run_dir = resolve_run_dir(cfg, log=log)
     manifest = Manifest(run_dir / "manifest.json")  # refuses a run directory it cannot resume, before any write
     source = resolve_student(cfg.model, log)  # a GGUF student is imported here, once (cached)

@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 
 from .errors import UserError
+from .metrics import normalize
 from .store import jsonl_lines, read_text
 
 TaskType = Literal["classification", "generation"]
@@ -99,8 +100,20 @@ class SeedTask:
     is_classification: bool
 
 
+class _TextLoader(yaml.SafeLoader):
+    """YAML whose plain scalars stay the text the user wrote, `null` and `~` apart: YAML 1.1 reads `yes`,
+    `no`, `on` and `off` as booleans and `007` as 7, so `labels: [yes, no]` would become True / False."""
+
+
+_TextLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag == "tag:yaml.org,2002:null"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _read_structured(path: Path) -> object:
-    """JSON when the text starts like JSON, YAML otherwise; a syntax error names its line."""
+    """JSON when the text starts like JSON, YAML otherwise (every scalar kept as its text); a syntax error
+    names its line."""
     text = read_text(path, "task file")
     if text.lstrip().startswith(("{", "[")):
         try:
@@ -108,7 +121,7 @@ def _read_structured(path: Path) -> object:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_TextLoader)  # noqa: S506 (a SafeLoader with fewer implicit types)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -198,7 +211,35 @@ def _load_own(data: dict, path: Path, task_type: str | None, labels: list[str] |
         ttype, labs = _infer_type_and_labels(first_refs, [d.output for d in demos], declared_type, declared_labels)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
+    _check_unique_ids(path, [("eval", instances), ("validation", validation or [])])
+    if ttype == "classification" and declared_labels:
+        _check_outputs_are_labels(path, labs, [("examples", [(d.output,) for d in demos]),
+                                               ("eval", [i.outputs for i in instances]),
+                                               ("validation", [i.outputs for i in validation or []])])
     return Task(str(data.get("name", name)), instruction.strip(), demos, ttype, labs, instances, validation)
+
+
+def _check_unique_ids(path: Path, groups: list[tuple[str, list[Instance]]]) -> None:
+    """Two held-out instances with one id would be scored as one: refused, naming both entries."""
+    seen: dict[str, str] = {}
+    for where, instances in groups:
+        for n, inst in enumerate(instances):
+            here = f"{where}[{n}]"
+            if inst.id in seen:
+                raise UserError(f"{path}: {here}: id {inst.id!r} is already used by {seen[inst.id]}; give every "
+                                "evaluation instance its own id")
+            seen[inst.id] = here
+
+
+def _check_outputs_are_labels(path: Path, labels: list[str], groups: list[tuple[str, list[tuple[str, ...]]]]) -> None:
+    """With `labels` declared, an answer outside them (a typo is enough) would teach or score a label the task
+    does not have: refused, naming the entry."""
+    known = {normalize(lab) for lab in labels}
+    for where, outputs in groups:
+        for n, outs in enumerate(outputs):
+            if outs and normalize(outs[0]) not in known:
+                raise UserError(f"{path}: {where}[{n}]: output {outs[0]!r} is not one of the labels "
+                                f"{', '.join(labels)}; correct it or add it to 'labels'")
 
 
 def _own_instances(items: object, where: str, prefix: str) -> list[Instance]:

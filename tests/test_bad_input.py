@@ -185,7 +185,7 @@ def test_unsupported_architecture_is_refused_before_merging(tmp_path, capsys, ti
 
 def test_incompatible_or_corrupt_run_directory(tmp_path, capsys, tiny_llama):
     task = tmp_path / "t.yaml"
-    task.write_text(GOOD_TASK)
+    task.write_text(GOOD_TASK + "eval:\n  - {input: snow, output: weather}\n")
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"format": 99, "stages": {}, "rounds": {}}))
@@ -321,3 +321,74 @@ def test_the_old_seeds_flag_warns_once_and_means_seed_tasks(tmp_path, capsys):
     assert code == 2
     assert lines == ["warning: --seeds is now --seed-tasks (the Self-Instruct seed tasks file)",
                      "error: --seed-tasks applies to --method self-instruct, not self-guide"]
+
+
+# --- task files a user really writes (issue 42) ---------------------------------------------------
+
+YES_NO_TASK = """instruction: Is the sentence about the weather? Answer yes or no.
+labels: [yes, no]
+examples:
+  - {input: Rain is coming, output: yes}
+  - {input: The shop opens at 9, output: no}
+eval:
+  - {id: e-1, input: Snow in May, output: yes}
+  - {id: e-2, input: A new bakery, output: No}
+  - {id: e-3, input: "007 is a film", output: no}
+"""
+
+
+def test_yes_no_labels_stay_the_words_the_user_wrote(tmp_path):
+    from selfguide_lite.tasks import load_task
+
+    path = tmp_path / "weather.yaml"
+    path.write_text(YES_NO_TASK.replace('"007 is a film"', "007"))
+    task = load_task(path)
+    assert task.labels == ["yes", "no"] and [d.output for d in task.demos] == ["yes", "no"]
+    assert [i.outputs for i in task.instances] == [("yes",), ("No",), ("no",)]
+    assert task.instances[2].input == "007"  # not the number 7
+
+
+def test_an_output_outside_the_declared_labels_is_refused_naming_the_entry(tmp_path, capsys):
+    path = tmp_path / "weather.yaml"
+    path.write_text(YES_NO_TASK.replace("output: No}", "output: noo}"))
+    fails_cleanly(["eval", "--task", str(path), "--model", str(tmp_path / "m.gguf")], capsys,
+                  "eval[1]: output 'noo' is not one of the labels yes, no", "add it to 'labels'")
+    path.write_text(YES_NO_TASK.replace("{input: Rain is coming, output: yes}", "{input: Rain is coming, output: yess}"))
+    fails_cleanly(["eval", "--task", str(path), "--model", str(tmp_path / "m.gguf")], capsys, "examples[0]: output 'yess'")
+
+
+def test_two_evaluation_instances_with_one_id_are_refused(tmp_path, capsys):
+    path = tmp_path / "weather.yaml"
+    path.write_text(YES_NO_TASK.replace("id: e-2", "id: e-1"))
+    fails_cleanly(["eval", "--task", str(path), "--model", str(tmp_path / "m.gguf")], capsys,
+                  "eval[1]: id 'e-1' is already used by eval[0]")
+
+
+def test_a_task_without_evaluation_instances_is_refused_before_anything_is_written(tmp_path, capsys):
+    path = tmp_path / "t.yaml"
+    path.write_text(GOOD_TASK)
+    run = tmp_path / "run"
+    fails_cleanly(["loop", "--task", str(path), "--model", str(tmp_path / "m.gguf"), "--run-dir", str(run)], capsys,
+                  "has no evaluation instances", "'eval:'")
+    assert not run.exists()
+
+
+# --- configuration files (issue 42) ---------------------------------------------------------------
+
+def test_a_config_file_that_is_not_utf8_is_one_error_line(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes("# r\xe9glages\nselfguide: {num_inputs: 8}\n".encode("latin-1"))
+    fails_cleanly(["config", "--print", "--config", str(cfg)], capsys, "not UTF-8", "save the file as UTF-8")
+
+
+def test_old_setting_names_are_validated_like_new_ones(tmp_path, capsys):
+    from selfguide_lite.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("selfguide:\n  input_lead: flase\n")
+    fails_cleanly(["config", "--print", "--config", str(cfg)], capsys,
+                  "selfguide.input_lead (an old setting name): expected true or false, got 'flase'")
+    cfg.write_text("selfguide:\n  field_filter: 0\n  context_sampling: request\n")
+    assert set(load_config(cfg, warn=lambda line: None).selfguide.without) == {"field_filter", "wave_context"}
+    cfg.write_text("selfguide:\n  context_sampling: waves\n")
+    fails_cleanly(["config", "--print", "--config", str(cfg)], capsys, "expected wave or request, got 'waves'")

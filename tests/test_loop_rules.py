@@ -125,7 +125,8 @@ class FakeStages:
 def _run(tmp_path, monkeypatch, fake: FakeStages, rounds: int, **loop_cfg):
     fake.install(monkeypatch)
     task = tmp_path / "t.yaml"
-    task.write_text("instruction: Say it.\ntype: generation\nexamples:\n  - {input: a, output: b}\n")
+    task.write_text("instruction: Say it.\ntype: generation\nexamples:\n  - {input: a, output: b}\n"
+                    "eval:\n  - {input: c, output: d}\n")
     cfg = Config.model_validate({"task": str(task), "model": "fake", "run_dir": str(tmp_path / "run"),
                                  "loop": {"rounds": rounds, "min_train_rows": 1, **loop_cfg}})
     summary = loop.run_loop(cfg, log=lambda m: None)
