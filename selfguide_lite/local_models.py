@@ -78,14 +78,23 @@ def resolve_ollama(name: str) -> Path:
 
 
 def _ollama_blob(store: Path, manifest: Path) -> Path:
+    """The GGUF blob a manifest names; a manifest of any other shape is a user error naming it (its
+    JSON is checked, not trusted: a list where objects belong must not end as an internal error)."""
     try:
-        layers = json.loads(manifest.read_text(encoding="utf-8"))["layers"]
-        digest = next(layer["digest"] for layer in layers if layer.get("mediaType") == OLLAMA_MODEL_LAYER)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         raise UserError(f"{manifest}: not a readable Ollama manifest ({exc.__class__.__name__})") from None
-    except StopIteration:
-        raise UserError(f"{manifest}: the manifest has no model layer ({OLLAMA_MODEL_LAYER})") from None
-    blob = store / "blobs" / str(digest).replace(":", "-", 1)
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        raise UserError(f"{manifest}: not a readable Ollama manifest ('layers' is not a list of objects); "
+                        "ollama pull the model again")
+    digests = [layer.get("digest") for layer in layers if layer.get("mediaType") == OLLAMA_MODEL_LAYER]
+    if not digests:
+        raise UserError(f"{manifest}: the manifest has no model layer ({OLLAMA_MODEL_LAYER})")
+    digest = digests[0]
+    if not isinstance(digest, str) or not digest.strip():
+        raise UserError(f"{manifest}: its model layer has no digest; ollama pull the model again")
+    blob = store / "blobs" / digest.replace(":", "-", 1)
     if not blob.is_file():
         raise UserError(f"{manifest}: its model blob {blob} is missing (ollama pull it again)")
     return blob

@@ -91,6 +91,36 @@ def test_ollama_store_locations_and_broken_stores(home, tmp_path, monkeypatch):
     assert [m.problem != "" for m in list_ollama()] == [True]
 
 
+def test_one_malformed_manifest_is_reported_and_the_rest_still_work(home, tmp_path, capsys):
+    """Manifests whose JSON parses but has the wrong shape (issue 42): `layers` not objects, a model layer
+    without a digest. Each is listed as unreadable, naming it; good models resolve; a name that is not there
+    is still the not-found line; the CLI ends in one `error:` line for the bad name itself."""
+    store = home / ".ollama" / "models"
+    data = small_gguf(tmp_path / "m.gguf").read_bytes()
+    good = ollama_pull(store, "registry.ollama.ai", "library", "good", "latest", data)
+    strings = ollama_pull(store, "registry.ollama.ai", "library", "strings", "latest", data + b"\0")
+    no_digest = ollama_pull(store, "registry.ollama.ai", "library", "nodigest", "latest", data + b"\0\0")
+    manifests = store / "manifests" / "registry.ollama.ai" / "library"
+    (manifests / "strings" / "latest").write_text(json.dumps({"layers": ["sha256:abc"]}))
+    (manifests / "nodigest" / "latest").write_text(json.dumps({"layers": [{"mediaType": OLLAMA_MODEL_LAYER}]}))
+    assert strings.is_file() and no_digest.is_file()
+    listed = {m.name: m for m in list_ollama()}
+    assert listed["ollama:good:latest"].path == good
+    assert "'layers' is not a list of objects" in listed["ollama:strings:latest"].problem
+    assert "has no digest" in listed["ollama:nodigest:latest"].problem
+    assert resolve_ollama("good") == good
+    with pytest.raises(UserError, match="not found") as err:
+        resolve_ollama("absent")
+    assert "ollama:good:latest" in str(err.value)
+    from selfguide_lite.cli import main
+
+    assert main(["chat", "ollama:strings"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not a readable Ollama manifest" in lines[0]
+    out = run_cli("models", env={**os.environ, "HOME": str(home)})
+    assert out.returncode == 0 and "ollama:strings:latest" in out.stdout, out.stderr
+
+
 def test_lmstudio_names_skip_projectors_and_refuse_ambiguity(home, tmp_path):
     models = home / ".lmstudio" / "models"
     q4 = small_gguf(models / "lmstudio-community" / "gemma-3-270m-it-GGUF" / "gemma-3-270m-it-Q4_K_M.gguf")
