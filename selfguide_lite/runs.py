@@ -137,8 +137,9 @@ def summary_lines(summary: dict) -> list[str]:
     for k, rec in rounds.items():
         state = "" if rec.promoted else f"  not {'trained' if rec.status in NOT_TRAINED else 'promoted'} ({rec.status})"
         rows = "" if k == 0 or rec.status == "no_signal" else f", {rec.train_size or 0} training rows"
+        said = verdict_pair(rec.metrics) if rec.metrics else ""
         lines.append(f"  round {k}: validation {cell(k, 'validation')}, test {cell(k, 'test')}{rows}{state}"
-                     + (f"  [{verdict_pair(rec.metrics)}]" if rec.metrics and verdict_pair(rec.metrics) else ""))
+                     + (f"  [{said}]" if said else ""))
         if rec.signal:
             lines.append(f"    signal check: {rec.signal['line']}")
         if rec.status == "no_data" and rec.error:

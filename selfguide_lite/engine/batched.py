@@ -459,7 +459,8 @@ class BatchedSampler(Sampler):
         if not requests:
             return []
         seqs = [[self.prompt_tokens(r.prompt + c) for c in r.continuations] for r in requests]
-        splits = [score_split(self.prompt_tokens(r.prompt), s) for r, s in zip(requests, seqs, strict=True)]
+        prompts = [self.prompt_tokens(r.prompt) for r in requests]
+        splits = [score_split(p, s) for p, s in zip(prompts, seqs, strict=True)]
         every = [x for s in seqs for x in s]
         if not every:
             return [[] for _ in requests]
@@ -477,7 +478,7 @@ class BatchedSampler(Sampler):
         scores = [[0.0] * len(s) for s in seqs]
         whole_prompt = None
         if on_prompt is not None:  # the row after the prompt is the one `generate` samples from only here
-            whole_prompt = {j for j, r in enumerate(requests) if seqs[j] and splits[j] == len(self.prompt_tokens(r.prompt))}
+            whole_prompt = {j for j, p in enumerate(prompts) if seqs[j] and splits[j] == len(p)}
         try:
             for start in range(0, len(requests), self.n_slots):
                 group = [j for j in range(start, min(len(requests), start + self.n_slots)) if seqs[j]]

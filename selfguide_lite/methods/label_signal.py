@@ -34,10 +34,10 @@ from ..config import Config
 from ..diagnostics import input_copy_score, label_quality
 from ..engine.sampler import Sampler
 from ..evaluate import predict
-from ..metrics import READS_MARGIN, normalize, read_labelling
+from ..metrics import READS_MARGIN, normalize, read_labelling, verdict
 from ..prompts import PromptFormat
 from ..tasks import Instance, Task
-from .labellers import AUTO, LABELLERS, LabelJob, LabelScores, annotate, labeller_for
+from .labellers import AUTO, LABELLERS, LabelJob, annotate, labeller_for
 
 PERMUTATIONS = 2000
 MIN_LABELS = 2
@@ -114,7 +114,7 @@ def check_classification(task: Task, sampler: Sampler, cfg: Config, fmt: PromptF
     names = [n for n, lab in LABELLERS.items() if can_score or not lab.needs_scores] if sg.labeler == AUTO \
         else [sg.labeler]
     unavailable = [n for n in LABELLERS if sg.labeler == AUTO and n not in names]
-    job = LabelJob(task, sampler, sg, fmt, inputs, seed, scores=LabelScores(task, sampler, fmt, inputs))
+    job = LabelJob(task, sampler, sg, fmt, inputs, seed)
     start = time.perf_counter()
     job.prepare(names)  # the vote's samples and the label scores from one pass over the prompts, where it can
     prepared = round(time.perf_counter() - start, 2)
@@ -128,9 +128,12 @@ def check_classification(task: Task, sampler: Sampler, cfg: Config, fmt: PromptF
             and read["labels_used"] >= MIN_LABELS
         labellers[name] = {**{k: v for k, v in read.items() if k != "chance"}, "p_value": round(p, 4),
                            "seconds": seconds[name], "passes": bool(passes)}
+    def rank(name: str) -> tuple[float, int]:  # the higher balanced accuracy; a tie: the earlier labeller
+        return labellers[name]["balanced_accuracy"], -names.index(name)
+
     passing = [n for n in names if labellers[n]["passes"]]
-    best = max(names, key=lambda n: (labellers[n]["balanced_accuracy"], -names.index(n)))
-    chosen = max(passing, key=lambda n: (labellers[n]["balanced_accuracy"], -names.index(n))) if passing else None
+    best = max(names, key=rank)
+    chosen = max(passing, key=rank) if passing else None
     report = {"type": "classification", "n": len(instances), "chance": round(test.chance, 2), "rule": RULE,
               "seconds_shared_pass": prepared,
               # score labellers need log-probabilities, which a completions server does not return
@@ -182,11 +185,11 @@ def check_generation(task: Task, sampler: Sampler, cfg: Config, fmt: PromptForma
 def generation_line(report: dict[str, Any]) -> str:
     if not report["n"]:
         return "generation check: no validation inputs to check on"
-    verdict = ("above" if report["vote_rougeL"] > report["input_copy_rougeL"] else "below")
+    against_copy = verdict({"input_as_answer_rougeL": report["input_copy_rougeL"]}, report["vote_rougeL"])
     return (f"generation check on {report['n']} validation inputs (informs, does not refuse): the vote's answers "
             f"ROUGE-L {report['vote_rougeL']:.1f} ({report['coverage']:.0f} % of inputs answered), greedy answers "
             f"{report['greedy_rougeL']:.1f}, the input copied {report['input_copy_rougeL']:.1f}: the labels it "
-            f"trains on are {verdict} the input copy")
+            f"trains on are {against_copy}")
 
 
 def check_signal(task: Task, sampler: Sampler, cfg: Config, fmt: PromptFormat, seed: int) -> dict[str, Any]:
