@@ -21,7 +21,7 @@ from .filters import DEFAULT_NOISE_PATTERNS
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # `num_inputs: true` is not 1, `"5"` not 5
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

@@ -39,7 +39,7 @@ import numpy as np
 from .errors import UserError
 from .hf_tokenizer import load_tokenizer
 from .prompts import PromptFormat
-from .runtime import gguf_add_bos, gguf_tokenize_all
+from .runtime import gguf_add_bos, gguf_parts, gguf_tokenize_all
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -84,17 +84,28 @@ def _gguf_module():
 
 
 class GGUFFile:
-    """A GGUF file's metadata and tensors, read lazily through a memory map."""
+    """A GGUF model's metadata and tensors, read lazily through a memory map. A split model (gguf-split's
+    `NAME-00001-of-0000N.gguf`) is opened from its first shard: metadata from it, tensors from every shard."""
 
     def __init__(self, path: str | Path) -> None:
         gguf, self._dequantize = _gguf_module()
         self.path = Path(path)
+        self.parts = gguf_parts(self.path)
+        readers = [self._open(gguf, part) for part in self.parts]
+        self.reader = readers[0]
+        self.tensors = {t.name: t for reader in readers for t in reader.tensors}
+        expected = self.get("split.tensors.count")
+        if len(self.parts) > 1 and expected is not None and int(expected) != len(self.tensors):
+            raise UserError(f"{self.path}: its shards hold {len(self.tensors)} tensors, the split says {int(expected)}")
+
+    def _open(self, gguf, part: Path):
+        if not part.is_file():
+            raise UserError(f"{self.path}: shard {part.name} of this split model is missing")
         try:
-            self.reader = gguf.GGUFReader(str(self.path), "r")
+            return gguf.GGUFReader(str(part), "r")
         except Exception as exc:  # bad magic, truncated file, unknown value types: all "not a GGUF we can read"
-            raise UserError(f"{self.path}: not a readable GGUF file ({exc.__class__.__name__}: "
+            raise UserError(f"{part}: not a readable GGUF file ({exc.__class__.__name__}: "
                             f"{' '.join(str(exc).split())[:160]})") from None
-        self.tensors = {t.name: t for t in self.reader.tensors}
 
     def get(self, key: str, default: Any = None) -> Any:
         field = self.reader.fields.get(key)
@@ -113,6 +124,41 @@ class GGUFFile:
         data = self._dequantize(np.asarray(t.data), t.tensor_type)
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         return np.ascontiguousarray(data.reshape(shape), dtype=np.float32)
+
+
+def write_gguf_subset(f: GGUFFile, dest: Path, keep: Callable[[str], bool], keep_key: Callable[[str], bool]) -> Path:
+    """Write the tensors and metadata keys of `f` that `keep` and `keep_key` accept, bytes unchanged (no
+    requantization), to `dest` (a temporary name first, renamed when complete). Split keys are dropped:
+    the copy is one file."""
+    import os
+
+    gguf, _ = _gguf_module()
+    tmp = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(tmp), f.architecture)
+    alignment = f.get("general.alignment")
+    if alignment is not None:
+        writer.data_alignment = int(alignment)
+    for key, field in f.reader.fields.items():
+        if key.startswith(("GGUF.", "split.")) or key == "general.architecture" or not keep_key(key):
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), kind, sub_type=sub)
+    tensors = [t for name, t in f.tensors.items() if keep(name)]
+    for t in tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in tensors:
+            writer.write_tensor_data(t.data)
+        writer.close()
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:

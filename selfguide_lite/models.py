@@ -25,7 +25,7 @@ from typing import Any
 from .builtin_students import BUILTIN_STUDENTS, builtin_gguf
 from .errors import UserError
 from .local_models import is_local_name, resolve_local_name
-from .runtime import existing_gguf
+from .runtime import existing_gguf, gguf_header, gguf_parts
 from .store import IMPORT_RECORD  # written last into an imported checkpoint: its presence marks it complete
 
 Log = Callable[[str], None]
@@ -54,20 +54,56 @@ def is_gguf_name(model: str | Path) -> bool:
     return str(model) in BUILTIN_STUDENTS or str(model).endswith(".gguf") or is_local_name(model)
 
 
-def sampling_gguf(model: str | Path) -> Path:
+def sampling_gguf(model: str | Path, log: Log | None = None) -> Path:
     """A GGUF to sample from: a built-in name resolves to its file, an `ollama:`/`lmstudio:` name to the
-    file in that store; anything else is taken as a path."""
+    file in that store; anything else is taken as a path. A GGUF that also holds a vision tower is
+    replaced by its text part (llama.cpp refuses such files; see `text_part`)."""
     if str(model) in BUILTIN_STUDENTS:
         return builtin_gguf(str(model))
-    if is_local_name(model):
-        return resolve_local_name(str(model))
-    return Path(model)
+    path = resolve_local_name(str(model)) if is_local_name(model) else Path(model)
+    return text_part(path, log=log) if path.is_file() else path
+
+
+VISION_TENSORS = ("v.", "mm.")  # Ollama's names for a vision tower and its projector inside one GGUF
+
+
+def vision_tensors(names) -> list[str]:
+    return [name for name in names if name.startswith(VISION_TENSORS)]
+
+
+def text_part(path: Path, cache: Path | None = None, log: Log | None = None) -> Path:
+    """`path` itself, or, when it holds a vision tower beside a language model (Ollama's converter keeps
+    Gemma 3 4B and larger that way; llama.cpp's writes the tower to a separate mmproj file), a GGUF of the
+    language model alone, written once under `cache/text-only/`.
+
+    llama.cpp loads only the tensors its architecture names and refuses a file with more ("wrong number
+    of tensors"); the language model is what a student trains, so its part is the student."""
+    from .gguf_import import SUPPORTED_ARCHITECTURES
+
+    header = gguf_header(path, ("general.architecture",))
+    vision = vision_tensors(header.tensor_names)
+    arch = header.values.get("general.architecture")
+    if not vision or arch not in SUPPORTED_ARCHITECTURES:
+        return path  # nothing to take apart, or refused where it is imported, in words
+    name = path.name  # an Ollama blob is named by its digest already; other files are hashed
+    key = name.removeprefix("sha256-")[:12] if name.startswith("sha256-") and len(name) == 71 else sha256_file(path)[:12]
+    dest = (cache or models_dir()) / "text-only" / f"{path.stem}-{key}-text.gguf"
+    if dest.is_file():
+        return dest
+    from .gguf_import import GGUFFile, write_gguf_subset
+
+    (log or (lambda m: None))(f"{path.name} holds a vision tower ({len(vision)} tensors) beside its {arch} language "
+                              f"model: writing the language model alone to {dest} (once)")
+    drop = set(vision)
+    write_gguf_subset(GGUFFile(path), dest, keep=lambda tensor: tensor not in drop,
+                      keep_key=lambda key: ".vision." not in key and not key.startswith((f"{arch}.mm.", "clip.")))
+    return dest
 
 
 def resolve_student(model: str | Path, log: Log | None = None) -> ResolvedStudent:
     """Any student (see the module docstring) -> its 16-bit checkpoint, and its GGUF when it came as one."""
     if is_gguf_name(model):
-        gguf = sampling_gguf(model)
+        gguf = sampling_gguf(model, log)
         hf_dir, record = import_gguf(gguf, log=log)
         return ResolvedStudent(str(hf_dir), gguf, record)
     return ResolvedStudent(resolve_model_source(model))
@@ -115,6 +151,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def gguf_digest(path: Path) -> str:
+    """sha256 of a GGUF model: of its file, or of its shards' digests in order (a split model)."""
+    parts = gguf_parts(path)
+    if len(parts) == 1:
+        return sha256_file(path)
+    return hashlib.sha256("".join(sha256_file(part) for part in parts).encode()).hexdigest()
+
+
 def import_gguf(gguf_path: str | Path, cache: Path | None = None, log: Log | None = None) -> tuple[Path, dict[str, Any]]:
     """Import a GGUF file once into `cache/imported/<stem>-<sha12>/` (16-bit safetensors, config, tokenizer).
 
@@ -125,7 +169,7 @@ def import_gguf(gguf_path: str | Path, cache: Path | None = None, log: Log | Non
     from .gguf_import import SUPPORTED_ARCHITECTURES, GGUFFile, write_checkpoint
 
     path = existing_gguf(gguf_path)
-    digest = sha256_file(path)
+    digest = gguf_digest(path)
     dest = (cache or models_dir()) / "imported" / f"{path.stem}-{digest[:12]}"
     record_path = dest / IMPORT_RECORD
     if record_path.is_file():
@@ -172,8 +216,15 @@ def gguf_summary(path: Path) -> tuple[str, bool]:
         quant = gguf_module.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_") if file_type is not None else "?"
     except ValueError:
         quant = f"file type {file_type}"
-    size = path.stat().st_size / 2**20
-    line = f"{arch}, {params / 1e6:,.0f}M parameters, {quant}, {size:,.0f} MiB"
+    size = sum(part.stat().st_size for part in f.parts) / 2**20
+    vision = vision_tensors(f.tensors)
+    tower = sum(int(f.tensors[name].n_elements) for name in vision)
+    line = f"{arch}, {(params - tower) / 1e6:,.0f}M parameters, {quant}, {size:,.0f} MiB"
+    if len(f.parts) > 1:
+        line += f" in {len(f.parts)} shards"
+    if vision:
+        line += f", and a vision tower ({tower / 1e6:,.0f}M parameters) that is not used"
+        line += ": the language model is written apart once" if arch in SUPPORTED_ARCHITECTURES else ""
     if arch not in SUPPORTED_ARCHITECTURES:
         return f"{line}; not a student here: the importer supports {', '.join(SUPPORTED_ARCHITECTURES)}", False
     try:  # RoPE scaling and the like are checked as the import would (metadata and rope_freqs only)
@@ -186,7 +237,7 @@ def gguf_summary(path: Path) -> tuple[str, bool]:
 
 def student_listing() -> list[str]:
     """The `models` command's lines: built-in students (installed or not), then Ollama's and LM Studio's."""
-    from .local_models import list_lmstudio, list_ollama, lmstudio_stores, ollama_stores
+    from .local_models import list_lmstudio, list_ollama, lmstudio_stores, ollama_stores, unreadable_stores
 
     lines = ["built-in students:"]
     for name, student in BUILTIN_STUDENTS.items():
@@ -198,8 +249,10 @@ def student_listing() -> list[str]:
                          + ("  (optional; its own terms apply)" if student.optional else ""))
     for title, found, stores in (("Ollama", list_ollama(), ollama_stores()), ("LM Studio", list_lmstudio(), lmstudio_stores())):
         lines.append(f"{title} models ({', '.join(str(s) for s in stores)}):")
+        lines += [f"  {problem}: run as a user that can read it" for problem in unreadable_stores(stores)]
         if not found:
             lines.append("  none found")
         for model in found:
-            lines.append(f"  {model.name}: {gguf_summary(model.path)[0] if model.path else model.problem}")
+            said = gguf_summary(model.path)[0] if model.path else model.problem
+            lines.append(f"  {model.name}: {'; '.join((said, *model.notes))}")
     return lines

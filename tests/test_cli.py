@@ -37,7 +37,8 @@ def test_bad_model_file_is_a_user_error(tmp_path, capsys):
     bogus = tmp_path / "m.gguf"
     bogus.write_bytes(b"not a gguf")
     assert main(["eval", "--task", str(task), "--model", str(bogus)]) == 2
-    assert "could not load" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bogus}: not a GGUF file")
 
 
 def test_score_prints_one_json_object_and_rejects_unknown_ids(tmp_path):

@@ -179,3 +179,33 @@ def test_llama_cpp_warnings_stay_out_of_the_output_and_its_errors_go_into_the_me
     with pytest.raises(UserError, match="invalid magic characters"):
         runtime.load_model(bad)
     assert capfd.readouterr().err == ""
+
+
+def test_the_fast_gguf_header_reads_what_gguf_py_reads_and_refuses_a_truncated_file(tmp_path, tiny_qwen2):
+    """`gguf_header` walks the header itself (gguf-py's reader takes seconds on a large vocabulary): the
+    values it decodes and the tensor names must be gguf-py's, and a cut file one error line."""
+    from selfguide_lite.errors import UserError
+    from selfguide_lite.export import convert_to_gguf
+    from selfguide_lite.gguf_import import GGUFFile
+    from selfguide_lite.runtime import gguf_header
+
+    path = convert_to_gguf(tiny_qwen2, tmp_path / "q.gguf", "q8_0")
+    f = GGUFFile(path)
+    keys = ("general.architecture", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "qwen2.block_count",
+            "qwen2.rope.freq_base", "tokenizer.ggml.merges", "tokenizer.ggml.add_bos_token")
+    header = gguf_header(path, keys)
+    for key in keys:
+        if f.get(key) is None:
+            assert key not in header.values
+            continue
+        ours, theirs = header.values[key], f.get(key)
+        assert (list(ours) == list(theirs)) if isinstance(theirs, list) else ours == pytest.approx(theirs), key
+    assert "tokenizer.ggml.tokens" in header.values and len(header.values["tokenizer.ggml.tokens"]) == 320
+    assert header.tensor_names == tuple(f.tensors)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(UserError, match="truncated or malformed"):
+        gguf_header(cut, keys)
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(UserError, match="not a GGUF"):
+        gguf_header(tmp_path / "empty.gguf")
