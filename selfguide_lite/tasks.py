@@ -8,6 +8,7 @@ JSON) is one of our own task files.
 from __future__ import annotations
 
 import json
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -105,6 +106,20 @@ class _TextLoader(yaml.SafeLoader):
     `no`, `on` and `off` as booleans and `007` as 7, so `labels: [yes, no]` would become True / False."""
 
 
+def _unique_keys_mapping(loader: _TextLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are unique: YAML allows none twice, PyYAML would keep the last silently."""
+    seen: dict[object, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, str | int | float | type(None)) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (first at line {seen[key] + 1})", key_node.start_mark)
+        if isinstance(key, str | int | float | type(None)):
+            seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_TextLoader.construct_mapping = _unique_keys_mapping  # type: ignore[method-assign]
 _TextLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag == "tag:yaml.org,2002:null"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -117,16 +132,41 @@ def _read_structured(path: Path) -> object:
     text = read_text(path, "task file")
     if text.lstrip().startswith(("{", "[")):
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=partial(_unique_json_keys, path))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise UserError(f"{path}: invalid JSON: nested too deeply") from None
     try:
         return yaml.load(text, Loader=_TextLoader)  # noqa: S506 (a SafeLoader with fewer implicit types)
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or exc.__class__.__name__
         raise UserError(f"{where}: invalid YAML: {problem}") from None
+
+
+def _unique_json_keys(path: Path, pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    twice = next((key for n, key in enumerate(keys) if key in keys[:n]), None)
+    if twice is not None:
+        raise UserError(f"{path}: invalid JSON: key {twice!r} appears twice in one object (the first would be "
+                        "ignored)")
+    return dict(pairs)
+
+
+def _text(value: object, where: str, *, empty_ok: bool = False) -> str:
+    """A field that must be text: numbers are their text; a list, a mapping, null or (unless `empty_ok`)
+    blank text is refused, naming the entry (str() of a list would turn `[b, c]` into the label "['b', 'c']")."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        got = "nothing (null)" if value is None else f"a {type(value).__name__}"
+        raise UserError(f"{where}: expected text, got {got}")
+    text = str(value)
+    if not empty_ok and not text.strip():
+        raise UserError(f"{where} is empty")
+    return text
 
 
 def _examples(items: object, where: str) -> list[dict]:
@@ -179,12 +219,16 @@ def _load_natural_instructions(data: dict, path: Path, task_type: str | None, la
     instruction = (definition[0] if isinstance(definition, list) and definition else definition) or ""
     if not isinstance(instruction, str) or not instruction.strip():
         raise UserError(f"{path}: 'Definition' holds no instruction text")
-    demos = [Demo(str(e["input"]), str(e["output"])) for e in _examples(data.get("Positive Examples"), f"{path}: Positive Examples")]
+    demos = _demos(data.get("Positive Examples"), f"{path}: Positive Examples")
     instances = []
     for n, inst in enumerate(_examples(data.get("Instances"), f"{path}: Instances")):
-        outs = inst["output"]
-        outs = [outs] if isinstance(outs, str) else list(outs) if isinstance(outs, list) else [str(outs)]
-        instances.append(Instance(str(inst.get("id", f"{name}-{n}")), str(inst["input"]), tuple(map(str, outs))))
+        here = f"{path}: Instances[{n}]"
+        outs = inst["output"] if isinstance(inst["output"], list) else [inst["output"]]
+        if not outs:
+            raise UserError(f"{here}: output: the list of accepted answers is empty")
+        instances.append(Instance(_text(inst.get("id", f"{name}-{n}"), f"{here}: id"),
+                                  _text(inst["input"], f"{here}: input", empty_ok=True),
+                                  tuple(_text(o, f"{here}: output[{k}]") for k, o in enumerate(outs))))
     first_refs = [i.outputs[0] for i in instances if i.outputs]
     ttype, labs = _infer_type_and_labels(first_refs, [d.output for d in demos], task_type, labels)
     return Task(name, instruction.strip(), demos, ttype, labs, instances)
@@ -193,9 +237,12 @@ def _load_natural_instructions(data: dict, path: Path, task_type: str | None, la
 def _load_own(data: dict, path: Path, task_type: str | None, labels: list[str] | None) -> Task:
     name = path.stem
     instruction = data["instruction"]
-    if not isinstance(instruction, str) or not instruction.strip():
+    if not isinstance(instruction, str):
+        raise UserError(f"{path}: 'instruction' must be the task's instruction text, not "
+                        f"{'nothing (null)' if instruction is None else 'a ' + type(instruction).__name__}")
+    if not instruction.strip():
         raise UserError(f"{path}: 'instruction' is empty (expected the task's instruction text)")
-    demos = [Demo(str(e["input"]), str(e["output"])) for e in _examples(data.get("examples"), f"{path}: examples")]
+    demos = _demos(data.get("examples"), f"{path}: examples")
     if not demos:
         raise UserError(f"{path}: 'examples' is empty (a task needs at least one input/output example)")
     instances = _own_instances(data.get("eval"), f"{path}: eval", name)
@@ -206,6 +253,8 @@ def _load_own(data: dict, path: Path, task_type: str | None, labels: list[str] |
     if declared_labels is not None and not (isinstance(declared_labels, list) and all(isinstance(x, str | int | float) for x in declared_labels)):
         raise UserError(f"{path}: 'labels' must be a list of strings")
     declared_labels = [str(x) for x in declared_labels] if declared_labels else None
+    if declared_labels:
+        _check_label_set(path, declared_labels)
     try:
         first_refs = [i.outputs[0] for i in (validation or []) + instances if i.outputs]
         ttype, labs = _infer_type_and_labels(first_refs, [d.output for d in demos], declared_type, declared_labels)
@@ -242,11 +291,35 @@ def _check_outputs_are_labels(path: Path, labels: list[str], groups: list[tuple[
                                 f"{', '.join(labels)}; correct it or add it to 'labels'")
 
 
+def _check_label_set(path: Path, labels: list[str]) -> None:
+    """Declared labels: at least two, none blank, none twice (as the metrics compare them, normalized)."""
+    if any(not lab.strip() for lab in labels):
+        raise UserError(f"{path}: 'labels' holds an empty label")
+    normalized = [normalize(lab) for lab in labels]
+    twice = next((lab for n, lab in enumerate(labels) if normalized[n] in normalized[:n]), None)
+    if twice is not None:
+        raise UserError(f"{path}: 'labels' lists {twice!r} twice (labels are compared without case and punctuation)")
+    if len(labels) < 2:
+        raise UserError(f"{path}: 'labels' needs at least two labels to classify between (got {labels[0]!r})")
+
+
+def _demos(items: object, where: str) -> list[Demo]:
+    return [Demo(_text(e["input"], f"{where}[{n}]: input", empty_ok=True), _text(e["output"], f"{where}[{n}]: output"))
+            for n, e in enumerate(_examples(items, where))]
+
+
 def _own_instances(items: object, where: str, prefix: str) -> list[Instance]:
     instances = []
     for n, item in enumerate(_examples(items, where)):
-        outs = tuple(str(o) for o in item["outputs"]) if "outputs" in item else (str(item["output"]),)
-        instances.append(Instance(str(item.get("id", f"{prefix}-{n}")), str(item["input"]), outs))
+        here = f"{where}[{n}]"
+        if "outputs" in item:
+            if not isinstance(item["outputs"], list) or not item["outputs"]:
+                raise UserError(f"{here}: 'outputs' must be a non-empty list of accepted answers")
+            outs = tuple(_text(o, f"{here}: outputs[{k}]") for k, o in enumerate(item["outputs"]))
+        else:
+            outs = (_text(item["output"], f"{here}: output"),)
+        instances.append(Instance(_text(item.get("id", f"{prefix}-{n}"), f"{here}: id"),
+                                  _text(item["input"], f"{here}: input", empty_ok=True), outs))
     return instances
 
 
@@ -254,6 +327,10 @@ def load_task(path: str | Path, task_type: str | None = None, labels: list[str] 
     """Load a task file of either format; `task_type` and `labels` override what is inferred."""
     path = Path(path)
     data = _read_structured(path)
+    if data is None:
+        raise UserError(f"{path}: the file is empty")
+    if labels:
+        _check_label_set(path, labels)
     if not isinstance(data, dict):
         raise UserError(f"{path}: a task file must hold one object, not {type(data).__name__}")
     if "Definition" in data:
@@ -284,7 +361,9 @@ def load_seed_pool(path: str | Path, bad_lines: str = "stop", warn=None) -> list
             seeds.append(_seed_task(json.loads(line), lineno))
         except json.JSONDecodeError as exc:
             problem = f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})"
-        except ValueError as exc:
+        except RecursionError:
+            problem = f"{path}:{lineno}: not valid JSON (nested too deeply)"
+        except (ValueError, UserError) as exc:
             problem = f"{path}:{lineno}: {exc}"
         else:
             continue
@@ -307,10 +386,14 @@ def _seed_task(row: object, lineno: int) -> SeedTask:
     instances = row.get("instances", [])
     if not isinstance(instances, list) or not all(isinstance(i, dict) and "output" in i for i in instances):
         raise ValueError("'instances' must be a list of objects, each with an 'output'")
+    is_classification = row.get("is_classification", False)
+    if not isinstance(is_classification, bool):
+        raise ValueError(f"'is_classification' must be true or false, not {is_classification!r}")
     return SeedTask(
-        id=str(row.get("id", f"seed_{lineno}")),
-        name=str(row.get("name", "")),
+        id=_text(row.get("id", f"seed_{lineno}"), "id"),
+        name=_text(row.get("name", ""), "name", empty_ok=True),
         instruction=instruction.strip(),
-        instances=tuple(Demo(str(i.get("input", "")), str(i["output"])) for i in instances),
-        is_classification=bool(row.get("is_classification", False)),
+        instances=tuple(Demo(_text(inst.get("input", ""), f"instances[{n}]: input", empty_ok=True),
+                             _text(inst["output"], f"instances[{n}]: output")) for n, inst in enumerate(instances)),
+        is_classification=is_classification,
     )

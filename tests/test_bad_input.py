@@ -60,6 +60,30 @@ TASK_CASES = {
     "unknown task format": ('{"prompt": "x", "answer": "y"}', "t.json", ["unknown task format", "prompt"]),
     "not an object": ("[1, 2]", "t.json", ["must hold one object"]),
     "not UTF-8": (b"instruction: caf\xe9\n", "t.yaml", ["not UTF-8"]),
+    # issue 42, found by reading the loaders as a tired user would write files:
+    "an empty file": ("", "t.yaml", ["t.yaml: the file is empty"]),
+    "a key written twice (YAML keeps the last)": (
+        "instruction: Say it.\ninstruction: Say the other thing.\nexamples:\n  - {input: a, output: b}\n", "t.yaml",
+        ["t.yaml:2:", "key 'instruction' appears twice (first at line 1)"]),
+    "a key written twice (JSON)": ('{"Definition": ["a"], "Definition": ["b"], "Positive Examples": []}', "t.json",
+                                   ["key 'Definition' appears twice"]),
+    "nested beyond the parser": ("[" * 100000 + "]" * 100000, "t.json", ["nested too deeply"]),
+    "a list where text belongs": ("instruction: Say it.\nexamples:\n  - {input: a, output: [b, c]}\n", "t.yaml",
+                                  ["examples[0]: output: expected text, got a list"]),
+    "an instruction that is a list": ("instruction: [Say, it]\nexamples:\n  - {input: a, output: b}\n", "t.yaml",
+                                      ["'instruction' must be the task's instruction text, not a list"]),
+    "an output left blank (null)": ("instruction: Say it.\nexamples:\n  - {input: a, output: b}\neval:\n  - {id: 1, input: a, output:}\n",
+                                    "t.yaml", ["eval[0]: output: expected text, got nothing (null)"]),
+    "an empty answer": ("instruction: Say it.\nexamples:\n  - {input: a, output: ' '}\n", "t.yaml", ["examples[0]: output is empty"]),
+    "NI instance with no accepted answer": (
+        '{"Definition": ["a"], "Positive Examples": [{"input": "x", "output": "y"}], "Instances": [{"id": "i", "input": "x", "output": []}]}',
+        "t.json", ["Instances[0]: output: the list of accepted answers is empty"]),
+    "a label listed twice": ("instruction: Say it.\nlabels: [Yes, 'yes.']\nexamples:\n  - {input: a, output: Yes}\n", "t.yaml",
+                             ["'labels' lists 'yes.' twice"]),
+    "one label only": ("instruction: Say it.\nlabels: [yes]\nexamples:\n  - {input: a, output: yes}\n", "t.yaml",
+                       ["'labels' needs at least two labels"]),
+    "a blank label": ("instruction: Say it.\nlabels: ['', yes]\nexamples:\n  - {input: a, output: yes}\n", "t.yaml",
+                      ["'labels' holds an empty label"]),
 }
 
 
@@ -229,6 +253,34 @@ def test_bad_config_file(tmp_path, capsys):
     cfg.write_text("train:\n  learning_rate: fast\n")
     fails_cleanly(["eval", "--task", str(task), "--model", "m.gguf", "--config", str(cfg)], capsys,
                   "c.yaml", "train.learning_rate")
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("selfguide:\n  num_inputs: true\n", "selfguide.num_inputs: Input should be a valid integer"),
+    ("selfguide:\n  num_inputs: '40'\n", "selfguide.num_inputs: Input should be a valid integer"),
+    ("selfguide:\n  num_inputs: 2.5\n", "selfguide.num_inputs"),
+])
+def test_config_values_are_taken_as_written_not_coerced(setting, fragment, tmp_path, capsys):
+    """`true` is not the number 1 and `'40'` is text: a lax reading would run a different job silently."""
+    task = tmp_path / "t.yaml"
+    task.write_text(GOOD_TASK)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(setting)
+    fails_cleanly(["eval", "--task", str(task), "--model", "m.gguf", "--config", str(cfg)], capsys, "c.yaml", fragment)
+
+
+def test_seed_lines_with_values_of_the_wrong_kind_are_refused(tmp_path):
+    """`"is_classification": "false"` is a non-empty string, true to Python; an output list became its repr."""
+    from selfguide_lite.errors import UserError
+    from selfguide_lite.tasks import load_seed_pool
+
+    good = {"id": "a", "instruction": "Say hi.", "instances": [{"input": "", "output": "hi"}], "is_classification": False}
+    for bad, fragment in (({"is_classification": "false"}, "'is_classification' must be true or false, not 'false'"),
+                          ({"instances": [{"input": "", "output": ["hi"]}]}, "instances[0]: output: expected text, got a list")):
+        seeds = tmp_path / "s.jsonl"
+        seeds.write_text(json.dumps(good) + "\n" + json.dumps({**good, **bad}) + "\n")
+        with pytest.raises(UserError, match="s.jsonl:2: " + fragment.replace("[", "\\[").replace("]", "\\]")):
+            load_seed_pool(seeds)
 
 
 def test_an_unknown_method_in_a_config_file_is_refused_where_the_method_is_looked_up(tmp_path, capsys):

@@ -151,7 +151,7 @@ def register(cls: type[Method]) -> type[Method]:
 def method_class(name: str) -> type[Method]:
     _load_builtin_methods()
     if name not in METHODS:
-        raise UserError(f"--method must be one of {', '.join(METHODS)}, not {name!r} (loop.method in a config file)")
+        raise UserError(f"--method must be one of {', '.join(sorted(METHODS))}, not {name!r} (loop.method in a config file)")
     return METHODS[name]
 
 
