@@ -121,11 +121,48 @@ def resolve_model_source(model: str | Path, log: Log | None = None) -> str:
             raise UserError(f"{path} has no .safetensors weights (only safetensors are loaded)")
         if not any((path / name).is_file() for name in TOKENIZER_FILES):
             raise UserError(f"{path} has no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})")
+        check_checkpoint_files(path)
         return str(path)
     if path.exists() or str(model).startswith((".", "/")) or str(model).count("/") != 1:
         raise UserError(f"model not found: {model} (give a GGUF file, a local checkpoint directory, a hub id like "
                         f"org/name, or a built-in student: {', '.join(BUILTIN_STUDENTS)})")
     return _hub_snapshot(str(model))
+
+
+def check_checkpoint_files(path: Path) -> None:
+    """The files of a checkpoint directory are what their names say, checked from their headers (cheap):
+    a cut download or a wrong file is one line naming it here, not an internal error deep in a stage."""
+    for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{file}: not UTF-8 text") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{file}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg} (a cut download?)") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{file}: expected a JSON object, got {type(data).__name__}")
+        if name == "config.json" and not isinstance(data.get("model_type"), str):
+            raise UserError(f"{file}: no 'model_type': not a transformers model configuration")
+    for weights in sorted(path.glob("*.safetensors")):
+        size = weights.stat().st_size
+        with open(weights, "rb") as fh:
+            head = fh.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = fh.read(length) if 0 < length <= min(size - 8, 100 * 2**20) else b""
+        try:
+            tensors = json.loads(header) if header else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            tensors = None
+        if not isinstance(tensors, dict):
+            raise UserError(f"{weights}: not a safetensors file (its header is missing or cut; a cut download?)")
+        end = max((int(t["data_offsets"][1]) for k, t in tensors.items() if k != "__metadata__"
+                   and isinstance(t, dict) and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2),
+                  default=0)
+        if 8 + length + end > size:
+            raise UserError(f"{weights}: truncated ({size:,} bytes, its header needs {8 + length + end:,}; a cut download?)")
 
 
 def _hub_snapshot(model_id: str) -> str:

@@ -126,6 +126,7 @@ def test_seed_file_bad_line_stops_with_its_number_or_is_skipped(tmp_path, capsys
 
 
 def test_model_paths(tmp_path, capsys, tiny_llama):
+    (tmp_path / "t.yaml").write_text(GOOD_TASK + "eval:\n  - {id: e1, input: snow, output: weather}\n")
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
     train = ["train", "--data", str(data), "--out", str(tmp_path / "adapter"), "--model"]
@@ -140,6 +141,23 @@ def test_model_paths(tmp_path, capsys, tiny_llama):
     for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
         (no_tok / name).unlink(missing_ok=True)
     fails_cleanly([*train, str(no_tok)], capsys, "has no tokenizer")
+    # issue 42: files that are not what their names say (a cut download, a wrong file) are one line
+    weights = sorted(tiny_llama.glob("*.safetensors"))[0]
+    for name, damage, fragment in (
+            ("config.json", lambda f: f.write_text("{"), "config.json:1:2: invalid JSON"),
+            ("config.json", lambda f: f.write_text('{"hidden_size": 8}'), "no 'model_type'"),
+            ("tokenizer_config.json", lambda f: f.write_text("[]"), "expected a JSON object, got list"),
+            (weights.name, lambda f: f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2]), "truncated"),
+            (weights.name, lambda f: f.write_bytes(b"<html>not found</html>"), "not a safetensors file")):
+        broken = tmp_path / "broken"
+        shutil.rmtree(broken, ignore_errors=True)
+        shutil.copytree(tiny_llama, broken)
+        damage(broken / name)
+        fails_cleanly([*train, str(broken)], capsys, name, fragment)
+        run_dir = tmp_path / "run"
+        fails_cleanly(["loop", "--task", str(tmp_path / "t.yaml"), "--model", str(broken), "--run-dir", str(run_dir)],
+                      capsys, name, fragment)
+        assert not run_dir.exists()
     assert not (tmp_path / "adapter").exists()
 
 
