@@ -159,6 +159,6 @@ def test_self_instruct_loop_survives_a_round_without_data(demo_student_gguf, tmp
     assert manifest["method"] == "self-instruct"
     r1 = manifest["rounds"]["1"]
     assert r1["status"] in ("done", "no_data")
-    if r1["status"] == "no_data":
-        assert r1["train_size"] == 0 and manifest["final"]["round"] == 0
+    if r1["status"] == "no_data":  # no rows, or fewer than loop.min_train_rows (16 by default): not trained
+        assert r1["train_size"] < 16 and manifest["final"]["round"] == 0
     assert "round 1" in res.stdout
