@@ -168,6 +168,10 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool | None = _f(
         None, "recompute activations in the backward pass to save memory (null: on with a GPU, off on a CPU, where "
               "memory is plentiful and compute is not; trl's own default is on)")
+    precision: Literal["auto", "float32", "bfloat16"] = _f(
+        "auto", "compute precision of training. auto: bfloat16 where the hardware computes it natively (a GPU that "
+                "supports it; a CPU with AVX512_BF16 or AMX-BF16), float32 elsewhere, where emulated bfloat16 is slower "
+                "than float32. bfloat16 on a CPU is autocast over float32 weights and optimizer state")
     shared_prefix: Literal["auto", "off"] = _f(
         "auto", "auto: run the prompt a micro-batch's rows share once (same loss and gradients, faster); off: per row")
     divergence_factor: float = _f(10.0, "stop when the loss exceeds this times its first value", gt=1)

@@ -128,12 +128,14 @@ def places_report(log: Log, run_dir: str | Path) -> None:
 
 def training_report(log: Log, gpu: bool) -> None:
     from .config import TrainConfig
-    from .train import choose_backend
+    from .train import choose_backend, training_precision
 
     unsloth = importlib.util.find_spec("unsloth") is not None
     log(f"Unsloth: {'usable (installed, CUDA GPU present)' if unsloth and gpu else 'installed but no CUDA GPU' if unsloth else 'not installed'}")
     log(f"training backend (auto): {choose_backend(TrainConfig())}"
         f"{'' if unsloth else '  (unsloth not installed: pip install -e .[unsloth] on a CUDA machine)'}")
+    precision, why = training_precision("auto", gpu)
+    log(f"training precision (auto): {precision}: {why}")
 
 
 def llama_cpp_report(log: Log) -> bool:

@@ -54,6 +54,33 @@ def choose_backend(cfg: TrainConfig) -> str:
     return "hf"
 
 
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bfloat16 natively
+
+
+def training_precision(requested: str, on_gpu: bool, flags: frozenset[str] | None = None) -> tuple[str, str]:
+    """The compute precision training uses ('bfloat16' or 'float32') and why, in words.
+
+    `auto` takes bfloat16 only where the hardware computes it: on a CPU without AVX512_BF16 or AMX-BF16
+    PyTorch emulates it, slower than float32 (pytorch issues 86550 and 146508), so the choice comes from
+    the CPU's flags, not a blanket switch. A CPU's bfloat16 is autocast: matrix products in bfloat16,
+    weights, LoRA parameters and optimizer state in float32 (measured faster than bfloat16 weights)."""
+    if requested != "auto":
+        return requested, "set by train.precision"
+    if on_gpu:
+        import torch
+
+        native = torch.cuda.is_bf16_supported()
+        return ("bfloat16", "the GPU supports it") if native else ("float32", "the GPU does not support bfloat16")
+    if flags is None:
+        from .runtime import cpu_flags
+
+        flags = cpu_flags()
+    native = sorted(set(NATIVE_BF16_FLAGS) & flags)
+    if native:
+        return "bfloat16", f"the CPU computes bfloat16 natively ({', '.join(native)})"
+    return "float32", "the CPU has no native bfloat16 (no avx512_bf16 or amx_bf16): emulated bfloat16 is slower"
+
+
 def resolve_quantization(cfg: TrainConfig) -> TrainConfig:
     """`quantization: auto` made concrete: QLoRA (nf4) on a CUDA GPU, 16-bit LoRA on a CPU."""
     if cfg.quantization != "auto":
@@ -115,7 +142,7 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
 
     cfg = resolve_quantization(cfg)
     on_gpu = torch.cuda.is_available()
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    bf16 = training_precision(cfg.precision, on_gpu)[0] == "bfloat16"
     tok = load_tokenizer(source)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -131,7 +158,7 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
         load_kwargs["dtype"] = compute
         if on_gpu:
             load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # DDP: one GPU per process
-    else:  # 16-bit weights train in float32 on a CPU (fast kernels; stable fp16-free optimizer state)
+    else:  # a CPU keeps float32 weights and optimizer state; bfloat16 there is autocast (SFTConfig bf16)
         load_kwargs["dtype"] = "auto" if on_gpu else torch.float32
     model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
     if cfg.quantization == "nf4":
@@ -157,7 +184,31 @@ def build_hf_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, 
         processing_class=tok,
         peft_config=peft_config,
     )
+    if bf16 and not on_gpu:
+        keep_adapter_sums_float32(trainer.model)
     return trainer, tok
+
+
+def keep_adapter_sums_float32(model) -> int:
+    """Under autocast a frozen linear layer answers in bfloat16, and peft adds the LoRA branch to that
+    answer in its dtype: a young adapter's part (B starts at zero) is below bfloat16's resolution (2**-8
+    of the answer) and is rounded away, so the first steps learn almost nothing (measured: the loss curve
+    lagged float32's by 0.3-0.7 per step, scripts/bench_precision.py). Handing the frozen layer's answer
+    on in float32 keeps the adapter's part in the sum; the matrix product itself stays bfloat16.
+    Returns the number of layers changed."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and isinstance(getattr(module, "base_layer", None), torch.nn.Module):
+            module.base_layer.register_forward_hook(_answer_in_float32)
+            changed += 1
+    return changed
+
+
+def _answer_in_float32(_module, _inputs, output):
+    return output.float()
 
 
 def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainConfig, work_dir: Path,
@@ -190,7 +241,7 @@ def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainCon
 
     trainer = SFTTrainer(
         model=model,
-        args=_sft_config(cfg, work_dir, len(rows), True, torch.cuda.is_bf16_supported()),
+        args=_sft_config(cfg, work_dir, len(rows), True, training_precision(cfg.precision, True)[0] == "bfloat16"),
         train_dataset=Dataset.from_list(render_rows(rows, fmt)),
         processing_class=tok,
     )
@@ -255,13 +306,18 @@ def train_adapter(
     backend = choose_backend(cfg)
     out_dir = Path(out_dir)
     work_dir = out_dir.with_name(out_dir.name + ".checkpoints")
-    log(f"training: {len(rows)} rows, backend {backend}, {cfg.quantization if cfg.quantization == 'nf4' else '16-bit'} LoRA r={cfg.lora_r}")
+    import torch
+
+    precision, why = training_precision(cfg.precision, torch.cuda.is_available())
+    log(f"training: {len(rows)} rows, backend {backend}, {cfg.quantization if cfg.quantization == 'nf4' else '16-bit'} "
+        f"LoRA r={cfg.lora_r}, {precision} ({why})")
     t0 = time.monotonic()
     quiet_libraries()
     cfg, (result, resumed, trainer, tok) = _train_within_memory(rows, source, cfg, work_dir, backend, use_chat_template, log)
     info = {
         "backend": backend,
         "quantization": cfg.quantization,
+        "precision": precision,
         "rows": len(rows),
         "steps": int(result.global_step),
         "batch_size": cfg.batch_size,
