@@ -86,6 +86,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # the study measures the method itself; "gated" is today's default loop (labeler auto, loop.min_train_rows).
 STUDY_BASE: dict[str, Any] = {"selfguide": {"labeler": "vote"}, "loop": {"min_train_rows": 1}}
 VARIANTS["gated"] = {"selfguide": {"labeler": "auto"}, "loop": {"min_train_rows": LoopConfig().min_train_rows}}
+# training precision side by side (issue 43): the same rounds trained in float32 and in bfloat16
+VARIANTS["float32"] = {"train": {"precision": "float32"}}
+VARIANTS["bfloat16"] = {"train": {"precision": "bfloat16"}}
 
 
 def study_config(task: Path, seed: int, variant: str, rounds: int, model: str, config: Path | None, run_dir: Path) -> Config:
