@@ -8,7 +8,9 @@ loop's stage cache), so an interrupted comparison resumes. Tokens are read from 
 journal (requests with one sample: writing inputs; with several: the annotation vote), so the old code
 needs no counters of its own.
 
-Usage: python3 scripts/bench_round_compare.py --old REV [--tasks T.json ...] [--work runs/bench-compare] [--json FILE]
+Usage: python3 scripts/bench_round_compare.py --old REV [--tasks T.json ...] [--models NAME ...]
+       [--work runs/bench-compare] [--json FILE]
+(`--models smollm2-135m-instruct gemma3-270m`: every task with each student, both sides.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from selfguide_lite.builtin_students import DEFAULT_STUDENT
 from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
 from selfguide_lite.store import read_json, write_json
 
@@ -39,11 +42,11 @@ def journal_tokens(run_dir: Path) -> dict[str, int]:
     return tokens
 
 
-def run_side(name: str, tree: Path, tasks: list[Path], work: Path) -> dict:
+def run_side(name: str, tree: Path, tasks: list[Path], models: list[str], work: Path) -> dict:
     out = work / f"{name}.json"
     if not out.is_file():
         cmd = [sys.executable, str(tree / "scripts" / "bench_round.py"), "--no-baseline", "--work", str(work / name),
-               "--json", str(out), "--tasks", *map(str, tasks)]
+               "--json", str(out), "--tasks", *map(str, tasks), "--models", *models]
         env = {**os.environ, "PYTHONPATH": str(tree)}
         print(f"[{name}] {shlex.join(cmd)}", flush=True)
         subprocess.run(cmd, cwd=tree, env=env, check=True)
@@ -60,6 +63,7 @@ def main() -> int:
                     default=[REPO / "selfguide_lite" / "data" / "task738_perspectrum_classification.json",
                              REPO.parent / "shared" / "data" / "natural-instructions" /
                              "task1195_disflqa_disfluent_to_fluent_conversion.json"])
+    ap.add_argument("--models", nargs="+", default=[DEFAULT_STUDENT], help="students, each run on every task")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench-compare")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -73,14 +77,15 @@ def main() -> int:
                              text=True, check=True).stdout.strip()
     new_rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, check=True).stdout.strip()
-    sides = {"old": run_side("old", old_tree, tasks, work), "new": run_side("new", REPO, tasks, work)}
+    sides = {"old": run_side("old", old_tree, tasks, args.models, work),
+             "new": run_side("new", REPO, tasks, args.models, work)}
     machine = f"{cpu_name()}, {os.cpu_count()} cores, {' '.join(named_features(cpu_flags()))}"
     print(f"machine: {machine}; old {old_rev}, new {new_rev}"
           " (new: uncommitted changes, if any, included)")
     rows = []
-    for i, task in enumerate(tasks):
-        old, new = sides["old"]["tasks"][i], sides["new"]["tasks"][i]
-        print(f"{task.stem}:")
+    for old, new in zip(sides["old"]["tasks"], sides["new"]["tasks"], strict=True):
+        label = f"{Path(str(new.get('task', ''))).stem or new.get('task')} ({new.get('model', args.models[0])})"
+        print(f"{label}:")
         for stage in ("write_inputs", "annotate", "train", "export", "evaluate"):
             print(f"  {stage:14} {old['stage_seconds'][stage]:7.0f} s -> {new['stage_seconds'][stage]:7.0f} s")
         print(f"  {'round':14} {old['round_seconds']:7.0f} s -> {new['round_seconds']:7.0f} s "
@@ -93,7 +98,7 @@ def main() -> int:
             if o and n:
                 print(f"  round {k} validation {o['validation']['primary']:.1f} -> {n['validation']['primary']:.1f}; "
                       f"test {o['test']['primary']:.1f} -> {n['test']['primary']:.1f} (reported only)")
-        rows.append({"task": task.stem, "old": old, "new": new})
+        rows.append({"task": label, "old": old, "new": new})
     if args.json:
         write_json(args.json, {"command": shlex.join([sys.executable, *sys.argv]), "old": old_rev, "new": new_rev,
                                "machine": machine,
