@@ -76,14 +76,14 @@ def test_a_bfloat16_step_equals_float32_within_the_stated_tolerance(arch_fixture
     """Plain and shared-prefix losses, each under autocast, against the float32 plain step."""
     from selfguide_lite.hf_tokenizer import load_tokenizer
 
-    from selfguide_lite.train import keep_adapter_sums_float32
+    from selfguide_lite.train import prepare_cpu_bfloat16
 
     hf = request.getfixturevalue(arch_fixture)
     model = _lora_model(hf)
-    keep_adapter_sums_float32(model)  # the product's form; a no-op for the float32 step
     ids, mask, labels = _batch(load_tokenizer(hf))
     p = shared_prefix_length(ids, mask, labels)
     loss32, g32 = _step(model, lambda: plain_loss(model, ids, mask, labels, num_items=17), bf16=False)
+    prepare_cpu_bfloat16(model)  # the product's form: float32 sums, bfloat16 frozen weights, float32 attention
     for fn in (lambda: plain_loss(model, ids, mask, labels, num_items=17),
                lambda: shared_prefix_loss(model, ids, mask, labels, p, num_items=17)):
         loss16, g16 = _step(model, fn, bf16=True)
@@ -104,7 +104,13 @@ def test_the_trainer_autocasts_on_a_cpu_when_bfloat16_is_chosen(tiny_llama, tmp_
         trainer, _ = build_hf_trainer(rows, str(tiny_llama), TrainConfig(quantization="none", precision=precision),
                                       tmp_path / precision)
         assert trainer.args.bf16 is bf16
-        assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+        trained = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+        frozen_linear = {m.base_layer.weight.dtype for m in trainer.model.modules() if hasattr(m, "lora_A")}
+        assert trained == {torch.float32}  # LoRA weights (and so the optimizer state) stay float32
+        assert frozen_linear == {torch.bfloat16 if bf16 else torch.float32}  # cast once, not on every call
+        embeddings = trainer.model.get_input_embeddings().weight.dtype
+        assert embeddings == torch.float32  # the residual stream starts, and stays, float32
+        assert (trainer.model.config._attn_implementation == "selfguide_sdpa_float32") is bf16
         batch = next(iter(trainer.get_train_dataloader()))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             seen = []
