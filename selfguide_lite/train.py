@@ -207,8 +207,10 @@ def prepare_cpu_bfloat16(model) -> None:
     from peft.tuners.lora import LoraLayer
 
     for module in model.modules():
-        if isinstance(module, LoraLayer) and isinstance(getattr(module, "base_layer", None), torch.nn.Linear):
-            module.base_layer.weight.data = module.base_layer.weight.data.to(torch.bfloat16)
+        base = getattr(module, "base_layer", None)
+        # 16-bit LoRA only: a 4-bit base (bitsandbytes' Linear4bit is an nn.Linear too) keeps its packed weight
+        if isinstance(module, LoraLayer) and isinstance(base, torch.nn.Linear) and base.weight.dtype == torch.float32:
+            base.weight.data = base.weight.data.to(torch.bfloat16)
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
