@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from selfguide_lite.prefix_sharing import plain_loss, shared_prefix_length, shared_prefix_loss
-from tests.test_prefix_sharing import _batch
+from tests.test_prefix_sharing import _batch, lora_model
 
 # bfloat16 keeps 8 significant bits (relative step 2**-8 = 0.4 %). A loss is a mean over many tokens, so
 # its error averages down: 0.1 % relative (measured 2e-5 to 7e-5 on the tiny models). A gradient entry
@@ -44,19 +44,6 @@ def test_a_named_precision_is_kept_and_unknown_names_are_refused():
         TrainConfig(precision="fp16")
 
 
-def _lora_model(hf):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)
-    return model.train()
-
-
 def _step(model, fn, bf16: bool):
     model.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -79,7 +66,7 @@ def test_a_bfloat16_step_equals_float32_within_the_stated_tolerance(arch_fixture
     from selfguide_lite.train import prepare_cpu_bfloat16
 
     hf = request.getfixturevalue(arch_fixture)
-    model = _lora_model(hf)
+    model = lora_model(hf)
     ids, mask, labels = _batch(load_tokenizer(hf))
     p = shared_prefix_length(ids, mask, labels)
     loss32, g32 = _step(model, lambda: plain_loss(model, ids, mask, labels, num_items=17), bf16=False)
@@ -128,7 +115,7 @@ def test_a_young_adapter_is_not_rounded_away_under_bfloat16(tiny_llama):
     handed on in float32 the layer adds it as float32 does, within bfloat16's own error on the part."""
     from selfguide_lite.train import keep_adapter_sums_float32
 
-    model = _lora_model(tiny_llama)
+    model = lora_model(tiny_llama)
     layer = next(m for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A"))
     for p in layer.lora_B.parameters():
         torch.nn.init.normal_(p, std=1e-4)

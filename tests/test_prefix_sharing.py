@@ -31,6 +31,20 @@ def test_prefix_stops_before_the_first_trained_token_and_at_the_first_difference
     assert shared_prefix_length(ids, mask, labels) == 1
 
 
+def lora_model(hf):
+    """A float32 LoRA model in training mode whose B matrices are non-zero, so every adapter gets a gradient."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model.train()
+
+
 def _batch(tok, n=6):
     prompt = "Say the topic.\n\n" + "Input: the team wins the final number 3 is here\nOutput: sports\n\n" * 4
     rows = [(prompt + f"Input: heavy rain {'hits ' * (i % 3)}Leeds {i}\nOutput:", " weather" if i % 2 else " food")
@@ -52,20 +66,11 @@ def _batch(tok, n=6):
 def test_loss_and_gradients_equal_the_plain_computation(arch_fixture, request):
     """The shared-prefix loss and the fallback that skips the prompt's logits (trained_positions_loss)
     both equal one plain forward over the full rows: loss and LoRA gradients."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from selfguide_lite.hf_tokenizer import load_tokenizer
 
     hf = request.getfixturevalue(arch_fixture)
     tok = load_tokenizer(hf)
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)
-    model.train()
+    model = lora_model(hf)
     ids, mask, labels = _batch(tok)
     p = shared_prefix_length(ids, mask, labels)
     assert p > 40
