@@ -189,7 +189,7 @@ def template_difference(ollama_template: str, gguf: Path) -> str:
         return ""  # the GGUF itself is refused where it is opened, in its own words
     tokens = header.values.get("tokenizer.ggml.tokens") or []
     types = header.values.get("tokenizer.ggml.token_type") or []
-    control = {str(t) for t, kind in zip(tokens, types) if int(kind) in (3, 4)}  # CONTROL, USER_DEFINED
+    control = {str(t) for t, kind in zip(tokens, types, strict=False) if int(kind) in (3, 4)}  # CONTROL, USER_DEFINED
 
     def markers(text: str) -> set[str]:
         return {m for m in _MARKER.findall(text) if m in control}

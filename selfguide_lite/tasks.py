@@ -8,8 +8,8 @@ JSON) is one of our own task files.
 from __future__ import annotations
 
 import json
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from functools import partial
 import os
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,6 @@ def build_unsloth_trainer(rows: list[dict[str, str]], source: str, cfg: TrainCon
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     fmt = PromptFormat.from_tokenizer(tok, use_chat_template)
-    import torch
 
     trainer = SFTTrainer(
         model=model,

@@ -62,7 +62,6 @@ def _worst(a: dict, b: dict) -> float:
 def test_a_bfloat16_step_equals_float32_within_the_stated_tolerance(arch_fixture, request):
     """Plain and shared-prefix losses, each under autocast, against the float32 plain step."""
     from selfguide_lite.hf_tokenizer import load_tokenizer
-
     from selfguide_lite.train import prepare_cpu_bfloat16
 
     hf = request.getfixturevalue(arch_fixture)
@@ -102,7 +101,7 @@ def test_the_trainer_autocasts_on_a_cpu_when_bfloat16_is_chosen(tiny_llama, tmp_
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             seen = []
             layer = next(m for m in trainer.model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A"))
-            hook = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+            hook = layer.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out.dtype))
             trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             hook.remove()
         # the frozen layer's answer plus the adapter's part is summed in float32, so a young adapter counts
