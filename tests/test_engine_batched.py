@@ -400,3 +400,24 @@ def test_a_server_cannot_score_labels():
 
     with pytest.raises(UserError, match="cannot score labels"):
         HttpSampler.score(object.__new__(HttpSampler), [ScoreRequest("x", ("a",))])
+
+
+@pytest.mark.parametrize("n_parallel", [2, 4, 16])
+def test_identical_samples_are_decoded_once_with_the_same_results(model_path, n_parallel):
+    """Twins (samples of one request with the same tokens so far) share one decode: every sample's text is
+    what decoding each apart gives, and fewer tokens are fed. Low temperatures make twins common; stop
+    strings (a common letter too) and short limits make a fed sample finish while its twins go on."""
+    requests = [Request(p, SamplingParams(temperature=t, top_k=20, max_tokens=m, n=n, seed=5 * i,
+                                          stop=(("\n",), ("e",), ())[i % 3]))
+                for i, (p, t, m, n) in enumerate([(p, t, m, n) for p in PROMPTS
+                                                   for t, m, n in ((0.4, 12, 8), (1.2, 6, 5), (0.9, 16, 16))])]
+    outputs, twin_tokens = [], []
+    for share in (False, True):
+        with BatchedSampler(model_path, n_ctx=512, n_threads=1, n_parallel=n_parallel) as s:
+            s.share_twins = share
+            outputs.append(s.generate(requests))
+            twin_tokens.append(s.last_stats["twin_tokens"])
+    assert outputs[0] == outputs[1]
+    assert twin_tokens[0] == 0 and twin_tokens[1] > 0
+    texts = [c.text for r in outputs[0] for c in r]
+    assert len(set(texts)) > len(PROMPTS), "varied samples are needed, or twins never part ways"

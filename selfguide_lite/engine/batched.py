@@ -68,11 +68,12 @@ KV_BUDGET_BYTES = 3 << 30  # cap on the KV cache; beyond it fewer sequences run 
 FLASH_ATTN = False  # see the module docstring: faster, but not batch-invariant
 MIN_SHARED_PREFIX = 4  # a shorter common prefix is not worth a sequence of its own
 WHITESPACE = (" ", "\t", "\n")  # what choices_grammar allows before a choice
+NO_KV = -1  # `_BatchRun.dirty` value of a free slot whose stream holds no request's prompt: cleared before use
 
 
-@dataclass
+@dataclass(eq=False)
 class _Seq:
-    """One sample being decoded in a slot."""
+    """One sample being decoded in a slot (or, as a twin, riding on another sample's decode)."""
 
     req: int
     index: int  # sample index within the request (seed offset)
@@ -85,6 +86,11 @@ class _Seq:
     next_token: int | None = None
     leader: _Seq | None = None  # set while waiting for the leader's prefill
     followers: list[_Seq] = field(default_factory=list)
+    # Twins: samples of the same request whose tokens so far are this one's. Only one of them is decoded;
+    # each draws its next token from that one's logits row with its own chain, and a twin that draws a
+    # different token gets the KV (a stream copy) and is decoded from then on. A twin's slot holds no KV.
+    twin_of: _Seq | None = None
+    twins: list[_Seq] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     data: bytearray = field(default_factory=bytearray)
 
@@ -106,6 +112,7 @@ class BatchedSampler(Sampler):
     """Continuous batching of many sequences over one llama.cpp context (see module docstring)."""
 
     scores_labels = True
+    share_twins = True  # decode identical samples once (`_Seq.twins`); benchmarks switch it off to compare
 
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_parallel: int = 16) -> None:
         L = llama_cpp_module()
@@ -148,7 +155,9 @@ class BatchedSampler(Sampler):
                       "decode_seconds": 0.0, "sample_seconds": 0.0, "generate_seconds": 0.0,
                       # decode calls with one generated token per sequence and nothing else: no prompt
                       # tokens and no KV stream copies (llama.cpp runs queued copies inside llama_decode)
-                      "plain_decode_seconds": 0.0, "plain_decode_tokens": 0}
+                      "plain_decode_seconds": 0.0, "plain_decode_tokens": 0,
+                      # generated tokens a twin drew from another sample's logits row: not decoded
+                      "twin_tokens": 0}
         self._copied = False  # a KV stream copy was queued since the last llama_decode
         self.last_stats = dict(self.stats)
         self._init_batch()
@@ -634,7 +643,7 @@ class _BatchRun:
         self.results[seq.req][seq.index] = Completion(text=text, n_tokens=len(seq.tokens), finish_reason=reason)
         progress.sample_done()
         self.slots[seq.slot] = None
-        self.dirty[seq.slot] = seq.req
+        self.dirty[seq.slot] = seq.req if seq.twin_of is None else NO_KV  # a twin's stream holds nothing of its own
         self.engine._free_chain(seq.chain)
 
     def accept(self, seq: _Seq, token: int) -> None:
@@ -668,7 +677,8 @@ class _BatchRun:
         if self.dirty.get(slot) == req:
             return slot
         for s in self.slots:
-            if s is not None and s.req == req and s.leader is None and not s.pending and s.pos >= s.prompt_len:
+            if (s is not None and s.req == req and s.leader is None and s.twin_of is None and not s.pending
+                    and s.pos >= s.prompt_len):
                 return s.slot
         return next((s for s, r in self.dirty.items() if r == req), None)
 
@@ -681,6 +691,8 @@ class _BatchRun:
             if not free:
                 break
             job = self.queue[0]
+            if engine.share_twins and job.next_index == 0 and len(free) < min(job.params.n, engine.n_slots):
+                break  # a request's samples start together, or the later ones find no twin to ride on
             req = self.index[id(job)]
             slot = next((s for s in free if dirty.get(s) == req), free[0])
             i = job.next_index
@@ -694,15 +706,23 @@ class _BatchRun:
             donor = self.donor_for(req, slot) if job.first_logits is not None else None
             leader = next((s for s in slots if s is not None and s.req == req and s.pending), None)
             if donor is not None:
-                if donor != slot:
-                    self.copy(donor, slot)  # a whole stream: the only copy llama.cpp does
-                self.L.llama_memory_seq_rm(self.mem, slot, n, -1)
-                dirty.pop(slot, None)
-                seq.pos = n
                 first = job.first_logits
                 if job.next_index >= job.params.n:
                     job.first_logits = None
-                self.accept(seq, engine._sample_row(seq.chain, first, job.allowed))
+                token = engine._sample_row(seq.chain, first, job.allowed)
+                seq.pos = n
+                dirty.pop(slot, None)
+                twin = self.unfed_twin(req, n, token) if engine.share_twins else None
+                if twin is not None:  # the same first token as a sample not yet decoded: ride on it
+                    seq.twin_of = twin
+                    self.accept(seq, token)
+                    if seq.next_token is not None:
+                        twin.twins.append(seq)
+                    continue
+                if donor != slot:
+                    self.copy(donor, slot)  # a whole stream: the only copy llama.cpp does
+                self.L.llama_memory_seq_rm(self.mem, slot, n, -1)
+                self.accept(seq, token)
                 continue
             if slot in dirty:
                 self.L.llama_memory_seq_rm(self.mem, slot, -1, -1)
@@ -718,20 +738,33 @@ class _BatchRun:
             self.L.llama_memory_seq_rm(self.mem, s, -1, -1)
         dirty.clear()
 
+    def unfed_twin(self, req: int, pos: int, token: int) -> _Seq | None:
+        """A decoded sample of request `req` whose only token so far is `token`, not yet fed to the model."""
+        return next((o for o in self.slots if o is not None and o.req == req and o.twin_of is None
+                     and o.leader is None and o.pos == pos and o.next_token == token and o.tokens == [token]), None)
+
     def pack(self) -> None:
-        """Move sequences from the top slots into holes below them: one forward pass per run of
-        consecutive slots, so a hole costs a pass while a move costs one stream copy."""
+        """Move decoded sequences from the top slots into holes below them: one forward pass per run of
+        consecutive slots, so a hole costs a pass while a move costs one stream copy. A twin is a hole
+        too (it feeds no token and its stream holds nothing); it swaps places with the sequence moved."""
         slots, n_slots = self.slots, self.engine.n_slots
+
+        def fed(s: int) -> bool:
+            return slots[s] is not None and slots[s].twin_of is None
+
         while True:
-            free = [s for s in range(n_slots) if slots[s] is None]
-            top = max((s for s in range(n_slots) if slots[s] is not None), default=-1)
-            if not free or free[0] > top:
+            holes = [s for s in range(n_slots) if not fed(s)]
+            top = max((s for s in range(n_slots) if fed(s)), default=-1)
+            if not holes or holes[0] > top:
                 return
-            seq, dst = slots[top], free[0]
+            seq, dst = slots[top], holes[0]
             if seq.leader is None:  # a waiting follower has no KV yet
                 self.copy(top, dst)
                 self.L.llama_memory_seq_rm(self.mem, top, -1, -1)
-            slots[dst], slots[top], seq.slot = seq, None, dst
+            moved = slots[dst]
+            slots[dst], slots[top], seq.slot = seq, moved, dst
+            if moved is not None:
+                moved.slot = top
 
     def fill_batch(self, live: list[_Seq]) -> tuple[int, list[tuple[int, _Seq]], bool]:
         """The next llama_decode's batch: each sample's next token, and prompt tokens up to n_batch.
@@ -743,7 +776,10 @@ class _BatchRun:
         prompt_tokens = False
         outputs: list[tuple[int, _Seq]] = []
         for s in live:  # slot order: llama.cpp makes one pass per run of consecutive sequence ids
+            if s.twin_of is not None:
+                continue  # draws from its twin's row
             if s.next_token is not None and n < engine.n_batch:
+                engine.stats["twin_tokens"] += len(s.twins)
                 tok[n], pos[n], seqb[n], logits[n] = s.next_token, s.pos, s.slot, 1
                 outputs.append((n, s))
                 s.next_token = None
@@ -769,20 +805,57 @@ class _BatchRun:
         return n, outputs, prompt_tokens
 
     def take_outputs(self, outputs: list[tuple[int, _Seq]]) -> None:
-        """Sample from the logits just computed; a prompt just completed starts its followers too."""
+        """Sample from the logits just computed: each sample fed, its twins, and the followers of a prompt
+        just completed (they start as its twins); then the twins that drew another token part ways."""
         for idx, s in outputs:
-            group = [s]
+            riders, s.twins = s.twins, []
             if s.pos == s.prompt_len and s.next_token is None and not s.tokens:  # the prompt was just completed
                 job = self.jobs[s.req]
                 if job.next_index < job.params.n:  # samples still queued start from these logits
                     job.first_logits = self.engine._logits(idx).copy()
-                for f in s.followers:  # queued now, so it copies the leader before it changes
-                    self.copy(s.slot, f.slot)
-                    f.leader, f.pos = None, s.prompt_len
-                group += s.followers
+                for f in s.followers:
+                    f.leader, f.twin_of = None, s
+                riders += s.followers
                 s.followers = []
-            for member in group:
+            for member in (s, *riders):
+                member.next_token = None
                 self.accept(member, self.sample(member, idx))
+            if riders:
+                self.part_ways(s, riders)
+
+    def part_ways(self, s: _Seq, riders: list[_Seq]) -> None:
+        """After `s` and the samples riding on its row each drew a token: riders that drew what `s` drew
+        stay its twins (or, with sharing off, get their own copy); the others group by the token they drew,
+        and one of each group gets `s`'s KV and is fed from now on, the rest ride on it. If `s` finished,
+        the first such sample takes over its slot, whose stream holds the tokens so far."""
+        share = self.engine.share_twins
+        groups: dict[int, list[_Seq]] = {}
+        for r in riders:
+            if r.next_token is not None:  # not finished
+                r.pos = s.pos
+                groups.setdefault(r.next_token, []).append(r)
+        source = s.slot if s.next_token is not None else None
+        if source is not None and share:
+            s.twins = groups.pop(s.next_token, [])
+        for members in groups.values():
+            for head in (members[:1] if share else members):
+                if source is None:
+                    self.take_slot(head, s.slot)
+                    source = head.slot
+                else:
+                    self.copy(source, head.slot)  # carried out before the next decode writes `s`'s token
+                head.twin_of = None
+                if share:
+                    head.twins = members[1:]
+                    for r in head.twins:
+                        r.twin_of = head
+
+    def take_slot(self, seq: _Seq, slot: int) -> None:
+        """Move `seq` into the free `slot`, whose stream it takes over; its own slot is freed."""
+        self.slots[seq.slot] = None
+        self.dirty[seq.slot] = NO_KV
+        self.dirty.pop(slot, None)
+        self.slots[slot], seq.slot = seq, slot
 
     def sample(self, seq: _Seq, idx: int) -> int:
         allowed = self.jobs[seq.req].allowed
