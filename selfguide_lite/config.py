@@ -37,7 +37,7 @@ class EngineConfig(_Section):
     backend: Literal["batched", "sequential"] = _f("batched", "batched: many sequences per llama_decode; sequential: create_completion")
     n_ctx: int = _f(4096, "context length (tokens) per sequence", ge=64)
     n_threads: int | None = _f(None, "CPU threads for llama.cpp (null: all cores)")
-    n_parallel: int = _f(16, "sequences the batched engine decodes together", ge=1)
+    n_parallel: int = _f(64, "sequences the batched engine decodes together (fewer where the KV budget says)", ge=1)
     endpoints: list[str] = _f(list, "OpenAI-compatible /v1/completions servers to sample from instead (--endpoint)")
     timeout_s: float = _f(120.0, "endpoints: seconds before a request is retried elsewhere", gt=0)
     retries: int = _f(4, "endpoints: attempts per request before giving up", ge=0)

@@ -114,7 +114,7 @@ class BatchedSampler(Sampler):
     scores_labels = True
     share_twins = True  # decode identical samples once (`_Seq.twins`); benchmarks switch it off to compare
 
-    def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_parallel: int = 16) -> None:
+    def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, n_parallel: int = 64) -> None:
         L = llama_cpp_module()
         self._L = L
         path = existing_gguf(model_path)
