@@ -21,7 +21,11 @@ instruction + few-shot block and ask for many samples of one prompt:
   stream (`llama_memory_seq_cp`) when a request is admitted;
 - the `n` samples of one request are prefilled once: samples admitted together sample their first
   token from the same logits row; samples admitted later copy the prompt's KV from a sibling and
-  draw their first token from a saved copy of that row, so they compute nothing either.
+  draw their first token from a saved copy of that row, so they compute nothing either;
+- samples of one request whose tokens so far are equal (twins; the vote's ten samples at temperature 0.2
+  mostly are) are decoded once: each draws its next token from the fed one's logits row with its own chain,
+  and one that draws another token gets the KV and is fed from then on. A request's samples are admitted
+  together, so they can be twins.
 
 Every sample has its own sampler chain seeded with `params.seed + i`, so what a sample draws does not
 depend on which slot it lands in or on what is decoded beside it. The chain mirrors the one
