@@ -51,14 +51,16 @@ SHARED = REPO.parent / "shared" / "data" / "natural-instructions"
 DEFAULT_TASKS = [real_demo_task_path(), SHARED / "task1195_disflqa_disfluent_to_fluent_conversion.json"]
 
 
-def run_round(task: Path, mode: str, work: Path, model: str = DEFAULT_STUDENT) -> dict:
+def run_round(task: Path, mode: str, work: Path, model: str = DEFAULT_STUDENT, precision: str = "auto") -> dict:
     """Round 0 + one default round through the product's loop; figures read back from the manifest."""
     run_dir = work / (f"{task.stem}-{mode}" if model == DEFAULT_STUDENT else f"{task.stem}-{mode}-{Path(model).stem}")
+    if precision != "auto":  # a forced training precision is its own run (the loop's cache keys it anyway)
+        run_dir = run_dir.with_name(f"{run_dir.name}-{precision}")
     # The round trains with the vote (the labeller of every round measured before the signal check, and the
     # one a classification round of these students gets only when named: `auto` refuses them); the default
     # `auto` check, every labeller on up to 300 validation instances, is timed apart on the round-0 student.
     cfg = load_config(None, {"model": model, "task": str(task), "run_dir": str(run_dir),
-                             "loop": {"rounds": 1},
+                             "loop": {"rounds": 1}, "train": {"precision": precision},
                              "selfguide": {"labeler": "vote", "without": ["wave_context"] if mode == "request" else []}})
     t0 = time.perf_counter()
     run_loop(cfg, log=lambda m: None)
@@ -179,6 +181,8 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("runs/bench-round"))
     ap.add_argument("--no-baseline", action="store_true", help="skip the plain-vs-shared training epoch")
     ap.add_argument("--baseline-rows", type=int, default=64, help="rows of the round used for that epoch")
+    ap.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="train.precision of the round (auto: what the CPU computes natively)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     progress.set_mode("quiet")
@@ -190,7 +194,7 @@ def main() -> int:
     plan = [(task, args.context_sampling[0], model) for task in args.tasks for model in args.models]
     plan += [(args.tasks[0], mode, args.models[0]) for mode in args.context_sampling[1:]]  # other modes: at the end
     for task, mode, model in plan:
-        r = run_round(task, mode, args.work, model)
+        r = run_round(task, mode, args.work, model, args.precision)
         if not args.no_baseline and mode == args.context_sampling[0]:
             r["training_comparison"] = training_comparison(Path(r["run_dir"]), args.work / "train" / task.stem / Path(model).stem,
                                                            args.baseline_rows, model)
