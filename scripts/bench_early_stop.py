@@ -29,8 +29,7 @@ from selfguide_lite.builtin_students import DEFAULT_STUDENT, builtin_gguf  # noq
 from selfguide_lite.config import EngineConfig, SelfGuideConfig  # noqa: E402
 from selfguide_lite.engine import open_sampler  # noqa: E402
 from selfguide_lite.filters import AnswerRunOn  # noqa: E402
-from selfguide_lite.methods.base import SynthResult  # noqa: E402
-from selfguide_lite.methods.selfguide import input_filters, label_inputs, write_inputs  # noqa: E402
+from selfguide_lite.methods.selfguide import input_filters, input_lead, label_inputs, write_inputs  # noqa: E402
 from selfguide_lite.prompts import PromptFormat  # noqa: E402
 from selfguide_lite.runtime import cpu_flags, cpu_name, named_features  # noqa: E402
 from selfguide_lite.store import write_json  # noqa: E402
@@ -87,16 +86,15 @@ def main() -> int:
     result: dict = {"command": command, "machine": machine, "task": task.name}
     with open_sampler(builtin_gguf(DEFAULT_STUDENT), EngineConfig()) as sampler:
         fmt = PromptFormat.from_info(sampler.info)
-        filters, lead = input_filters(task, cfg)
-        written = write_inputs(task, sampler, cfg, fmt, args.seed, filters, lead, SynthResult())
+        written = write_inputs(task, sampler, cfg, fmt, args.seed, input_filters(task, cfg), input_lead(task, cfg))
         print(f"{len(written.accepted)} inputs accepted; labelling them twice", flush=True)
         sides, texts = {}, {}
         for name in ("early_stop", "full_decoding"):
             patch = (mock.patch.object(AnswerRunOn, "for_vote", staticmethod(lambda *a, **k: None))
                      if name == "full_decoding" else contextlib.nullcontext())
-            out, recording = SynthResult(), RecordingSampler(sampler)
+            recording = RecordingSampler(sampler)
             with patch:
-                labelled = label_inputs(task, recording, cfg, fmt, args.seed, written.accepted, filters.noise, out)
+                labelled = label_inputs(task, recording, cfg, fmt, args.seed, written.accepted)
             sides[name] = labelled
             texts[name] = recording.texts
             print(f"  {name}: {labelled.tokens} tokens, {labelled.seconds:.0f} s, {len(labelled.annotated)} rows, "

@@ -130,8 +130,8 @@ def same_quant_baseline(cfg: Config, run_dir: Path, work: Path) -> dict[str, Any
     a GGUF student (the built-in one is Q4_1) is sampled as given in round 0, so without this a later
     round's gain could be precision (q8_0) rather than self-training. None when round 0 was already
     exported by the loop. The GGUF is shared by every task, its evaluation by every variant."""
+    from selfguide_lite.evaluate import evaluate_student
     from selfguide_lite.export import gguf_from_hf, resolve_quant
-    from selfguide_lite.loop import evaluate_student
     from selfguide_lite.methods import method_for
     from selfguide_lite.models import resolve_student
 

@@ -125,9 +125,12 @@ def loop(
 
         preset = demo_setup(demo, method, overrides, log=_log)
     cfg = load_config(config, overrides, preset)
-    from .loop import resolve_run_dir, run_loop
+    from .loop import run_loop
+    from .methods import method_for
+    from .runs import resolve_run_dir
 
-    cfg = cfg.model_copy(update={"run_dir": str(resolve_run_dir(cfg, fresh=fresh, resume=resume, log=_log))})
+    run_dir = resolve_run_dir(cfg.run_dir, method_for(cfg).default_run_name(), fresh=fresh, resume=resume, log=_log)
+    cfg = cfg.model_copy(update={"run_dir": str(run_dir)})
 
     summary = run_loop(cfg, _log, command="python -m selfguide_lite " + shlex.join(_ARGV))
     _log("")
@@ -174,8 +177,8 @@ def synth(
     endpoint: EndpointOption = None,
 ) -> None:
     """One Self-Guide synthesis: OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
-    from .loop import run_synthesis
     from .methods import method_for
+    from .methods.stages import run_synthesis
     from .models import sampling_gguf
 
     output_dir(out)
@@ -200,10 +203,9 @@ def instruct(
     endpoint: EndpointOption = None,
 ) -> None:
     """Self-Instruct bootstrap: OUT/instances.jsonl, OUT/train.jsonl, OUT/dropped.jsonl, OUT/stats.json."""
-    from .loop import run_synthesis
     from .methods import method_for
+    from .methods.stages import run_synthesis
     from .models import sampling_gguf
-    from .tasks import load_seed_pool
 
     seed_tasks = _seed_tasks(seed_tasks, seeds)
     if not seed_tasks:
@@ -211,8 +213,9 @@ def instruct(
     output_dir(out)
     cfg = _config(config, seed_tasks=seed_tasks, selfinstruct={"num_instructions": num_instructions}, engine={"endpoints": endpoint},
                   loop={"method": "self-instruct"})
-    load_seed_pool(seed_tasks, cfg.selfinstruct.bad_seed_lines)  # a bad seed file fails here, before the model loads
-    stats = run_synthesis(cfg, method_for(cfg), sampling_gguf(model), out, cfg.seed if seed is None else seed)
+    method = method_for(cfg)
+    method.seed_pool()  # a bad seed file fails here, before the model loads; read once, used by the synthesis
+    stats = run_synthesis(cfg, method, sampling_gguf(model), out, cfg.seed if seed is None else seed)
     _log(json.dumps(stats, indent=2))
 
 

@@ -1,17 +1,21 @@
-"""Greedy predictions on held-out instances, with the same prompt format as training (contract §5)."""
+"""Greedy predictions on held-out instances, with the same prompt format as training (contract §5), and a
+student's evaluation on a method's tasks (eval.json)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from . import progress
-from .config import EvalConfig
-from .engine.sampler import Request, Sampler, SamplingParams
+from .config import Config, EvalConfig
+from .engine import open_sampler, sampler_record
+from .engine.sampler import ModelInfo, Request, Sampler, SamplingParams
 from .errors import UserError
 from .metrics import classification_skill, input_as_answer, score_predictions, skill_line, verdict
 from .prompts import FIELD_STOPS, PromptFormat, task_prompt
+from .store import write_json
 from .tasks import SPLITS, Instance, Task
 
 
@@ -121,3 +125,58 @@ def evaluate(task: Task, sampler: Sampler, cfg: EvalConfig | None = None,
                     f"[{skill_line(skill)}]")
     progress.summary(f"evaluation of {task.name}: {'; '.join(said)} in {bar.seconds:.0f}s")
     return result
+
+
+# --- a student on a method's tasks, with files (the loop's evaluation stage, the eval command, studies) ----
+
+class EvalPrompts(Protocol):
+    """What evaluation asks of a method (`methods.base.Method` is one): its prompt and stops, and how a
+    student with given metadata renders prompts."""
+
+    def eval_prompt(self) -> tuple[Callable[[Task, str], str], tuple[str, ...]]: ...
+
+    def prompt_format(self, info: ModelInfo) -> PromptFormat: ...
+
+
+def evaluate_student(cfg: Config, method: EvalPrompts, tasks: list[Task], gguf: Path, out_path: Path) -> dict[str, Any]:
+    """Evaluate on the method's tasks, validation and test apart; writes eval.json. Validation scores
+    decide promotion; test scores are only reported."""
+    prompt_fn, extra_stops = method.eval_prompt()
+    per_task = []
+    with open_sampler(gguf, cfg.engine) as sampler:
+        fmt = method.prompt_format(sampler.info)
+        for task in tasks:
+            per_task.append(evaluate(task, sampler, cfg.eval, prompt_fn=prompt_fn, fmt=fmt, extra_stops=extra_stops))
+        answered = sampler_record(cfg.engine, sampler)
+    summary: dict[str, Any] = {
+        "model": str(gguf),
+        "prompt_format": fmt.describe(),
+        "primary_metric": per_task[0]["primary_metric"] if len(per_task) == 1 else "rougeL",
+    }
+    for split in SPLITS:
+        scored = [r[split] for r in per_task if r.get(split)]
+        summary[split] = None if not scored else {
+            "n": sum(r["n"] for r in scored),
+            "exact_match": sum(r["exact_match"] for r in scored) / len(scored),
+            "rougeL": sum(r["rougeL"] for r in scored) / len(scored),
+        }
+        if summary[split]:
+            summary[split]["primary"] = summary[split][summary["primary_metric"]]
+            if len(scored) == 1:  # skill columns are per task (Self-Instruct's mean over tasks has none)
+                summary[split]["skill"] = scored[0]["skill"]
+    if summary["validation"] is None:
+        raise UserError(f"no validation instances to evaluate on ({', '.join(t.name for t in tasks)})")
+    summary.update(answered)
+    summary["tasks"] = per_task
+    write_json(out_path, summary)
+    return {k: v for k, v in summary.items() if k != "tasks"}
+
+
+def score_line(scores: dict[str, Any]) -> str:
+    """'validation exact match 52.0, ROUGE-L 60.1; test exact match 50.0, ROUGE-L 58.3' for logs."""
+    parts = []
+    for split in SPLITS:
+        m = scores.get(split)
+        skill = f" ({skill_line(m.get('skill'))})" if m and m.get("skill") else ""
+        parts.append(f"{split} exact match {m['exact_match']:.1f}, ROUGE-L {m['rougeL']:.1f}{skill}" if m else f"{split} -")
+    return "; ".join(parts)

@@ -1,7 +1,7 @@
 """Filters: each small, each returning why it dropped something (or None to keep it).
 
-Self-Guide's input filters run in contract §2.2's order: empty, length window, noise, fields, duplicate.
-The noise patterns are configurable; the defaults catch chat filler and prompt-format markers
+A method strings its filters together as an ordered list of (stage, filter) (`FilterChain`): Self-Guide's
+input filters in `methods/selfguide.py`, Self-Instruct's in `methods/selfinstruct_filters.py`. The noise patterns are configurable; the defaults catch chat filler and prompt-format markers
 leaking into generated text.
 """
 
@@ -14,6 +14,7 @@ import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import regex
 
@@ -241,7 +242,7 @@ class DuplicateFilter:
     def check(self, text: str) -> str | None:
         return "duplicate" if normalize_ws(text) in self._seen else None
 
-    def add(self, text: str) -> None:
+    def accept(self, text: str) -> None:
         self._seen.add(normalize_ws(text))
 
 
@@ -256,132 +257,35 @@ def strip_input_echo(text: str) -> tuple[str, bool]:
     return stripped, stripped != text
 
 
-@dataclass
-class InputFilters:
-    """Self-Guide input filters in order; `check` returns (stage, reason) for the first that drops."""
+class EmptyFilter:
+    """Blank text: nothing to keep."""
 
-    noise: NoiseFilter
-    duplicates: DuplicateFilter
-    length: LengthWindow | None = None
-    fields: FieldFilter | None = None
-    enabled: bool = True  # False: only empty inputs are dropped (the "no input filters" ablation)
+    def check(self, text: str) -> str | None:
+        return "empty input" if not text.strip() else None
+
+
+class TextFilter(Protocol):
+    """What a filter in a `FilterChain` is: why it drops a text, or None; `accept` (optional) sees kept texts."""
+
+    def check(self, text: str) -> str | None: ...
+
+
+@dataclass
+class FilterChain:
+    """Filters in order, each under its stage name: `check` returns (stage, reason) for the first that drops.
+    A method builds one from its ordered list of (stage, filter); the stage names of its funnel come from
+    that list, so a new filter is one entry there."""
+
+    stages: list[tuple[str, TextFilter]]
 
     def check(self, text: str) -> tuple[str, str] | None:
-        if not text.strip():
-            return ("empty", "empty input")
-        if not self.enabled:
-            return None
-        if self.length is not None and (why := self.length.check(text)):
-            return ("length", why)
-        if why := self.noise.check(text):
-            return ("noise", why)
-        if self.fields is not None and (why := self.fields.check(text)):
-            return ("fields", why)
-        if why := self.duplicates.check(text):
-            return ("duplicate", why)
+        for stage, f in self.stages:
+            if why := f.check(text):
+                return (stage, why)
         return None
 
     def accept(self, text: str) -> None:
-        self.duplicates.add(text)
-
-
-# --- Self-Instruct instruction and instance filters (contract §3.2, 3.5) ------------------------------
-
-# The original Self-Instruct blacklist: tasks a text-only model cannot do or verify.
-INSTRUCTION_BLACKLIST: tuple[str, ...] = (
-    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
-    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
-)
-
-
-def word_count_check(text: str, min_words: int = 4, max_words: int = 150) -> str | None:
-    """Very short items are usually list debris, very long ones run-on generations."""
-    n = len(text.split())
-    if n < min_words:
-        return f"too few words ({n} < {min_words})"
-    if n > max_words:
-        return f"too many words ({n} > {max_words})"
-    return None
-
-
-@dataclass
-class BlacklistFilter:
-    """Whole words or phrases only, any case, any whitespace inside a phrase.
-
-    "maps" drops an instruction, "mapping" does not: substring matching would reject many harmless tasks.
-    """
-
-    words: Sequence[str] = INSTRUCTION_BLACKLIST
-    _rx: re.Pattern[str] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        phrases = (r"\s+".join(map(re.escape, w.split())) for w in self.words)
-        alternatives = sorted(phrases, key=len, reverse=True)
-        self._rx = re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.IGNORECASE)
-
-    def check(self, text: str) -> str | None:
-        if m := self._rx.search(text):
-            return f"blacklisted: {m.group(0).lower()!r}"
-        return None
-
-
-def program_check(text: str) -> str | None:
-    """Programs can't be checked by reading the output, so Self-Instruct refuses to ask for them."""
-    if text.lstrip().lower().startswith("write a program"):
-        return "starts with 'Write a program'"
-    return None
-
-
-def start_check(text: str) -> str | None:
-    """A leading punctuation mark or non-ASCII character is almost always list or encoding debris."""
-    stripped = text.lstrip()
-    if not stripped:
-        return "empty"
-    first = stripped[0]
-    if not first.isascii():
-        return f"starts with non-ASCII {first!r}"
-    if first in string.punctuation:
-        return f"starts with punctuation {first!r}"
-    return None
-
-
-@dataclass
-class InstructionFilters:
-    """Self-Instruct's cheap instruction filters in order; ROUGE-L against the pool runs after them."""
-
-    min_words: int = 4
-    max_words: int = 150
-    blacklist: BlacklistFilter = field(default_factory=BlacklistFilter)
-
-    def check(self, text: str) -> tuple[str, str] | None:
-        if why := word_count_check(text, self.min_words, self.max_words):
-            return ("length", why)
-        if why := self.blacklist.check(text):
-            return ("blacklist", why)
-        if why := program_check(text):
-            return ("program", why)
-        if why := start_check(text):
-            return ("start", why)
-        return None
-
-
-def instance_check(input_text: str, output_text: str) -> tuple[str, str] | None:
-    """Per-instance checks (contract §3.5): returns (stage, reason) for the first that drops."""
-    inp, out = input_text.strip(), output_text.strip()
-    if not out:
-        return ("empty_output", "empty output")
-    if inp == out:
-        return ("same_as_input", "output equals input")
-    if inp.endswith(":") or out.endswith(":"):
-        return ("cut_off", f"{'input' if inp.endswith(':') else 'output'} ends with ':'")
-    return None
-
-
-def conflicting_inputs(pairs: Iterable[tuple[str, str]]) -> list[str]:
-    """Non-empty inputs given more than one different output: the model contradicts itself, so contract §3.5
-    distrusts every instance of that instruction. Inputs left empty may have many valid outputs."""
-    outputs: dict[str, set[str]] = {}
-    for inp, out in pairs:
-        if inp.strip():
-            outputs.setdefault(inp.strip(), set()).add(out.strip())
-    return [inp for inp, outs in outputs.items() if len(outs) > 1]
+        """Tell the filters that remember kept texts (duplicates) that `text` was kept."""
+        for _, f in self.stages:
+            if (accept := getattr(f, "accept", None)) is not None:
+                accept(text)

@@ -236,3 +236,14 @@ def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts:
     if problems:
         raise ExportRejected(f"{quant_gguf.name} failed the export check: {'; '.join(problems)}", record)
     return record
+
+
+def gate_line(gate: dict[str, Any]) -> str:
+    """The export check's record in one log line."""
+    logits, answers = gate.get("logits") or {}, gate.get("answers")
+    parts = [f"f16 logits: top-1 {logits.get('top1_agreement', 0):.0%}, largest difference "
+             f"{logits.get('max_diff_share_of_range', 0):.2%} of the range"]
+    if answers:
+        parts.append(f"quantized file chooses as the 16-bit model on {answers['token_agreement']:.0%} of answer tokens "
+                     f"({answers.get('ties', 0)} ties), {answers['agree']}/{answers['prompts']} answers unchanged")
+    return "; ".join(parts) + f"; {gate.get('seconds', 0):.0f}s"

@@ -14,7 +14,6 @@ that was cut off. What differs between methods is asked of the `Method`.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,35 +22,30 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .engine import open_sampler
-from .engine.journal import JournaledSampler
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import evaluate_student, score_line
 from .export import export, gguf_from_hf
-from .gate import ExportRejected
+from .gate import ExportRejected, gate_line
 from .methods import Method, method_for
 from .methods.label_signal import RULE as SIGNAL_RULE
-from .metrics import skill_line
+from .methods.stages import run_signal_check, run_synthesis
 from .models import ResolvedStudent, fidelity_line, resolve_student
 from .prompts import ANSWER_END_RULE
 from .report import write_report
-from .runs import RoundRecord, RoundScores
+from .runs import RoundRecord, RoundScores, clean_partial, in_run, resolve_run_dir
 from .store import (
     Manifest,
     atomic_write_text,
     file_hash,
-    output_dir,
     read_json,
     read_jsonl,
     value_hash,
-    write_json,
     write_jsonl,
 )
 from .tasks import SPLITS, Task
 from .train import TrainingDiverged, train_adapter
 
 Log = Callable[[str], None]
-JOURNAL = "journal.jsonl"  # every request's completions, keyed by request id; replayed on resume, kept as the record
 
 
 @dataclass
@@ -60,76 +54,6 @@ class Student:
     gguf: Path
     hf_dir: str  # the 16-bit weights this student was exported from
     score: float  # its validation score (the primary metric)
-
-
-# --- stages that work outside a loop too (the synth / instruct / eval commands use them) -----------
-
-def sampler_record(cfg: Config, sampler: Any) -> dict[str, Any]:
-    """Which model answered, for the manifest: local llama.cpp, or which servers and how many samples each."""
-    inner = getattr(sampler, "inner", sampler)
-    if cfg.engine.endpoints:
-        return {"sampler": "endpoints", "endpoints": list(cfg.engine.endpoints),
-                "served_by": dict(getattr(inner, "served_by", {}))}
-    return {"sampler": f"local llama.cpp ({cfg.engine.backend})"}
-
-
-def run_synthesis(cfg: Config, method: Method, student_gguf: Path, out_dir: Path, seed: int) -> dict[str, Any]:
-    """One round's synthesis with the given student: train.jsonl, dropped.jsonl, stats.json (and the
-    method's own files) under out_dir. Completions are journaled, so a killed run resumes without
-    decoding a request twice."""
-    identity = value_hash([file_hash(student_gguf), method.name, method.settings(),
-                           [file_hash(f) for f in method.input_files()], seed])
-    with JournaledSampler(open_sampler(student_gguf, cfg.engine), out_dir / JOURNAL, identity) as sampler:
-        result = method.synthesize(sampler, seed)
-        write_jsonl(out_dir / "dropped.jsonl", result.dropped)
-        write_json(out_dir / "stats.json", result.stats)
-        for name, records in method.extra_outputs(result).items():
-            write_jsonl(out_dir / name, records)
-        write_jsonl(out_dir / "train.jsonl", method.training_rows(result))  # written last: marks the stage done
-    return {**result.stats, "sampling_seconds": result.seconds, "replayed_requests": sampler.replayed,
-            **sampler_record(cfg, sampler)}
-
-
-def run_signal_check(cfg: Config, method: Method, student_gguf: Path, out_path: Path, seed: int) -> dict[str, Any]:
-    """The method's signal check with the given student (methods/label_signal.py), written to out_path."""
-    with open_sampler(student_gguf, cfg.engine) as sampler:
-        report = method.check_signal(sampler, seed)
-    write_json(out_path, report)
-    return {"signal": report["signal"], "chosen": report.get("chosen")}
-
-
-def evaluate_student(cfg: Config, method: Method, tasks: list[Task], gguf: Path, out_path: Path) -> dict[str, Any]:
-    """Evaluate on the method's tasks, validation and test apart; writes eval.json. Validation scores
-    decide promotion; test scores are only reported."""
-    prompt_fn, extra_stops = method.eval_prompt()
-    per_task = []
-    with open_sampler(gguf, cfg.engine) as sampler:
-        fmt = method.prompt_format(sampler.info)
-        for task in tasks:
-            per_task.append(evaluate(task, sampler, cfg.eval, prompt_fn=prompt_fn, fmt=fmt, extra_stops=extra_stops))
-        answered = sampler_record(cfg, sampler)
-    summary: dict[str, Any] = {
-        "model": str(gguf),
-        "prompt_format": fmt.describe(),
-        "primary_metric": per_task[0]["primary_metric"] if len(per_task) == 1 else "rougeL",
-    }
-    for split in SPLITS:
-        scored = [r[split] for r in per_task if r.get(split)]
-        summary[split] = None if not scored else {
-            "n": sum(r["n"] for r in scored),
-            "exact_match": sum(r["exact_match"] for r in scored) / len(scored),
-            "rougeL": sum(r["rougeL"] for r in scored) / len(scored),
-        }
-        if summary[split]:
-            summary[split]["primary"] = summary[split][summary["primary_metric"]]
-            if len(scored) == 1:  # skill columns are per task (Self-Instruct's mean over tasks has none)
-                summary[split]["skill"] = scored[0]["skill"]
-    if summary["validation"] is None:
-        raise UserError(f"no validation instances to evaluate on ({', '.join(t.name for t in tasks)})")
-    summary.update(answered)
-    summary["tasks"] = per_task
-    write_json(out_path, summary)
-    return {k: v for k, v in summary.items() if k != "tasks"}
 
 
 # --- the rules -----------------------------------------------------------------------------------
@@ -143,16 +67,6 @@ def should_promote(validation_score: float, best_validation_score: float, tolera
 def promoted_on_validation(scores: dict[str, Any], best_validation: float, tolerance: float) -> bool:
     """The loop's promotion decision from a round's eval summary: its validation score, never its test score."""
     return should_promote(scores["validation"]["primary"], best_validation, tolerance)
-
-
-def score_line(scores: dict[str, Any]) -> str:
-    """'validation exact match 52.0, ROUGE-L 60.1; test exact match 50.0, ROUGE-L 58.3' for logs."""
-    parts = []
-    for split in SPLITS:
-        m = scores.get(split)
-        skill = f" ({skill_line(m.get('skill'))})" if m and m.get("skill") else ""
-        parts.append(f"{split} exact match {m['exact_match']:.1f}, ROUGE-L {m['rougeL']:.1f}{skill}" if m else f"{split} -")
-    return "; ".join(parts)
 
 
 def training_data(cfg: Config, run_dir: Path, k: int, latest: Path) -> Path:
@@ -170,48 +84,6 @@ def training_data(cfg: Config, run_dir: Path, k: int, latest: Path) -> Path:
     out = run_dir / f"round-{k}" / "train_accumulated.jsonl"
     write_jsonl(out, rows)
     return out
-
-
-# --- run directory -------------------------------------------------------------------------------
-
-def resolve_run_dir(cfg: Config, fresh: bool = False, resume: bool = False, log: Log = print) -> Path:
-    """The one rule for where a run lives: `run_dir`, else runs/<the method's run name>; `fresh` moves an
-    existing run aside to NAME-2, NAME-3...; `resume` insists on a run to resume. A path that is (or lies
-    under) a file is a user error, not a crash."""
-    chosen = output_dir(Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg), "run directory")
-    if fresh and chosen.exists() and any(chosen.iterdir()):
-        chosen = next_free_run_dir(chosen)
-        log(f"--fresh: starting over in {chosen}")
-    if resume and not (chosen / "manifest.json").is_file():
-        raise UserError(f"--resume: no run to resume in {chosen} (no manifest.json)")
-    return chosen
-
-
-def default_run_dir(cfg: Config) -> Path:
-    """runs/<task file name> for Self-Guide, runs/self-instruct for Self-Instruct."""
-    return Path("runs") / method_for(cfg).default_run_name()
-
-
-def next_free_run_dir(path: Path) -> Path:
-    """`--fresh`: NAME-2, NAME-3, ... beside an existing run, never touching it."""
-    n = 2
-    while path.with_name(f"{path.name}-{n}").exists():
-        n += 1
-    return path.with_name(f"{path.name}-{n}")
-
-
-def clean_partial(run_dir: Path) -> None:
-    """Remove temporary artifacts a killed process may have left (never finished outputs)."""
-    for tmp in run_dir.rglob(".*.tmp"):
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-
-
-def _in_run(path: Path, run_dir: Path) -> str:
-    """A path relative to the run directory when inside it (the run can move), else absolute."""
-    try:
-        return str(path.relative_to(run_dir))
-    except ValueError:
-        return str(path.resolve())
 
 
 # --- one run -------------------------------------------------------------------------------------
@@ -270,7 +142,7 @@ def start_run(cfg: Config, log: Log, command: str | None) -> RunContext:
         if not task.split("validation", cfg.eval.validation_size, cfg.eval.test_size):
             raise UserError(f"task {task.name} has no evaluation instances to validate on: give it an 'eval:' list "
                             "(or 'validation:'), whose answers decide promotion and the final student")
-    run_dir = resolve_run_dir(cfg, log=log)
+    run_dir = resolve_run_dir(cfg.run_dir, method.default_run_name(), log=log)
     manifest = Manifest(run_dir / "manifest.json")  # refuses a run directory it cannot resume, before any write
     source = resolve_student(cfg.model, log)  # a GGUF student is imported here, once (cached)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +187,7 @@ def round_zero(ctx: RunContext) -> Student:
                   partial(_base_export, base, base_gguf, ctx.cfg))
     scores = stage_eval(ctx, 0, base_gguf, ctx.cfg)
     ctx.log(f"round 0 (base): {score_line(scores)}")
-    ctx.save_round(0, RoundRecord("done", True, RoundScores.from_eval(scores), _in_run(base_gguf, ctx.run_dir),
+    ctx.save_round(0, RoundRecord("done", True, RoundScores.from_eval(scores), in_run(base_gguf, ctx.run_dir),
                                   seconds=scores["seconds"]))
     return Student(0, base_gguf, base, scores["validation"]["primary"])
 
@@ -433,7 +305,7 @@ def run_round(ctx: RunContext, k: int, student: Student, best: Student) -> tuple
     ctx.log(f"round {k}: {score_line(scores)}  ("
             + ("promoted" if promoted else f"not promoted: validation below the best {best.score:.1f} by more than "
                f"{ctx.cfg.loop.promote_tolerance}") + ")")
-    record = RoundRecord("done", promoted, RoundScores.from_eval(scores), _in_run(gguf, ctx.run_dir), gate=gate, **facts)
+    record = RoundRecord("done", promoted, RoundScores.from_eval(scores), in_run(gguf, ctx.run_dir), gate=gate, **facts)
     return record, (Student(k, gguf, str(merged), scores["validation"]["primary"]) if promoted else None)
 
 
@@ -500,16 +372,6 @@ def _base_export(base: str, out: Path, cfg: Config) -> dict[str, Any]:
     gguf = gguf_from_hf(base, out, cfg.export.quant)
     write_modelfile(gguf)
     return {"gguf": str(gguf)}
-
-
-def gate_line(gate: dict[str, Any]) -> str:
-    logits, answers = gate.get("logits") or {}, gate.get("answers")
-    parts = [f"f16 logits: top-1 {logits.get('top1_agreement', 0):.0%}, largest difference "
-             f"{logits.get('max_diff_share_of_range', 0):.2%} of the range"]
-    if answers:
-        parts.append(f"quantized file chooses as the 16-bit model on {answers['token_agreement']:.0%} of answer tokens "
-                     f"({answers.get('ties', 0)} ties), {answers['agree']}/{answers['prompts']} answers unchanged")
-    return "; ".join(parts) + f"; {gate.get('seconds', 0):.0f}s"
 
 
 def _export(base: str, adapter: Path, gguf: Path, merged: Path, cfg: Config, gate_prompts: list[str] | None,

@@ -1,4 +1,5 @@
-"""Typed records of a run, written by the loop and read by the CLI summary, the report and scripts.
+"""Run directories (where a run lives, what a killed one left) and the typed records of a run, written by
+the loop and read by the CLI summary, the report and scripts.
 
 A round's record lives in `manifest.json` under `rounds/<k>`; these dataclasses are the one place
 that knows its fields, so every reader sees the same names.
@@ -6,13 +7,54 @@ that knows its fields, so every reader sees the same names.
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .metrics import skill_line, verdict, verdict_sentence
-from .store import read_json
+from .store import output_dir, read_json
 from .tasks import SPLITS
+
+# --- run directory -------------------------------------------------------------------------------
+
+def resolve_run_dir(run_dir: str | None, run_name: str, fresh: bool = False, resume: bool = False,
+                    log: Callable[[str], None] = print) -> Path:
+    """The one rule for where a run lives: `run_dir`, else runs/<the method's run name>; `fresh` moves an
+    existing run aside to NAME-2, NAME-3...; `resume` insists on a run to resume. A path that is (or lies
+    under) a file is a user error, not a crash."""
+    chosen = output_dir(Path(run_dir) if run_dir else Path("runs") / run_name, "run directory")
+    if fresh and chosen.exists() and any(chosen.iterdir()):
+        chosen = next_free_run_dir(chosen)
+        log(f"--fresh: starting over in {chosen}")
+    if resume and not (chosen / "manifest.json").is_file():
+        raise UserError(f"--resume: no run to resume in {chosen} (no manifest.json)")
+    return chosen
+
+
+def next_free_run_dir(path: Path) -> Path:
+    """`--fresh`: NAME-2, NAME-3, ... beside an existing run, never touching it."""
+    n = 2
+    while path.with_name(f"{path.name}-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}-{n}")
+
+
+def clean_partial(run_dir: Path) -> None:
+    """Remove temporary artifacts a killed process may have left (never finished outputs)."""
+    for tmp in run_dir.rglob(".*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def in_run(path: Path, run_dir: Path) -> str:
+    """A path relative to the run directory when inside it (the run can move), else absolute."""
+    try:
+        return str(path.relative_to(run_dir))
+    except ValueError:
+        return str(path.resolve())
+
 
 
 @dataclass(frozen=True)

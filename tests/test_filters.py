@@ -1,4 +1,4 @@
-from selfguide_lite.filters import DuplicateFilter, InputFilters, LengthWindow, NoiseFilter
+from selfguide_lite.filters import DuplicateFilter, EmptyFilter, FilterChain, LengthWindow, NoiseFilter
 
 
 def test_length_window_floors_std_at_quarter_of_mean():
@@ -21,12 +21,13 @@ def test_duplicates_ignore_case_and_whitespace():
     d = DuplicateFilter(["The  Team wins"])
     assert d.check("the team   WINS") == "duplicate"
     assert d.check("the team loses") is None
-    d.add("the team loses")
+    d.accept("the team loses")
     assert d.check("The team loses ") == "duplicate"
 
 
 def test_input_filters_apply_in_order():
-    f = InputFilters(NoiseFilter(), DuplicateFilter(["Input: abcdefghij"]), LengthWindow(5, 30))
+    f = FilterChain([("empty", EmptyFilter()), ("length", LengthWindow(5, 30)), ("noise", NoiseFilter()),
+                     ("duplicate", DuplicateFilter(["Input: abcdefghij"]))])
     assert f.check("   ")[0] == "empty"
     assert f.check("Input: " + "x" * 40)[0] == "length"  # too long wins over noise
     assert f.check("Input: abcdefghij")[0] == "noise"  # noise is checked before duplicates

@@ -11,15 +11,6 @@ import pytest
 
 from selfguide_lite.config import SelfInstructConfig
 from selfguide_lite.engine.sampler import Completion, ModelInfo, Request, Sampler
-from selfguide_lite.filters import (
-    BlacklistFilter,
-    InstructionFilters,
-    conflicting_inputs,
-    instance_check,
-    program_check,
-    start_check,
-    word_count_check,
-)
 from selfguide_lite.methods.selfinstruct import (
     INSTANCE_STAGES,
     INSTRUCTION_STAGES,
@@ -33,6 +24,15 @@ from selfguide_lite.methods.selfinstruct import (
     sample_context,
     selfinstruct_training_rows,
     zero_shot_prompt,
+)
+from selfguide_lite.methods.selfinstruct_filters import (
+    BlacklistFilter,
+    conflicting_inputs,
+    instance_check,
+    instruction_filters,
+    program_check,
+    start_check,
+    word_count_check,
 )
 from selfguide_lite.prompts import PromptFormat, instruct_training_prompt
 from selfguide_lite.tasks import Demo, SeedTask, Task, load_seed_pool
@@ -163,7 +163,7 @@ def test_program_and_start():
 
 
 def test_instruction_filters_order_and_stages():
-    f = InstructionFilters()
+    f = instruction_filters()
     assert f.check("Too short") == ("length", "too few words (2 < 4)")
     assert f.check("Draw a picture of a house")[0] == "blacklist"
     assert f.check("Write a program that reverses a string")[0] == "program"

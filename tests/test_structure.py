@@ -1,5 +1,6 @@
-"""The house rules a newcomer relies on, checked on the source: no import circles inside the package
-(counting imports inside functions too), and llama.cpp reached through one door (`runtime.py`)."""
+"""The house rules a newcomer relies on, checked on the source: the layer order of docs/architecture.md
+with no import against it and no import circles inside the package (counting imports inside functions
+too), and llama.cpp reached through one door (`runtime.py`)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,44 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return found
+
+
+# docs/architecture.md, "Layers": a module imports only from its own layer or the layers below it.
+# Names are modules or packages (a package stands for its modules unless one is named apart).
+LAYERS: list[list[str]] = [
+    ["__main__", "cli", "demo", "doctor"],  # commands
+    ["loop"],  # the order of rounds and stages
+    ["methods", "evaluate", "report", "calibration"],  # what a round computes, how a student is scored
+    ["engine", "train", "export", "gate", "compat", "usage", "models", "local_models", "gguf_import",
+     "prefix_sharing"],  # sampling, training, export, model files
+    ["runtime"],  # the installation check and the door to llama.cpp
+    ["engine.sampler", "prompts", "tasks", "config", "store", "filters", "rouge", "metrics", "runs",
+     "diagnostics", "progress", "errors", "builtin_students", "hf_tokenizer", "toy_models"],  # data and rules
+]
+
+
+def layer_of(module: str) -> int:
+    """The layer of a package module: its longest listed name (engine.sampler before engine)."""
+    name = module.removeprefix("selfguide_lite").removeprefix(".")
+    best = max((entry for layer in LAYERS for entry in layer if name == entry or name.startswith(entry + ".")),
+               key=len, default=None)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS and to docs/architecture.md"
+    return next(i for i, layer in enumerate(LAYERS) if best in layer)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((a, b) for a, targets in graph.items() for b in targets
+                  if a != "selfguide_lite" and b != "selfguide_lite" and layer_of(b) < layer_of(a))
+
+
+def test_no_import_runs_against_the_layer_order():
+    graph = import_graph()
+    assert upward_imports(graph) == []
+
+
+def test_an_upward_import_is_found():
+    planted = {"selfguide_lite.tasks": {"selfguide_lite.loop"}, "selfguide_lite.loop": {"selfguide_lite.tasks"}}
+    assert upward_imports(planted) == [("selfguide_lite.tasks", "selfguide_lite.loop")]
 
 
 def test_the_package_has_no_import_circles():

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..config import EngineConfig
 from .sampler import Completion, ModelInfo, Request, Sampler, SamplingParams
 
-__all__ = ["Completion", "ModelInfo", "Request", "Sampler", "SamplingParams", "open_sampler"]
+__all__ = ["Completion", "ModelInfo", "Request", "Sampler", "SamplingParams", "open_sampler", "sampler_record"]
 
 
 def open_sampler(model_path: str | Path, cfg: EngineConfig | None = None) -> Sampler:
@@ -29,3 +30,12 @@ def open_sampler(model_path: str | Path, cfg: EngineConfig | None = None) -> Sam
     from .batched import BatchedSampler
 
     return BatchedSampler(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, n_parallel=cfg.n_parallel)
+
+
+def sampler_record(cfg: EngineConfig, sampler: Any) -> dict[str, Any]:
+    """Which model answered, for the manifest: local llama.cpp, or which servers and how many samples each."""
+    inner = getattr(sampler, "inner", sampler)
+    if cfg.endpoints:
+        return {"sampler": "endpoints", "endpoints": list(cfg.endpoints),
+                "served_by": dict(getattr(inner, "served_by", {}))}
+    return {"sampler": f"local llama.cpp ({cfg.backend})"}

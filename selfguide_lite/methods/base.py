@@ -64,8 +64,9 @@ class Method(ABC):
     # Whether `check_signal` checks anything (the loop then runs it as a stage before every round).
     checks_signal: ClassVar[bool] = False
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, tasks: list[Task] | None = None) -> None:
         self.cfg = cfg
+        self._tasks = tasks  # read once (`eval_tasks`), then handed on (`with_labeller`)
 
     # --- inputs -------------------------------------------------------------------------------
     @abstractmethod
@@ -81,7 +82,13 @@ class Method(ABC):
         """runs/<this> when no --run-dir is given."""
 
     def eval_tasks(self) -> list[Task]:
-        """The tasks a student of this method is scored on (validation and test)."""
+        """The tasks a student of this method is scored on (validation and test): read from their files
+        once, then every stage takes them from here."""
+        if self._tasks is None:
+            self._tasks = self.load_tasks()
+        return self._tasks
+
+    def load_tasks(self) -> list[Task]:
         return [load_task(p, self.cfg.task_type, self.cfg.labels) for p in self.eval_task_files()]
 
     @abstractmethod

@@ -124,13 +124,13 @@ def answer_filters(task: Task, cfg: SelfGuideConfig) -> tuple[LengthWindow | Non
 
 
 def annotate(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, inputs: Sequence[str],
-             seed: int, noise: NoiseFilter | None = None) -> list[Vote]:
+             seed: int) -> list[Vote]:
     """Label inputs the way a round does (contract §2.3): `num_samples` samples each, then the vote.
 
     One batch for all inputs; input n's samples are seeded by (seed, stage 2, n). Also used on
     validation inputs, whose gold answers are known, to measure how often the vote is right."""
     requests = vote_requests(task, sampler, cfg, fmt, inputs, seed)
-    return read_votes(task, cfg, inputs, sampler.generate(requests) if requests else [], noise)
+    return read_votes(task, cfg, inputs, sampler.generate(requests) if requests else [])
 
 
 def vote_requests(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, inputs: Sequence[str],
@@ -152,10 +152,9 @@ def vote_requests(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Promp
             for n, text in enumerate(inputs)]
 
 
-def read_votes(task: Task, cfg: SelfGuideConfig, inputs: Sequence[str], outputs: Sequence[Sequence[Any]],
-               noise: NoiseFilter | None = None) -> list[Vote]:
+def read_votes(task: Task, cfg: SelfGuideConfig, inputs: Sequence[str], outputs: Sequence[Sequence[Any]]) -> list[Vote]:
     """The vote over each input's samples (`Completion`s, in the order of `vote_requests`)."""
-    noise = noise or NoiseFilter(cfg.noise_patterns)
+    noise = NoiseFilter(cfg.noise_patterns)
     out_length, checks = answer_filters(task, cfg)
     labels = task.labels if task.is_classification and cfg.labels_in_vote != "any" else None
     votes = []
@@ -201,7 +200,6 @@ class LabelJob:
     fmt: PromptFormat
     inputs: list[str]
     seed: int
-    noise: NoiseFilter | None = None
     scores: LabelScores | None = None  # shared by the score labellers; made on first use
     vote_outputs: list[list[Any]] | None = None  # the vote's samples, when `prepare` drew them with the scores
 
@@ -278,8 +276,8 @@ class VoteLabeller(Labeller):
 
     def label(self, job: LabelJob) -> list[Vote]:
         if job.vote_outputs is not None:
-            return read_votes(job.task, job.cfg, job.inputs, job.vote_outputs, job.noise)
-        return annotate(job.task, job.sampler, job.cfg, job.fmt, job.inputs, job.seed, job.noise)
+            return read_votes(job.task, job.cfg, job.inputs, job.vote_outputs)
+        return annotate(job.task, job.sampler, job.cfg, job.fmt, job.inputs, job.seed)
 
     def drop_stage(self, vote: Vote) -> str:
         return "no_consensus" if vote.counts else "no_valid_samples"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypedDict
@@ -20,10 +21,12 @@ from ..engine.sampler import Request, Sampler, SamplingParams
 from ..errors import UserError
 from ..filters import (
     DuplicateFilter,
+    EmptyFilter,
     FieldFilter,
-    InputFilters,
+    FilterChain,
     LengthWindow,
     NoiseFilter,
+    TextFilter,
     strip_input_echo,
 )
 from ..metrics import normalize
@@ -33,7 +36,28 @@ from .base import ClassBalance, Method, PromptFn, SynthResult, funnel_counts, re
 from .label_signal import check_signal
 from .labellers import AUTO, LabelJob, check_labeller_name, drop_stages, labeller_for, max_tokens_for
 
-INPUT_STAGES = ("empty", "length", "noise", "fields", "duplicate")
+
+def _length_filter(task: Task, cfg: SelfGuideConfig) -> TextFilter | None:
+    on = cfg.length_filter if cfg.length_filter is not None else task.is_classification
+    return LengthWindow.from_examples([d.input for d in task.demos]) if on else None
+
+
+def _field_filter(task: Task, cfg: SelfGuideConfig) -> TextFilter | None:
+    fields = FieldFilter.from_examples([d.input for d in task.demos])
+    return fields if cfg.uses("field_filter") and fields.fields else None
+
+
+# A written input's filters in contract order: (stage, the filter for this task and settings, or None where
+# off). The stage names of the funnel and stats.json come from this list: a new filter is one entry here.
+# With `input_filters: false` (an ablation) only the first, "empty", runs.
+INPUT_FILTERS: tuple[tuple[str, Callable[[Task, SelfGuideConfig], TextFilter | None]], ...] = (
+    ("empty", lambda task, cfg: EmptyFilter()),
+    ("length", _length_filter),
+    ("noise", lambda task, cfg: NoiseFilter(cfg.noise_patterns)),
+    ("fields", _field_filter),
+    ("duplicate", lambda task, cfg: DuplicateFilter([d.input for d in task.demos])),
+)
+INPUT_STAGES = tuple(stage for stage, _ in INPUT_FILTERS)
 VOTE_STAGES = (*drop_stages(), "repeated_answer")  # the labellers' drop stages, then generation's repeat filter
 
 
@@ -95,9 +119,8 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     """One Self-Guide round: generate inputs, filter them, annotate by vote, balance."""
     result = SynthResult()
     classification = task.is_classification
-    filters, lead = input_filters(task, cfg)
-    written = write_inputs(task, sampler, cfg, fmt, seed, filters, lead, result)
-    labelled = label_inputs(task, sampler, cfg, fmt, seed, written.accepted, filters.noise, result)
+    written = write_inputs(task, sampler, cfg, fmt, seed, input_filters(task, cfg), input_lead(task, cfg))
+    labelled = label_inputs(task, sampler, cfg, fmt, seed, written.accepted)
     annotated = labelled.annotated
 
     # 4. Class balance.
@@ -105,8 +128,9 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     balance_dropped: list[dict[str, Any]] = []
     if classification and cfg.balance:
         final, balance_dropped = balance_classes(annotated, seed, cfg.floor)
-        for rec in balance_dropped:
-            result.dropped.append({**rec, "stage": "balance", "reason": f"class {rec['output']!r} down-sampled"})
+    result.dropped = [*written.dropped, *labelled.dropped,
+                      *({**rec, "stage": "balance", "reason": f"class {rec['output']!r} down-sampled"}
+                        for rec in balance_dropped)]
     result.train = final
 
     per_label = Counter(r["output"] for r in final) if classification else {}
@@ -138,36 +162,36 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     return result
 
 
-def input_filters(task: Task, cfg: SelfGuideConfig) -> tuple[InputFilters, str]:
-    """The filters a written input passes (set up from the demonstrations), and the input lead: the
-    field marker every demonstration input starts with, written for the student when it is on."""
+def input_filters(task: Task, cfg: SelfGuideConfig) -> FilterChain:
+    """The filters a written input passes, in `INPUT_FILTERS` order, set up from the demonstrations."""
+    made = ((stage, make(task, cfg)) for stage, make in INPUT_FILTERS[:None if cfg.input_filters else 1])
+    return FilterChain([(stage, f) for stage, f in made if f is not None])
+
+
+def input_lead(task: Task, cfg: SelfGuideConfig) -> str:
+    """The field marker every demonstration input starts with, written for the student when it is on."""
     demo_inputs = [d.input for d in task.demos]
-    use_length = cfg.length_filter if cfg.length_filter is not None else task.is_classification
-    fields = FieldFilter.from_examples(demo_inputs)
-    lead = fields.lead(demo_inputs) if cfg.uses("input_lead") else ""
-    filters = InputFilters(
-        noise=NoiseFilter(cfg.noise_patterns),
-        duplicates=DuplicateFilter(demo_inputs),
-        length=LengthWindow.from_examples(demo_inputs) if use_length else None,
-        fields=fields if cfg.uses("field_filter") and fields.fields else None,
-        enabled=cfg.input_filters,
-    )
-    return filters, lead
+    return FieldFilter.from_examples(demo_inputs).lead(demo_inputs) if cfg.uses("input_lead") else ""
 
 
 @dataclass
 class WrittenInputs:
     accepted: list[dict[str, Any]]  # {id, input, target_label}
-    drops: Counter[str]  # filter stage -> inputs it dropped
+    dropped: list[dict[str, Any]]  # {id, stage, reason, input}, in candidate order
     echoes: int  # candidates that began with an echoed "Input:"
     seconds: float
     tokens: int  # tokens decoded
 
+    @property
+    def drops(self) -> Counter[str]:
+        """Filter stage -> inputs it dropped."""
+        return Counter(d["stage"] for d in self.dropped)
+
 
 def write_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int,
-                 filters: InputFilters, lead: str, result: SynthResult) -> WrittenInputs:
-    """Steps 1-2: input generation in waves, each candidate filtered in order as it arrives (drops are
-    recorded in `result.dropped`)."""
+                 filters: FilterChain, lead: str) -> WrittenInputs:
+    """Steps 1-2: input generation in waves, each candidate filtered in order as it arrives: the inputs
+    kept and the candidates dropped, each with its stage and reason."""
     classification = task.is_classification
     rng = random.Random(seed)
     input_params = SamplingParams(
@@ -177,7 +201,7 @@ def write_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
         stop=INPUT_STOPS,
     )
     accepted: list[dict[str, Any]] = []
-    input_drops: Counter[str] = Counter()
+    dropped: list[dict[str, Any]] = []
     echoes = tokens = 0
     with progress.bar("writing inputs", cfg.num_inputs, "inputs", samples=True) as bar:
         for wave_start in range(0, cfg.num_inputs, cfg.wave_size):
@@ -201,49 +225,51 @@ def write_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
                 text = (lead + written).strip() if written.strip() else ""
                 cand_id = f"c{i:05d}"
                 if drop := filters.check(text):
-                    input_drops[drop[0]] += 1
-                    result.dropped.append({"id": cand_id, "stage": drop[0], "reason": drop[1], "input": text})
+                    dropped.append({"id": cand_id, "stage": drop[0], "reason": drop[1], "input": text})
                     continue
                 filters.accept(text)
                 accepted.append({"id": cand_id, "input": text, "target_label": target})
-    seconds = bar.seconds
+    written = WrittenInputs(accepted, dropped, echoes, bar.seconds, tokens)
     progress.summary(f"inputs: {len(accepted)} of {cfg.num_inputs} kept ("
-                     f"{', '.join(f'{k} {v}' for k, v in input_drops.items()) or 'none dropped'}) in {seconds:.0f}s")
-    return WrittenInputs(accepted, input_drops, echoes, seconds, tokens)
+                     f"{', '.join(f'{k} {v}' for k, v in written.drops.items()) or 'none dropped'}) "
+                     f"in {written.seconds:.0f}s")
+    return written
 
 
 @dataclass
 class LabelledInputs:
     annotated: list[dict[str, Any]]  # accepted inputs with the vote's answer, as training rows
-    drops: Counter[str]  # vote stage -> inputs it dropped
+    dropped: list[dict[str, Any]]  # accepted inputs not labelled, or whose answer repeats: with stage and reason
     sample_rejects: Counter[str]  # why single samples did not count
     shares: list[float]  # the winning answer's share of the samples, per labelled input
     seconds: float
     tokens: int  # tokens decoded
 
+    @property
+    def drops(self) -> Counter[str]:
+        """Labelling stage -> inputs it dropped."""
+        return Counter(d["stage"] for d in self.dropped)
+
 
 def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int,
-                 accepted: list[dict[str, Any]], noise: NoiseFilter, result: SynthResult) -> LabelledInputs:
+                 accepted: list[dict[str, Any]]) -> LabelledInputs:
     """Step 3: every accepted input labelled by the configured labeller (generation: the vote) in one batch;
-    for generation, answers the vote gave to too many inputs are dropped (drops recorded in `result.dropped`)."""
+    for generation, answers the vote gave to too many inputs are dropped. Returns the rows and the drops."""
     annotated: list[dict[str, Any]] = []
-    vote_drops: Counter[str] = Counter()
+    dropped: list[dict[str, Any]] = []
     sample_rejects: Counter[str] = Counter()
     shares: list[float] = []
     texts = [a["input"] for a in accepted]
     labeller = labeller_for(round_labeller(task, cfg))
     what, total, unit = labeller.work(cfg, len(accepted))
     with progress.bar(what, total, unit, samples=unit == "samples") as bar:
-        votes = labeller.label(LabelJob(task, sampler, cfg, fmt, texts, seed, noise))
+        votes = labeller.label(LabelJob(task, sampler, cfg, fmt, texts, seed))
     seconds = bar.seconds
     for cand, vote in zip(accepted, votes, strict=True):
         sample_rejects.update(vote.rejected)
         if vote.answer is None:
-            stage = labeller.drop_stage(vote)
-            vote_drops[stage] += 1
-            result.dropped.append(
-                {**cand, "stage": stage, "reason": vote.reason, "votes": vote.counts, "rejected": vote.rejected}
-            )
+            dropped.append({**cand, "stage": labeller.drop_stage(vote), "reason": vote.reason, "votes": vote.counts,
+                            "rejected": vote.rejected})
             continue
         shares.append(vote.share)
         annotated.append(
@@ -259,14 +285,13 @@ def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
         )
     if not task.is_classification and cfg.repeat_limit:
         annotated, repeated = drop_repeated_answers(annotated, cfg.repeat_limit)
-        vote_drops["repeated_answer"] += len(repeated)
-        for rec, times in repeated:
-            result.dropped.append({**rec, "stage": "repeated_answer",
-                                   "reason": f"the vote gave this answer to {times} different inputs"})
-    dropped = ", ".join(f"{n} {stage.replace('_', ' ')}" for stage, n in vote_drops.items() if n) or "none dropped"
-    progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled ({labeller.name}; {dropped}) "
+        dropped += [{**rec, "stage": "repeated_answer", "reason": f"the vote gave this answer to {times} different inputs"}
+                    for rec, times in repeated]
+    labelled = LabelledInputs(annotated, dropped, sample_rejects, shares, seconds, sum(v.tokens for v in votes))
+    said = ", ".join(f"{n} {stage.replace('_', ' ')}" for stage, n in labelled.drops.items() if n) or "none dropped"
+    progress.summary(f"annotation: {len(annotated)} of {len(accepted)} inputs labelled ({labeller.name}; {said}) "
                      f"in {seconds:.0f}s")
-    return LabelledInputs(annotated, vote_drops, sample_rejects, shares, seconds, sum(v.tokens for v in votes))
+    return labelled
 
 
 def round_labeller(task: Task, cfg: SelfGuideConfig) -> str:
@@ -294,7 +319,7 @@ class SelfGuide(Method):
     def with_labeller(self, name: str) -> SelfGuide:
         """This method with `selfguide.labeler` set to `name` (the signal check's choice for a round)."""
         cfg = self.cfg.model_copy(update={"selfguide": self.cfg.selfguide.model_copy(update={"labeler": name})})
-        return SelfGuide(cfg)
+        return SelfGuide(cfg, self.eval_tasks())
 
     def input_files(self) -> list[str]:
         return [self.cfg.task] if self.cfg.task else []

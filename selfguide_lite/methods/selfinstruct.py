@@ -21,7 +21,7 @@ from .. import progress
 from ..config import SelfInstructConfig
 from ..engine.sampler import Request, Sampler, SamplingParams, truncate_at_stop
 from ..errors import UserError
-from ..filters import InstructionFilters, conflicting_inputs, instance_check
+from ..filters import FilterChain
 from ..prompts import (
     PromptFormat,
     classification_check_prompt,
@@ -34,6 +34,7 @@ from ..rouge import RougePool
 from ..store import file_hash
 from ..tasks import SeedTask, Task, load_seed_pool, load_task
 from .base import Method, PromptFn, SynthResult, funnel_counts, register, stage_seed
+from .selfinstruct_filters import INSTRUCTION_STAGES, conflicting_inputs, instance_check, instruction_filters
 
 
 class SelfInstructStats(TypedDict):
@@ -58,7 +59,6 @@ class SelfInstructStats(TypedDict):
 
 
 LAST_LIST_ITEM = 16  # contract §3.1: the model continues the list up to item 16
-INSTRUCTION_STAGES = ("truncated", "length", "blacklist", "program", "start", "rouge", "surplus")
 INSTANCE_STAGES = (
     "truncated",
     "empty_output",
@@ -319,7 +319,7 @@ def write_instructions(seeds: list[SeedTask], sampler: Sampler, cfg: SelfInstruc
     rng = random.Random(seed)
     seed_instructions = [s.instruction for s in seeds]
     pool = RougePool(seed_instructions, threshold=cfg.rouge_threshold)
-    ifilters = InstructionFilters()
+    ifilters = instruction_filters()
     gen_params = SamplingParams(
         temperature=cfg.temperature,
         top_k=0,  # nucleus sampling alone, as Self-Instruct does
@@ -358,7 +358,7 @@ def write_instructions(seeds: list[SeedTask], sampler: Sampler, cfg: SelfInstruc
     return out
 
 
-def _parse_wave(request_ids: range, shown_lists: list[list[str]], completions, ifilters: InstructionFilters,
+def _parse_wave(request_ids: range, shown_lists: list[list[str]], completions, ifilters: FilterChain,
                 out: WrittenInstructions) -> list[dict[str, Any]]:
     """Every completion of a wave parsed into candidates, in request order; a candidate the
     instruction filters refuse carries its `drop` (stage, reason)."""
@@ -523,13 +523,20 @@ def zero_shot_prompt(task: Task, input_text: str) -> str:
 class SelfInstruct(Method):
     name = "self-instruct"
     own_flags = ("--seed-tasks", "--eval-tasks", "--num-instructions")
+    _seeds: list[SeedTask] | None = None
 
     def check_inputs(self) -> None:
         if not self.cfg.seed_tasks:
             raise UserError("self-instruct needs --seed-tasks")
         if not self.eval_task_files():
             raise UserError("self-instruct needs --eval-tasks (Natural Instructions task files to evaluate on)")
-        load_seed_pool(self.cfg.seed_tasks, self.cfg.selfinstruct.bad_seed_lines)  # a bad seed file fails here
+        self.seed_pool()  # a bad seed file fails here
+
+    def seed_pool(self) -> list[SeedTask]:
+        """The seed tasks, read once (bad lines are reported then, per `selfinstruct.bad_seed_lines`)."""
+        if self._seeds is None:
+            self._seeds = load_seed_pool(self.cfg.seed_tasks, self.cfg.selfinstruct.bad_seed_lines, warn=print)
+        return self._seeds
 
     def input_files(self) -> list[str]:
         return [*self.eval_task_files(), *([self.cfg.seed_tasks] if self.cfg.seed_tasks else [])]
@@ -537,7 +544,7 @@ class SelfInstruct(Method):
     def eval_task_files(self) -> list[str]:
         return list(self.cfg.eval_tasks or ([self.cfg.task] if self.cfg.task else []))
 
-    def eval_tasks(self):
+    def load_tasks(self) -> list[Task]:
         return [load_task(p) for p in self.eval_task_files()]  # as written: no label/type overrides
 
     def default_run_name(self) -> str:
@@ -547,9 +554,7 @@ class SelfInstruct(Method):
         return {**self.cfg.selfinstruct.model_dump(), "seeds": file_hash(self.cfg.seed_tasks) if self.cfg.seed_tasks else ""}
 
     def synthesize(self, sampler: Sampler, seed: int) -> SynthResult:
-
-        seeds = load_seed_pool(self.cfg.seed_tasks, self.cfg.selfinstruct.bad_seed_lines, warn=print)
-        return bootstrap(seeds, sampler, self.cfg.selfinstruct, PromptFormat.from_info(sampler.info), seed=seed)
+        return bootstrap(self.seed_pool(), sampler, self.cfg.selfinstruct, PromptFormat.from_info(sampler.info), seed=seed)
 
     def extra_outputs(self, result: SynthResult) -> dict[str, list[dict[str, Any]]]:
         return {"instances.jsonl": result.train}
