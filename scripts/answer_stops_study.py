@@ -28,9 +28,7 @@ Raw answers are cached per task in WORK (the script resumes).
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from selfguide_lite.engine.sampler import Request, SamplingParams, truncate_at_s
 from selfguide_lite.evaluate import answer_cap, primary_metric, score_rows, split_instances
 from selfguide_lite.prompts import FIELD_STOPS, PromptFormat, task_prompt
 from selfguide_lite.store import read_json, write_json
+from selfguide_lite.studies import command_line
 from selfguide_lite.tasks import load_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +113,7 @@ def main() -> int:
     args = ap.parse_args()
     progress.set_mode("quiet")
     args.work.mkdir(parents=True, exist_ok=True)
-    command = shlex.join([sys.executable, *sys.argv])
+    command = command_line()
     per_task: dict[str, dict] = {}
     with open_sampler(builtin_gguf(DEFAULT_STUDENT), EngineConfig()) as sampler:
         fmt = PromptFormat.from_info(sampler.info)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import shlex
 import sys
 from pathlib import Path
 from unittest import mock
@@ -31,8 +29,8 @@ from selfguide_lite.engine import open_sampler  # noqa: E402
 from selfguide_lite.filters import AnswerRunOn  # noqa: E402
 from selfguide_lite.methods.selfguide import input_filters, input_lead, label_inputs, write_inputs  # noqa: E402
 from selfguide_lite.prompts import PromptFormat  # noqa: E402
-from selfguide_lite.runtime import cpu_flags, cpu_name, named_features  # noqa: E402
 from selfguide_lite.store import write_json  # noqa: E402
+from selfguide_lite.studies import command_line, machine_line  # noqa: E402
 from selfguide_lite.tasks import load_task  # noqa: E402
 
 DEFAULT_TASK = REPO.parent / "shared" / "data" / "natural-instructions" / "task1195_disflqa_disfluent_to_fluent_conversion.json"
@@ -78,8 +76,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     progress.set_mode("quiet")
-    command = shlex.join([sys.executable, *sys.argv])
-    machine = f"{cpu_name()}, {os.cpu_count()} cores, {' '.join(named_features(cpu_flags()))}"
+    command = command_line()
+    machine = machine_line()
     print(f"command: {command}\nmachine: {machine}", flush=True)
     task = load_task(args.task)
     cfg = SelfGuideConfig(labeler="vote")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from selfguide_lite.demo import real_demo_task_path  # noqa: E402
 from selfguide_lite.engine import open_sampler  # noqa: E402
 from selfguide_lite.methods.selfguide import synthesize  # noqa: E402
 from selfguide_lite.prompts import PromptFormat  # noqa: E402
+from selfguide_lite.studies import command_line  # noqa: E402
 from selfguide_lite.tasks import load_task  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     progress.set_mode("quiet")
-    command = shlex.join([sys.executable, *sys.argv])
+    command = command_line()
     print(f"command: {command}\nmachine: {os.cpu_count()} cores")
     task = load_task(real_demo_task_path())
     result = {"command": command}

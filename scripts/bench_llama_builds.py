@@ -24,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from selfguide_lite.studies import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def main() -> int:
             return 2
         builds.append((name, Path(where)))
     models = args.model or [None]
-    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"command: {command_line()}")
     configs = [(b, d, e, m) for m in models for b, d in builds for e in ("on", "off")]
     best: dict[tuple, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +93,7 @@ def main() -> int:
     machine = next((g["machine"] for g in best.values() if "machine" in g), {})
     print(f"machine: {machine.get('cpu')}; features {' '.join(machine.get('cpu_features', []))}")
     if args.json:
-        args.json.write_text(json.dumps({"command": shlex.join([sys.executable, *sys.argv]), "machine": machine,
+        args.json.write_text(json.dumps({"command": command_line(), "machine": machine,
                                          "repeats": args.repeats, "rows": rows}, indent=2))
     return 0
 

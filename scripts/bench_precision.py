@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from selfguide_lite.builtin_students import DEFAULT_STUDENT  # noqa: E402
 from selfguide_lite.config import TrainConfig  # noqa: E402
 from selfguide_lite.models import resolve_student  # noqa: E402
 from selfguide_lite.runtime import cpu_flags, cpu_name  # noqa: E402
+from selfguide_lite.studies import command_line  # noqa: E402
 from selfguide_lite.train import NATIVE_BF16_FLAGS, training_precision  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def main() -> int:
     args = ap.parse_args()
     progress.set_mode("quiet")
     progress.quiet_libraries()
-    command = shlex.join([sys.executable, *sys.argv])
+    command = command_line()
     flags = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags())
     auto = training_precision("auto", False)
     print(f"command: {command}")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from selfguide_lite.demo import real_demo_task_path  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
 from selfguide_lite.models import resolve_student  # noqa: E402
 from selfguide_lite.store import read_json, read_jsonl, write_json  # noqa: E402
+from selfguide_lite.studies import command_line  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "natural-instructions"
 DEFAULT_TASKS = [real_demo_task_path(), SHARED / "task1195_disflqa_disfluent_to_fluent_conversion.json"]
@@ -187,7 +187,7 @@ def main() -> int:
     args = ap.parse_args()
     progress.set_mode("quiet")
     progress.quiet_libraries()
-    command = shlex.join([sys.executable, *sys.argv])
+    command = command_line()
     print(f"command: {command}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     results = []

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 from selfguide_lite.builtin_students import DEFAULT_STUDENT
-from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
 from selfguide_lite.store import read_json, write_json
+from selfguide_lite.studies import command_line, machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def main() -> int:
                              text=True, check=True).stdout.strip()
     sides = {"old": run_side("old", old_tree, tasks, args.models, work),
              "new": run_side("new", REPO, tasks, args.models, work)}
-    machine = f"{cpu_name()}, {os.cpu_count()} cores, {' '.join(named_features(cpu_flags()))}"
+    machine = machine_line()
     print(f"machine: {machine}; old {old_rev}, new {new_rev}"
           " (new: uncommitted changes, if any, included)")
     rows = []
@@ -100,7 +100,7 @@ def main() -> int:
                       f"test {o['test']['primary']:.1f} -> {n['test']['primary']:.1f} (reported only)")
         rows.append({"task": label, "old": old, "new": new})
     if args.json:
-        write_json(args.json, {"command": shlex.join([sys.executable, *sys.argv]), "old": old_rev, "new": new_rev,
+        write_json(args.json, {"command": command_line(), "old": old_rev, "new": new_rev,
                                "machine": machine,
                                "tasks": rows})
     return 0

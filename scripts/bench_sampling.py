@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import random
-import shlex
 import sys
 import sysconfig
 import time
@@ -44,9 +43,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 from selfguide_lite.engine.batched import BatchedSampler  # noqa: E402
-from selfguide_lite.engine.llamacpp import LlamaCppSampler  # noqa: E402
 from selfguide_lite.engine.sampler import Request, SamplingParams  # noqa: E402
+from selfguide_lite.engine.sequential import LlamaCppSampler  # noqa: E402
 from selfguide_lite.prompts import input_generation_prompt, task_prompt  # noqa: E402
+from selfguide_lite.studies import command_line  # noqa: E402
 from selfguide_lite.tasks import load_task  # noqa: E402
 
 SHAPE = {"hidden": 576, "layers": 30, "heads": 9, "kv_heads": 3, "intermediate": 1536, "vocab": 32000}
@@ -142,7 +142,7 @@ def decode_ceiling(gguf: Path, n_seq: int, context: int, steps: int, threads: in
     the batch. No engine built on llama.cpp can beat this rate on this machine: it bounds (a)."""
     import llama_cpp as L
 
-    from selfguide_lite.runtime import load_model
+    from selfguide_lite.engine.llama import load_model
 
     model = load_model(gguf)
     cp = L.llama_context_default_params()
@@ -300,11 +300,12 @@ def main() -> int:
     n_prompts, new_tokens, threads = args.prompts, args.new_tokens, args.threads
 
     info = machine()
-    from selfguide_lite.runtime import llama_cpp_module, verdict
+    from selfguide_lite.engine.llama import llama_cpp_module
+    from selfguide_lite.runtime import verdict
 
     info["llama_cpp_build"] = llama_cpp_module().llama_print_system_info().decode(errors="replace").strip()
     info["extra_bufts"] = verdict()["extra_bufts"]
-    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"command: {command_line()}")
     print(f"machine: {info['cpu']}, {info['cores']} cores; python {info['python']}, llama-cpp-python "
           f"{info['llama_cpp_python']}, torch {info['torch']}, transformers {info['transformers']}; threads {threads}")
     print(f"llama.cpp build: {info['llama_cpp_build']}; extra buffer types {'on' if info['extra_bufts'] else 'off'}")
@@ -341,7 +342,7 @@ def main() -> int:
     print(f"\n1. throughput: {n_prompts} prompts ({'distinct, no shared prefix'}), {new_tokens} new tokens each, "
           "temperature 0.8, top-k 40, wall time including prefill")
     print(f"   {'engine':<44}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'roofline':>10}")
-    results: dict = {"machine": info, "command": shlex.join([sys.executable, *sys.argv]), "threads": threads,
+    results: dict = {"machine": info, "command": command_line(), "threads": threads,
                      "params": params, "roofline_gflops": gflops, "roofline_tok_s": roof,
                      "prompts": n_prompts, "new_tokens": new_tokens, "engine_tok_s": {}, "hf_tok_s": {}}
     prompt_tokens = None

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from selfguide_lite.config import TrainConfig  # noqa: E402
 from selfguide_lite.demo import real_demo_task_path  # noqa: E402
 from selfguide_lite.models import resolve_student  # noqa: E402
 from selfguide_lite.prompts import task_prompt  # noqa: E402
+from selfguide_lite.studies import command_line  # noqa: E402
 from selfguide_lite.tasks import load_task  # noqa: E402
 
 
@@ -99,7 +99,7 @@ def main() -> int:
     args = ap.parse_args()
     progress.set_mode("quiet")
     progress.quiet_libraries()
-    command = shlex.join([sys.executable, *sys.argv])
+    command = command_line()
     print(f"command: {command}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
           f"{__import__('torch').get_num_threads()}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from selfguide_lite.engine.batched import BatchedSampler
 from selfguide_lite.methods.labellers import vote_requests
 from selfguide_lite.models import resolve_student
 from selfguide_lite.prompts import PromptFormat
-from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
+from selfguide_lite.studies import machine_line
 from selfguide_lite.tasks import load_task
 
 DEFAULT_TASK = "../shared/data/natural-instructions/task1195_disflqa_disfluent_to_fluent_conversion.json"
@@ -64,7 +63,7 @@ def main() -> int:
                "samples": len(texts), "samples_equal_to_first_config": sum(a == b for a, b in zip(first, texts, strict=True))}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": f"{cpu_name()}, {os.cpu_count()} cores, {' '.join(named_features(cpu_flags()))}",
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine_line(),
               "python": platform.python_version(),
               "code": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
               "task": task.name, "model": args.model, "inputs": len(inputs), "rows": rows}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from selfguide_lite.config import deep_merge, load_config  # noqa: E402
 from selfguide_lite.demo import WORLD_PRESET  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
 from selfguide_lite.runs import rounds_of  # noqa: E402
+from selfguide_lite.studies import command_line  # noqa: E402
 from selfguide_lite.toy_models.world import build_world_student, world_task_path  # noqa: E402
 
 ABLATIONS = {
@@ -53,7 +53,7 @@ def main() -> int:
         args.seeds, args.rounds, args.variants = args.seeds[:1], 1, ["full"]
     progress.set_mode("quiet")
     t0 = time.monotonic()
-    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"command: {command_line()}")
     student = build_world_student(args.student, log=print)
     em: dict[str, dict[str, list[float]]] = {}
     for variant in args.variants:
@@ -84,7 +84,7 @@ def main() -> int:
         cells = "".join(f"{statistics.mean(v):>9.1f} ± {statistics.pstdev(v):4.1f}" for v in em[variant].values())
         g = gains(variant)
         print(f"{variant:>17}{cells}{statistics.mean(g):>+13.1f} ± {statistics.pstdev(g):4.1f}")
-    result = {"command": shlex.join([sys.executable, *sys.argv]), "seeds": args.seeds, "rounds": args.rounds,
+    result = {"command": command_line(), "seeds": args.seeds, "rounds": args.rounds,
               "em": em.get("full", {}), "em_by_variant": em, "seconds": round(time.monotonic() - t0)}
     if "full" in em:
         g = gains("full")

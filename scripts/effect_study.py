@@ -33,8 +33,6 @@ Usage: python3 scripts/effect_study.py [--tasks T.json ...] [--seeds 0 1] [--rou
 from __future__ import annotations
 
 import argparse
-import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -58,6 +56,7 @@ from selfguide_lite.errors import UserError  # noqa: E402
 from selfguide_lite.evaluate import skill_scores  # noqa: E402
 from selfguide_lite.loop import run_loop  # noqa: E402
 from selfguide_lite.store import file_hash, read_json, read_jsonl, value_hash, write_json  # noqa: E402
+from selfguide_lite.studies import command_line, fmt, mean  # noqa: E402
 from selfguide_lite.tasks import Instance, Task, load_task  # noqa: E402
 
 SHARED_TASKS = REPO.parent / "shared" / "data" / "natural-instructions"
@@ -221,11 +220,6 @@ def split_skill(task: Task, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return skill_scores(task, instances, [r["prediction"] for r in rows])
 
 
-def _mean(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.fmean(xs) if xs else None
-
-
 def aggregate(per_task: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over classification, generation and all tasks (each task first averaged over its seeds)."""
     by_task: dict[str, list[dict[str, Any]]] = {}
@@ -234,17 +228,17 @@ def aggregate(per_task: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     for name, runs in by_task.items():
         rows.append({"task": name, "type": runs[0]["type"], "seeds": len(runs),
-                     "round0_test": _mean([r["round0_test"] for r in runs]),
-                     "final_test": _mean([r["final_test"] for r in runs]),
-                     "gain": _mean([r["gain"] for r in runs]),
-                     "gain_vs_same_quant": _mean([r.get("gain_vs_same_quant") for r in runs])})
+                     "round0_test": mean([r["round0_test"] for r in runs]),
+                     "final_test": mean([r["final_test"] for r in runs]),
+                     "gain": mean([r["gain"] for r in runs]),
+                     "gain_vs_same_quant": mean([r.get("gain_vs_same_quant") for r in runs])})
     out: dict[str, Any] = {"per_task": rows}
     for group, members in (("classification", [r for r in rows if r["type"] == "classification"]),
                            ("generation", [r for r in rows if r["type"] != "classification"]), ("all", rows)):
-        out[group] = {"tasks": len(members), "round0_test": _mean([r["round0_test"] for r in members]),
-                      "final_test": _mean([r["final_test"] for r in members]),
-                      "gain": _mean([r["gain"] for r in members]),
-                      "gain_vs_same_quant": _mean([r["gain_vs_same_quant"] for r in members]),
+        out[group] = {"tasks": len(members), "round0_test": mean([r["round0_test"] for r in members]),
+                      "final_test": mean([r["final_test"] for r in members]),
+                      "gain": mean([r["gain"] for r in members]),
+                      "gain_vs_same_quant": mean([r["gain_vs_same_quant"] for r in members]),
                       "worst_gain": min((r["gain"] for r in members if r["gain"] is not None), default=None)}
     return out
 
@@ -268,8 +262,8 @@ def compare_to_reference(runs: list[dict[str, Any]], reference: dict[tuple[str, 
                      "delta_validation": delta["validation"], "test": mine.get("test"),
                      "reference_test": theirs.get("test"), "delta_test": delta["test"],
                      "train_rows": mine.get("train_rows"), "reference_train_rows": theirs.get("train_rows")})
-    return {"rows": rows, "mean_delta_validation": _mean([r["delta_validation"] for r in rows]),
-            "mean_delta_test": _mean([r["delta_test"] for r in rows]),
+    return {"rows": rows, "mean_delta_validation": mean([r["delta_validation"] for r in rows]),
+            "mean_delta_test": mean([r["delta_test"] for r in rows]),
             "worst_delta_validation": min((r["delta_validation"] for r in rows if r["delta_validation"] is not None),
                                           default=None)}
 
@@ -277,47 +271,43 @@ def compare_to_reference(runs: list[dict[str, Any]], reference: dict[tuple[str, 
 def print_comparison(variant: str, cmp: dict[str, Any]) -> None:
     print(f"\n{variant} vs full, same task, seed and round (validation decides; test reported):")
     for r in cmp["rows"]:
-        print(f"  {r['task']:<52} seed {r['seed']} round {r['round']}: validation {_f(r['validation'])} vs "
-              f"{_f(r['reference_validation'])} ({_f(r['delta_validation'], '+.1f')}), test {_f(r['test'])} vs "
-              f"{_f(r['reference_test'])} ({_f(r['delta_test'], '+.1f')}), rows {r['train_rows']} vs "
+        print(f"  {r['task']:<52} seed {r['seed']} round {r['round']}: validation {fmt(r['validation'])} vs "
+              f"{fmt(r['reference_validation'])} ({fmt(r['delta_validation'], '+.1f')}), test {fmt(r['test'])} vs "
+              f"{fmt(r['reference_test'])} ({fmt(r['delta_test'], '+.1f')}), rows {r['train_rows']} vs "
               f"{r['reference_train_rows']}")
-    print(f"  mean difference: validation {_f(cmp['mean_delta_validation'], '+.1f')} (worst task "
-          f"{_f(cmp['worst_delta_validation'], '+.1f')}), test {_f(cmp['mean_delta_test'], '+.1f')}")
-
-
-def _f(x: float | None, spec: str = ".1f") -> str:
-    return "-" if x is None else format(x, spec)
+    print(f"  mean difference: validation {fmt(cmp['mean_delta_validation'], '+.1f')} (worst task "
+          f"{fmt(cmp['worst_delta_validation'], '+.1f')}), test {fmt(cmp['mean_delta_test'], '+.1f')}")
 
 
 def print_run(s: dict[str, Any], seed: int, variant: str) -> None:
     q = s["label_quality"]
-    print(f"{s['task']} [{variant}, seed {seed}] ({s['metric']}): round-0 test {_f(s['round0_test'])} -> final "
-          f"(round {s['final_round']}) {_f(s['final_test'])}  gain {_f(s['gain'], '+.1f')}")
+    print(f"{s['task']} [{variant}, seed {seed}] ({s['metric']}): round-0 test {fmt(s['round0_test'])} -> final "
+          f"(round {s['final_round']}) {fmt(s['final_test'])}  gain {fmt(s['gain'], '+.1f')}")
     for k, r in s["rounds"].items():
-        line = f"    round {k}: validation {_f(r.get('validation'))}, test {_f(r.get('test'))}, format {_f(r.get('format'))}%"
+        line = f"    round {k}: validation {fmt(r.get('validation'))}, test {fmt(r.get('test'))}, format {fmt(r.get('format'))}%"
         if (skill := (r.get("skill") or {}).get("test")) and "balanced_accuracy" in skill:
-            line += (f", test balanced accuracy {_f(skill['balanced_accuracy'])} (chance {_f(skill['chance'])}), "
-                     f"{skill['labels_predicted']} label(s), best constant {_f(skill['best_constant'])}")
+            line += (f", test balanced accuracy {fmt(skill['balanced_accuracy'])} (chance {fmt(skill['chance'])}), "
+                     f"{skill['labels_predicted']} label(s), best constant {fmt(skill['best_constant'])}")
         if "demo_copies" in r:
-            line += f", demo copies {_f(r['demo_copies'])}%, input copies {_f(r.get('input_copies'))}%"
+            line += f", demo copies {fmt(r['demo_copies'])}%, input copies {fmt(r.get('input_copies'))}%"
         if k:
             fn = r.get("funnel") or {}
             line += (f"; funnel {fn.get('candidates')} -> {fn.get('after_input_filters')} -> {fn.get('after_vote')} -> "
                      f"{fn.get('after_balance')} rows, loss {r.get('train_loss')}, "
                      f"{'promoted' if r.get('promoted') else 'not promoted'} ({r.get('status')})")
             if inp := r.get("inputs"):
-                line += (f"; inputs: label as asked {_f(inp['target_agreement'])}%, duplicates "
-                         f"{_f(inp['duplicate_share'])}%, length x{_f(inp['length_ratio'], '.2f')}")
+                line += (f"; inputs: label as asked {fmt(inp['target_agreement'])}%, duplicates "
+                         f"{fmt(inp['duplicate_share'])}%, length x{fmt(inp['length_ratio'], '.2f')}")
                 if inp.get("labels_written"):
                     line += f", labels {inp['labels_written']}"
         print(line)
     if s.get("input_copy_test") is not None:
-        print(f"    answering with the input itself scores {_f(s['input_copy_test'])} on test")
+        print(f"    answering with the input itself scores {fmt(s['input_copy_test'])} on test")
     if b := s.get("round0_same_quant"):
-        print(f"    round 0 re-exported at {b['quant']}: validation {_f(b['validation'])}, test {_f(b['test'])}; "
-              f"final gain over it {_f(s.get('gain_vs_same_quant'), '+.1f')}")
-    print(f"    self-labels on validation: vote {_f(q['vote_score'])} (keeps {_f(q['coverage'])}%; on those "
-          f"{_f(q['vote_score_kept'])}) vs greedy {_f(q['greedy_score'])} (on the kept {_f(q['greedy_score_kept'])})",
+        print(f"    round 0 re-exported at {b['quant']}: validation {fmt(b['validation'])}, test {fmt(b['test'])}; "
+              f"final gain over it {fmt(s.get('gain_vs_same_quant'), '+.1f')}")
+    print(f"    self-labels on validation: vote {fmt(q['vote_score'])} (keeps {fmt(q['coverage'])}%; on those "
+          f"{fmt(q['vote_score_kept'])}) vs greedy {fmt(q['greedy_score'])} (on the kept {fmt(q['greedy_score_kept'])})",
           flush=True)
 
 
@@ -344,7 +334,7 @@ def main() -> int:
     progress.set_mode("quiet")
     progress.quiet_libraries()
     tasks = args.tasks or sorted(SHARED_TASKS.glob("*.json"))
-    command = shlex.join([sys.executable, *sys.argv])
+    command = command_line()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or None
     print(f"command: {command}\ncode: {commit}", flush=True)
@@ -375,13 +365,13 @@ def main() -> int:
     for variant, agg in out["variants"].items():
         print(f"\n{variant}: mean test gain (final student - round 0), per task averaged over seeds {args.seeds}:")
         for r in agg["per_task"]:
-            print(f"  {r['task']:<52} {r['type']:<14} {_f(r['round0_test']):>6} -> {_f(r['final_test']):>6}  "
-                  f"{_f(r['gain'], '+.1f'):>6}  (vs round 0 at the loop's quantization {_f(r['gain_vs_same_quant'], '+.1f')})")
+            print(f"  {r['task']:<52} {r['type']:<14} {fmt(r['round0_test']):>6} -> {fmt(r['final_test']):>6}  "
+                  f"{fmt(r['gain'], '+.1f'):>6}  (vs round 0 at the loop's quantization {fmt(r['gain_vs_same_quant'], '+.1f')})")
         for group in ("classification", "generation", "all"):
             g = agg[group]
-            print(f"  mean over {group} ({g['tasks']} tasks): {_f(g['round0_test'])} -> {_f(g['final_test'])}, "
-                  f"gain {_f(g['gain'], '+.1f')} (vs same quantization {_f(g['gain_vs_same_quant'], '+.1f')}), "
-                  f"worst task {_f(g['worst_gain'], '+.1f')}")
+            print(f"  mean over {group} ({g['tasks']} tasks): {fmt(g['round0_test'])} -> {fmt(g['final_test'])}, "
+                  f"gain {fmt(g['gain'], '+.1f')} (vs same quantization {fmt(g['gain_vs_same_quant'], '+.1f')}), "
+                  f"worst task {fmt(g['worst_gain'], '+.1f')}")
     others = [v for v in results if v != "full"]
     if others:
         reference = {(r["task"], r["seed"]): r for r in results.get("full", [])}

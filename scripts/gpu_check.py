@@ -128,7 +128,7 @@ def main() -> int:
         step("export_gate", gate)
 
     def reload_on_gpu():
-        from selfguide_lite.runtime import load_llama
+        from selfguide_lite.engine.llama import load_llama
 
         offload = bool(env and env.get("llama_cpp_gpu_offload"))
         llm = load_llama(work / "model.gguf", n_ctx=256, n_threads=None, n_gpu_layers=-1 if offload else 0)

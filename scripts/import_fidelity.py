@@ -9,16 +9,14 @@ Usage: python3 scripts/import_fidelity.py [--models smollm2-135m-instruct gemma3
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 from selfguide_lite.errors import UserError
 from selfguide_lite.models import fidelity_line, import_gguf, sampling_gguf
-from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
 from selfguide_lite.store import write_json
+from selfguide_lite.studies import command_line, machine_line
 
 
 def main() -> int:
@@ -26,8 +24,8 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    machine = f"{cpu_name()}, {os.cpu_count()} cores, {' '.join(named_features(cpu_flags()))}"
-    out = {"command": shlex.join([sys.executable, *sys.argv]), "machine": machine, "models": {}}
+    machine = machine_line()
+    out = {"command": command_line(), "machine": machine, "models": {}}
     print(f"command: {out['command']}\nmachine: {machine}", flush=True)
     for name in args.models:
         try:

@@ -30,9 +30,7 @@ Per-task results are cached in WORK (default runs/label-quality/<model>; the scr
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -47,6 +45,7 @@ from selfguide_lite.models import sampling_gguf
 from selfguide_lite.prompts import PromptFormat
 from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
 from selfguide_lite.store import read_json, write_json
+from selfguide_lite.studies import command_line
 from selfguide_lite.tasks import load_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +144,7 @@ def main() -> int:
     decision = decide(per_task)
     print("decision (validation):", decision)
     if args.json:
-        write_json(args.json, {"command": shlex.join([sys.executable, *sys.argv]),
+        write_json(args.json, {"command": command_line(),
                                "machine": f"{cpu_name()}, {' '.join(named_features(cpu_flags()))}",
                                "student": str(args.model), "per_task": per_task, "decision": decision})
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from selfguide_lite.metrics import READS_MARGIN  # "reads": balanced accuracy >= chance + this, > 1 label
+from selfguide_lite.studies import fmt
 
 REFERENCE = "full"  # the vote, today's default
 CANDIDATE = "content_free_calibrated"  # what scripts/label_quality_study.py's rule picked
@@ -116,10 +117,6 @@ def verdict(table: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
             "rule_passes_on_what_is_here": passes, "goals_on_test": goals}
 
 
-def _f(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}"
-
-
 def markdown(table: dict[str, dict[str, dict[str, Any]]], v: dict[str, Any]) -> str:
     lines = ["| task, labeller | round 0 test (val) | final student: round | test (val) | best constant (test) "
              "| balanced accuracy test / val (chance) | labels used (test) | training rows per round "
@@ -128,12 +125,12 @@ def markdown(table: dict[str, dict[str, dict[str, Any]]], v: dict[str, Any]) -> 
     for t in v["tasks"]:
         for var in VARIANTS:
             r = table[var][t]
-            lines.append(f"| {t}, {names[var]} | {_f(r['round0_test'])} ({_f(r['round0_validation'])}) | "
-                         f"{r['final_round']} | {_f(r['test'])} ({_f(r['validation'])}) | {_f(r['test_best_constant'])} | "
-                         f"{_f(r['test_balanced_accuracy'])} / {_f(r['val_balanced_accuracy'])} ({_f(r['test_chance'])}) | "
+            lines.append(f"| {t}, {names[var]} | {fmt(r['round0_test'])} ({fmt(r['round0_validation'])}) | "
+                         f"{r['final_round']} | {fmt(r['test'])} ({fmt(r['validation'])}) | {fmt(r['test_best_constant'])} | "
+                         f"{fmt(r['test_balanced_accuracy'])} / {fmt(r['val_balanced_accuracy'])} ({fmt(r['test_chance'])}) | "
                          f"{r['test_labels']} | {', '.join(str(x) for x in r['train_rows'])} | "
                          f"{'; '.join(' '.join(f'{lab} {n}' for lab, n in sorted(d.items())) or '-' for d in r['labels_assigned'])} | "
-                         f"{_f(r['labelling_seconds_per_100_inputs'])} |")
+                         f"{fmt(r['labelling_seconds_per_100_inputs'])} |")
     g = v["gain_skill_validation"]
     lines += ["", "gain_skill on validation (mean balanced accuracy - chance of the final students): "
               + ", ".join(f"{names[k]} {'-' if x is None else f'{x:+.1f}'}" for k, x in g.items()),

@@ -16,9 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}"
+from selfguide_lite.studies import fmt
 
 
 def collect(files: list[Path], variant: str) -> dict[str, dict[int, dict]]:
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     for task, seeds in sorted(by_task.items()):
         print(task)
         for seed, run in sorted(seeds.items()):
-            rounds = "  ".join(f"r{k} {_fmt(r.get('validation'))} ({_fmt(r.get('test'))})"
+            rounds = "  ".join(f"r{k} {fmt(r.get('validation'))} ({fmt(r.get('test'))})"
                                for k, r in sorted(run["rounds"].items(), key=lambda kv: int(kv[0])))
             print(f"  seed {seed}: {rounds}  final r{run['final_round']}  gain {run['gain']:+.1f}")
             gains.setdefault(seed, []).append(run["gain"])

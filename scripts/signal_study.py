@@ -13,7 +13,6 @@ Usage: python3 scripts/signal_study.py [--model NAME] [--tasks T.json ...] [--wo
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from selfguide_lite.models import sampling_gguf
 from selfguide_lite.prompts import PromptFormat
 from selfguide_lite.runtime import cpu_flags, cpu_name, named_features
 from selfguide_lite.store import read_json, write_json
+from selfguide_lite.studies import command_line
 from selfguide_lite.tasks import load_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def main() -> int:
             r = per_task[path.stem]
             print(f"{path.stem}: {r['line']} ({r['wall_seconds']} s)", flush=True)
     if args.json:
-        write_json(args.json, {"command": shlex.join([sys.executable, *sys.argv]), "student": args.model,
+        write_json(args.json, {"command": command_line(), "student": args.model,
                                "machine": f"{cpu_name()}, {' '.join(named_features(cpu_flags()))}",
                                "per_task": per_task})
     return 0

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from selfguide_lite.metrics import CONSTANT, READS, verdict
+from selfguide_lite.studies import result_files, short_task
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
@@ -44,17 +45,10 @@ LABELLER = {"full": "vote", "content_free_calibrated": "content-free-calibrated"
             "batch_calibrated": "batch-calibrated"}
 
 
-def files(paths: list[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        out += sorted(p.glob("*.json")) if p.is_dir() else [p] if p.is_file() else []
-    return out
-
-
 def committed_rounds(paths: list[Path], variants: dict[str, str] = LABELLER) -> dict[tuple[str, str], dict[str, Any]]:
     """{(task, name): run} from effect_study.py files (seed 0), for the variants named (variant -> name)."""
     runs: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in files(paths):
+    for path in result_files(paths):
         doc = json.loads(path.read_text())
         for variant, block in (doc.get("variants") or {}).items():
             for run in block.get("runs", []):
@@ -141,10 +135,6 @@ def tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "committed_runs_refused": sum(len(r["committed"]) for r in refused)}
 
 
-def short(task: str) -> str:
-    return task.split("_")[0]
-
-
 def cell(o: dict[str, Any] | None) -> str:
     if o is None:
         return "-"
@@ -162,7 +152,7 @@ def table(s: dict[str, Any]) -> str:
         decision = f"train with {r['chosen']}" if r["allowed"] else "refused (no_signal)"
         r1 = "; ".join(f"{lab}: {cell(o['round1'])}" for lab, o in r["committed"].items()) or "-"
         r2 = "; ".join(f"{lab}: {cell(o['round2'])}" for lab, o in r["committed"].items()) or "-"
-        lines.append(f"| {short(r['task'])} | {r['best']} {r['best_balanced_accuracy']:.1f} vs {r['chance']:.1f} "
+        lines.append(f"| {short_task(r['task'])} | {r['best']} {r['best_balanced_accuracy']:.1f} vs {r['chance']:.1f} "
                      f"(n {r['n']}, p {r['best_p']:.2g}; {r['seconds']:.0f} s) | {decision} | {r1} | {r2} |")
     t = s["tally"]
     lines += ["", f"round 1 refused on {t['round1_refused']} of {t['tasks']} tasks (the loop ends there: round 2 "
@@ -174,7 +164,7 @@ def table(s: dict[str, Any]) -> str:
               f"{t['committed_runs_refused']} committed runs of refused tasks took "
               f"{t['committed_seconds_of_refused_runs'] / 60:.0f} min (rounds 0-2)"]
     for g in s["gated"]:
-        lines += ["", f"{short(g['task'])} through the default loop (signal check before every round, rounds 0-2; "
+        lines += ["", f"{short_task(g['task'])} through the default loop (signal check before every round, rounds 0-2; "
                   f"final round {g['final_round']}, {g['run_seconds']} s):"]
         for k, r in g["rounds"].items():
             label = f" with {r['chosen']}" if r["chosen"] else ""
@@ -186,7 +176,7 @@ def table(s: dict[str, Any]) -> str:
         lines += ["", "| generation task | n | vote's answers ROUGE-L (answered %) | greedy | input copied | seconds |",
                   "|---|---|---|---|---|---|"]
         for g in s["generation"]:
-            lines.append(f"| {short(g['task'])} | {g['n']} | {g['vote_rougeL']:.1f} ({g['coverage']:.0f}) | "
+            lines.append(f"| {short_task(g['task'])} | {g['n']} | {g['vote_rougeL']:.1f} ({g['coverage']:.0f}) | "
                          f"{g['greedy_rougeL']:.1f} | {g['input_copy_rougeL']:.1f} | {g['seconds']:.0f} |")
     return "\n".join(lines)
 

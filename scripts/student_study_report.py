@@ -32,6 +32,7 @@ from typing import Any
 from labeller_study_report import final_row  # the final student's columns: one definition for both reports
 
 from selfguide_lite.metrics import READS_MARGIN  # "reads": balanced accuracy >= chance + this, > 1 label
+from selfguide_lite.studies import fmt, mean, result_files, short_task
 
 DEFAULT_REFERENCE = [Path("docs/results/effect-study-round2-seed0.json"),
                      Path("docs/results/effect-study-round2-seed0-task1386.json"),
@@ -41,36 +42,25 @@ LABELLER_NAMES = {"full": "vote", "content_free_calibrated": "content-free calib
 QUALITY_COLUMNS = ("vote", "greedy", "argmax@0.0", "batch@0.0", "content-free@0.0", "content-free@0.25")
 
 
-def short(task: str) -> str:
-    return task.split("_")[0]
-
-
-def _files(paths: list[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        out += sorted(p.glob("*.json")) if p.is_dir() else [p] if p.is_file() else []
-    return out
-
-
 def load_runs(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
     """{(task, labeller): the run's summary row} from effect_study.py files; later files win."""
     runs: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in _files(paths):
+    for path in result_files(paths):
         doc = json.loads(path.read_text())
         for variant, block in (doc.get("variants") or {}).items():
             for run in block.get("runs", []):
                 if run.get("seed", 0) == 0:
-                    runs[(short(run["task"]), variant)] = summarize(run, str(path))
+                    runs[(short_task(run["task"]), variant)] = summarize(run, str(path))
     return runs
 
 
 def load_quality(paths: list[Path]) -> dict[str, dict[str, Any]]:
     """{task: label_quality_study.py's per-task record} from every label-quality file among paths."""
     out: dict[str, dict[str, Any]] = {}
-    for path in _files(paths):
+    for path in result_files(paths):
         doc = json.loads(path.read_text())
         if "per_task" in doc and "variants" not in doc:
-            out.update({short(t): r for t, r in doc["per_task"].items()})
+            out.update({short_task(t): r for t, r in doc["per_task"].items()})
     return out
 
 
@@ -84,7 +74,7 @@ def summarize(run: dict[str, Any], source: str) -> dict[str, Any]:
     if trivial is None:  # generation: the input as answer (older files carry it as input_copy_test)
         trivial = r0_test.get("input_as_answer_rougeL", run.get("input_copy_test"))
     return {
-        "task": short(run["task"]), "type": run["type"], "metric": run["metric"], "source": source,
+        "task": short_task(run["task"]), "type": run["type"], "metric": run["metric"], "source": source,
         "rounds_done": row["rounds_done"], "final_round": row["final_round"],
         "round0": (row["round0_test"], row["round0_validation"]), "final": (row["test"], row["validation"]),
         "gain_test": run.get("gain"), "trivial_test": trivial,
@@ -104,12 +94,8 @@ def reads(row: dict[str, Any], split: int) -> bool | None:
     return ba >= chance + READS_MARGIN and (n or 0) > 1
 
 
-def _f(x: float | None, spec: str = ".1f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def _pair(p: tuple[float | None, float | None]) -> str:
-    return f"{_f(p[0])} ({_f(p[1])})"
+    return f"{fmt(p[0])} ({fmt(p[1])})"
 
 
 def round_table(runs: dict, ref: dict) -> list[str]:
@@ -120,15 +106,15 @@ def round_table(runs: dict, ref: dict) -> list[str]:
     order = sorted(runs, key=lambda k: (runs[k]["type"] != "classification", k[0], k[1] != "full", k[1]))
     for key in order:
         r, x = runs[key], ref.get(key)
-        skill = (f"{_f(r['balanced_accuracy'][0])} / {_f(r['balanced_accuracy'][1])} ({_f(r['chance'][1])})"
+        skill = (f"{fmt(r['balanced_accuracy'][0])} / {fmt(r['balanced_accuracy'][1])} ({fmt(r['chance'][1])})"
                  if r["type"] == "classification" else "-")
         used = f"{r['labels_predicted'][0]} / {r['labels_predicted'][1]}" if r["type"] == "classification" else "-"
         lines.append(
             f"| {key[0]}, {LABELLER_NAMES.get(key[1], key[1])} | {_pair(r['round0'])} | {r['final_round']} | "
-            f"{_pair(r['final'])} | {_f(r['gain_test'], '+.1f')} | {_f(r['trivial_test'])} | {skill} | {used} | "
+            f"{_pair(r['final'])} | {fmt(r['gain_test'], '+.1f')} | {fmt(r['trivial_test'])} | {skill} | {used} | "
             f"{', '.join(str(n) for n in r['train_rows']) or '-'} | "
             f"{_pair(x['final']) + ' (round ' + str(x['final_round']) + ')' if x else '-'} | "
-            f"{_f(x['balanced_accuracy'][1]) if x else '-'} |")
+            f"{fmt(x['balanced_accuracy'][1]) if x else '-'} |")
     return lines
 
 
@@ -142,7 +128,7 @@ def means(runs: dict, ref: dict) -> dict[str, Any]:
                 continue
             gains = [r["gain_test"] for r in rows if r["gain_test"] is not None]
             entry = {"tasks": len(rows), "mean_gain_test": statistics.fmean(gains) if gains else None,
-                     "reference_mean_gain_test_same_tasks": _mean(
+                     "reference_mean_gain_test_same_tasks": mean(
                          [ref[(r["task"], variant)]["gain_test"] for r in rows if (r["task"], variant) in ref])}
             if kind == "classification":
                 skills = [r["balanced_accuracy"][1] - r["chance"][1] for r in rows
@@ -152,11 +138,6 @@ def means(runs: dict, ref: dict) -> dict[str, Any]:
                 entry["reads_test"] = sorted(r["task"] for r in rows if reads(r, 0))
             out[f"{LABELLER_NAMES.get(variant, variant)}, {kind}"] = entry
     return out
-
-
-def _mean(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.fmean(xs) if xs else None
 
 
 def quality_table(quality: dict, ref_quality: dict) -> list[str]:
@@ -171,7 +152,7 @@ def quality_table(quality: dict, ref_quality: dict) -> list[str]:
             return "-"
         s = f"{res['balanced_accuracy']:.1f} ({res['labels_used']})"
         if res.get("coverage", 1.0) < 1.0:
-            s += f", keeps {100 * res['coverage']:.0f} % at {_f(res.get('balanced_accuracy_kept'))}"
+            s += f", keeps {100 * res['coverage']:.0f} % at {fmt(res.get('balanced_accuracy_kept'))}"
         return s
 
     sums: dict[str, list[float]] = {c: [] for c in QUALITY_COLUMNS}
@@ -188,9 +169,9 @@ def quality_table(quality: dict, ref_quality: dict) -> list[str]:
                 ref_sums[c].append(x["results"][c]["balanced_accuracy"])
         sec = rec.get("seconds") or {}
         lines.append(f"| {task} | {chance:.1f} | " + " | ".join(cells) +
-                     f" | {_f(sec.get('vote'))} / {_f(sec.get('score'))} |")
+                     f" | {fmt(sec.get('vote'))} / {fmt(sec.get('score'))} |")
     lines.append("| mean | | " + " | ".join(
-        f"{_f(_mean(sums[c]))}; ref {_f(_mean(ref_sums[c]))}" for c in QUALITY_COLUMNS) + " | |")
+        f"{fmt(mean(sums[c]))}; ref {fmt(mean(ref_sums[c]))}" for c in QUALITY_COLUMNS) + " | |")
     return lines
 
 
@@ -212,10 +193,10 @@ def main() -> int:
     print("\n".join(round_table(runs, ref)))
     print()
     for name, e in m.items():
-        line = (f"{name} ({e['tasks']} tasks): mean test gain {_f(e['mean_gain_test'], '+.1f')} "
-                f"(reference on the same tasks {_f(e['reference_mean_gain_test_same_tasks'], '+.1f')})")
+        line = (f"{name} ({e['tasks']} tasks): mean test gain {fmt(e['mean_gain_test'], '+.1f')} "
+                f"(reference on the same tasks {fmt(e['reference_mean_gain_test_same_tasks'], '+.1f')})")
         if "gain_skill_validation" in e:
-            line += (f"; gain_skill on validation {_f(e['gain_skill_validation'], '+.1f')}; final students that read "
+            line += (f"; gain_skill on validation {fmt(e['gain_skill_validation'], '+.1f')}; final students that read "
                      f"(balanced accuracy >= chance + 5, > 1 label): validation {e['reads_validation']}, "
                      f"test {e['reads_test']}")
         print(line)

@@ -74,7 +74,7 @@ def converter_runtime_check(log=None, use_cache: bool = True) -> dict[str, Any]:
             raise UserError(f"the installed GGUF converter cannot convert a tiny Llama ({exc}); {what}. "
                             f"Repair: {REPAIR}") from None
         try:
-            from .runtime import load_llama
+            from .engine.llama import load_llama
 
             llm = load_llama(gguf_path, n_ctx=64, n_threads=1)
             try:

@@ -142,8 +142,9 @@ def llama_cpp_report(log: Log) -> bool:
     """The CPU, the llama.cpp build's CPU features and whether it decodes quantized models correctly
     here, checked afresh in child processes, so that a build that crashes on this CPU never crashes
     `doctor`; llama.cpp is imported in-process only after that check passed."""
+    from .engine.llama import llama_cpp_module
     from .errors import UserError
-    from .runtime import check_runtime, llama_cpp_module, runtime_lines
+    from .runtime import check_runtime, runtime_lines
 
     try:
         record = check_runtime(use_cache=False)

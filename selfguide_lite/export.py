@@ -217,7 +217,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str = "q4_k_m", n_thr
     """Quantize with llama.cpp in-process (`llama_model_quantize`), atomically."""
     import ctypes
 
-    from .runtime import llama_cpp_module
+    from .engine.llama import llama_cpp_module
 
     llama_cpp = llama_cpp_module()
     ftypes = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,

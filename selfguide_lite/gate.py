@@ -77,7 +77,7 @@ def tokenizer_problem(tok, gguf_path: Path, texts: Sequence[str]) -> str | None:
 def _last_logits(llm):
     """The logits llama.cpp computed for the last token evaluated (the high-level API keeps them only
     with logits_all, which would compute the vocabulary projection at every prompt position)."""
-    from .runtime import llama_cpp_module
+    from .engine.llama import llama_cpp_module
 
     llama_cpp = llama_cpp_module()
     import numpy as np
@@ -93,7 +93,7 @@ def answer_trace(gguf_path: Path, prompt_ids: list[list[int]], n_tokens: int, fo
     `keep` prompts, the logits at each step."""
     import numpy as np
 
-    from .runtime import load_llama
+    from .engine.llama import load_llama
 
     llm = load_llama(gguf_path, n_ctx=max(len(p) for p in prompt_ids) + n_tokens + 8, n_threads=None)
     eos = llm.token_eos()
@@ -209,7 +209,7 @@ def check_export(merged_dir: Path, f16_gguf: Path, quant_gguf: Path, user_texts:
         problems.append(bad)
 
     # 3. logits: the f16 conversion's greedy answers, and the merged model's logits along them
-    from .runtime import gguf_tokenize_all
+    from .engine.llama import gguf_tokenize_all
 
     prompt_ids = gguf_tokenize_all(f16_gguf, rendered)
     n_full = min(3, len(prompt_ids))

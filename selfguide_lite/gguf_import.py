@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from .engine.llama import gguf_add_bos, gguf_tokenize_all
 from .errors import UserError
+from .gguf_files import gguf_parts
 from .hf_tokenizer import load_tokenizer
 from .prompts import PromptFormat
-from .runtime import gguf_add_bos, gguf_parts, gguf_tokenize_all
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -526,8 +527,8 @@ def measure_fidelity(hf_dir: Path, gguf_path: Path, prompts: tuple[str, ...] = F
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .engine.llama import load_llama
     from .progress import quiet_libraries
-    from .runtime import load_llama
 
     quiet_libraries()
     ids = gguf_tokenize_all(gguf_path, rendered_prompts(hf_tok or load_tokenizer(hf_dir), prompts, use_chat_template))

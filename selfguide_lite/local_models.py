@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .runtime import first_shard, gguf_header
+from .gguf_files import first_shard, gguf_header
 
 OLLAMA_PREFIX, LMSTUDIO_PREFIX = "ollama:", "lmstudio:"
 OLLAMA_LAYER = "application/vnd.ollama.image."  # + model, template, system, params, projector, adapter, ...

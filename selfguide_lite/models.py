@@ -24,8 +24,8 @@ from typing import Any
 
 from .builtin_students import BUILTIN_STUDENTS, builtin_gguf
 from .errors import UserError
+from .gguf_files import existing_gguf, gguf_header, gguf_parts
 from .local_models import is_local_name, resolve_local_name
-from .runtime import existing_gguf, gguf_header, gguf_parts
 from .store import IMPORT_RECORD  # written last into an imported checkpoint: its presence marks it complete
 
 Log = Callable[[str], None]

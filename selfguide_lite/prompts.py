@@ -17,9 +17,18 @@ from functools import lru_cache
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .engine.sampler import ModelInfo
 from .errors import UserError
 from .tasks import Demo, Task
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What prompt rendering needs to know about the student (from its GGUF or HF tokenizer)."""
+
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+
 
 # Stop strings that end an answer: the model starting the next example's field.
 FIELD_STOPS = ("\nInput:", "\n\nInput", "\nOutput:")

@@ -1,5 +1,6 @@
-"""The one door to llama.cpp: every GGUF this package decodes is opened here, with the load settings
-this installation was checked to decode correctly with on this CPU.
+"""The installation check: which load settings llama.cpp decodes correctly with on this CPU, decided in
+child processes before the first decode of an installation (the door that then opens models with them is
+`engine/llama.py`).
 
 Why a check: `pip install llama-cpp-python` compiles llama.cpp natively for the CPU that installs it,
 and pip's wheel cache hands that build to later installs whatever `CMAKE_ARGS` they set. Two failures
@@ -20,28 +21,20 @@ ends in one `error:` line naming the CPU, the version and the command that repai
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import UserError
-
-if TYPE_CHECKING:
-    from .engine.sampler import ModelInfo
 
 LLAMA_CPP_VERSION = "0.3.36"  # the version this check and the struct field it sets were verified with
 CHECK_VERSION = 1  # bump when the probe changes: cached verdicts are then redone
@@ -159,310 +152,6 @@ def extra_bufts_rule(flags: frozenset[str], build: dict[str, bool]) -> tuple[boo
     return True, "on: no AMX kernels in this build or on this CPU"
 
 
-def model_params(extra_bufts: bool | None = None, **fields):
-    """`llama_model_default_params()` with the extra-buffer setting of this installation's verdict
-    (or `extra_bufts` as given) and any other fields (`vocab_only=True`, ...)."""
-    setting = verdict()["extra_bufts"] if extra_bufts is None else extra_bufts
-    params = _quiet_llama_cpp().llama_model_default_params()
-    params.use_extra_bufts = setting
-    for name, value in fields.items():
-        setattr(params, name, value)
-    return params
-
-
-@contextmanager
-def llama_defaults(extra_bufts: bool | None = None) -> Iterator[None]:
-    """Make llama-cpp-python's own model loads (the high-level `Llama`, its server) use the verdict's
-    setting while the block runs. `Llama.__init__` takes no argument for `use_extra_bufts` and loads the
-    model before it returns, reading `llama_model_default_params()` from its bindings module: swapping
-    that function for the block is the only way in without copying `Llama`."""
-    setting = verdict()["extra_bufts"] if extra_bufts is None else extra_bufts
-    bindings = _quiet_llama_cpp().llama_cpp
-    original = bindings.llama_model_default_params
-
-    def defaults():
-        params = original()
-        params.use_extra_bufts = setting
-        return params
-
-    bindings.llama_model_default_params = defaults
-    try:
-        yield
-    finally:
-        bindings.llama_model_default_params = original
-
-
-def llama_cpp_module():
-    """The `llama_cpp` bindings, imported only once this installation passed its check: importing them
-    loads the native library, which is where a build for another CPU dies. llama.cpp's own log is
-    silenced; its error lines go into our messages (`llama_errors`)."""
-    ensure_runtime()
-    return _quiet_llama_cpp()
-
-
-_GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5  # ggml_log_level in the llama.cpp that 0.3.36 vendors (ggml.h)
-_log_state: dict[str, Any] = {"callback": None, "last": 0, "errors": []}
-
-
-def _quiet_llama_cpp():
-    """The bindings, with llama.cpp's own log silenced; its error lines are kept for our messages
-    (`llama_errors`). We replace llama-cpp-python 0.3.36's callback because it maps an older
-    ggml_log_level enum (WARN = 2, ERROR = 3): with verbose off it printed warnings (WARN is 3 now)
-    into our output and dropped errors (4)."""
-    import ctypes
-
-    import llama_cpp
-
-    if _log_state["callback"] is None:
-        @llama_cpp.llama_log_callback
-        def keep_errors(level: int, text: bytes, user_data) -> None:
-            level = _log_state["last"] if level == _GGML_LOG_CONT else level
-            _log_state["last"] = level
-            if level == _GGML_LOG_ERROR:
-                _log_state["errors"] = [*_log_state["errors"][-9:], text.decode("utf-8", errors="replace").strip()]
-
-        _log_state["callback"] = keep_errors  # kept referenced while llama.cpp may call it
-        llama_cpp.llama_log_set(keep_errors, ctypes.c_void_p(0))
-        atexit.register(_restore_llama_log)
-    return llama_cpp
-
-
-def _restore_llama_log() -> None:
-    """At exit, before the interpreter tears down our module (and with it the callback's trampoline),
-    hand llama.cpp back llama-cpp-python's own callback: models freed during teardown still log, and a
-    call into a freed trampoline is a segfault (seen: `serve` stopped with SIGSEGV)."""
-    import ctypes
-
-    import llama_cpp
-    import llama_cpp._logger
-
-    llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
-
-
-def llama_errors() -> str:
-    """llama.cpp's error lines since the last call, joined (for a user error's message), then forgotten."""
-    errors, _log_state["errors"] = _log_state["errors"], []
-    return " ".join(" / ".join(e for e in errors if e).split())[:300]
-
-
-def load_model(model_path: str | Path, *, vocab_only: bool = False, extra_bufts: bool | None = None):
-    """A `llama_model` pointer (low-level API) that the caller frees with `llama_model_free`.
-    `vocab_only`: the vocabulary and metadata without the weights (tokenizing, the chat template)."""
-    path = existing_gguf(model_path)
-    params = model_params(extra_bufts, vocab_only=vocab_only)  # checks the installation first
-    llama_cpp = _quiet_llama_cpp()
-    llama_cpp.llama_backend_init()
-    llama_errors()  # forget older errors: the message names this load's
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        said = llama_errors()
-        raise UserError(f"llama.cpp could not load {path} ({said or 'not a GGUF file, truncated, or an unknown architecture'})")
-    return model
-
-
-def load_llama(model_path: str | Path, n_ctx: int, n_threads: int | None, *, extra_bufts: bool | None = None, **kwargs):
-    """Open a GGUF with llama-cpp-python's high-level `Llama`, turning a missing or unreadable file into
-    a user error."""
-    path = existing_gguf(model_path)
-    threads = n_threads or os.cpu_count()
-    try:
-        with llama_defaults(extra_bufts):  # checks the installation first
-            llama_errors()
-            return _quiet_llama_cpp().Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
-                                            n_threads_batch=threads, verbose=False, **kwargs)
-    except ValueError as exc:
-        said = llama_errors()
-        raise UserError(f"llama.cpp could not load {path}: {exc}{f' ({said})' if said else ''}") from None
-
-
-# --- GGUF files: the one place that checks, opens (vocabulary only), describes and tokenizes them ---
-
-def existing_gguf(path: str | Path) -> Path:
-    """A GGUF path a command was given, or the one error line saying why it is not one."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory; sampling needs a GGUF file (see `export`, or let `loop` convert it)")
-    if not path.is_file():
-        raise UserError(f"GGUF model not found: {path}")
-    missing = [part.name for part in gguf_parts(path) if not part.is_file()]
-    if missing:
-        raise UserError(f"{path} is one shard of a split model whose other shards are missing: {', '.join(missing)}")
-    return path
-
-
-SPLIT_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)  # llama.cpp's (gguf-split's) naming
-
-
-def first_shard(path: Path) -> Path:
-    """A split model is opened from its first shard (llama.cpp's rule); naming a later one means the same model."""
-    match = SPLIT_SHARD.search(path.name)
-    if not match or int(match.group(1)) == 1:
-        return path
-    return path.with_name(path.name[:match.start()] + f"-00001-of-{match.group(2)}.gguf")
-
-
-def gguf_parts(path: Path) -> list[Path]:
-    """Every file of a GGUF model: the file itself, or all shards of a split model named from its first."""
-    match = SPLIT_SHARD.search(path.name)
-    if not match:
-        return [path]
-    stem, count = path.name[:match.start()], int(match.group(2))
-    return [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
-
-
-@dataclass(frozen=True)
-class GGUFHeader:
-    """What a GGUF's header says without its weights: the metadata values asked for, every tensor's name."""
-
-    values: dict[str, Any]
-    tensor_names: tuple[str, ...]
-
-
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
-
-
-def gguf_header(path: str | Path, keys: tuple[str, ...] = ()) -> GGUFHeader:
-    """Read a GGUF's header: the values of `keys` (arrays as lists) and the tensor names.
-
-    gguf-py's reader builds an object per array element, seconds for a 262k-entry vocabulary (7.7 s for
-    Gemma 3 270M here); this walks the header once and decodes only the keys asked for (tenths of a
-    second), for checks made on every resolution of a name."""
-    import mmap
-    import struct
-
-    with open(path, "rb") as fh:
-        try:
-            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:  # an empty file
-            raise UserError(f"{path}: not a GGUF file (empty)") from None
-    try:
-        if buf[:4] != b"GGUF":
-            raise UserError(f"{path}: not a GGUF file (no GGUF magic)")
-        n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
-        pos = 24
-
-        def string() -> str:
-            nonlocal pos
-            (length,) = struct.unpack_from("<Q", buf, pos)
-            pos += 8 + length
-            return bytes(buf[pos - length:pos]).decode("utf-8", errors="replace")
-
-        def value(kind: int, keep: bool) -> Any:
-            nonlocal pos
-            if kind == _STRING:
-                return string()
-            if kind in _SCALARS:
-                fmt = _SCALARS[kind]
-                pos += struct.calcsize(fmt)
-                return struct.unpack_from(fmt, buf, pos - struct.calcsize(fmt))[0]
-            if kind != _ARRAY:
-                raise UserError(f"{path}: not a readable GGUF file (value type {kind})")
-            sub, count = struct.unpack_from("<IQ", buf, pos)
-            pos += 12
-            if sub in _SCALARS:  # fixed size: one slice
-                size = struct.calcsize(_SCALARS[sub])
-                pos += size * count
-                return list(struct.unpack_from(f"<{count}{_SCALARS[sub][1]}", buf, pos - size * count)) if keep else None
-            items = [value(sub, keep) for _ in range(count)]
-            return items if keep else None
-
-        values = {}
-        for _ in range(n_kv):
-            key = string()
-            (kind,) = struct.unpack_from("<I", buf, pos)
-            pos += 4
-            got = value(kind, key in keys)
-            if key in keys:
-                values[key] = got
-        names = []
-        for _ in range(n_tensors):
-            names.append(string())
-            (n_dims,) = struct.unpack_from("<I", buf, pos)
-            pos += 4 + 8 * n_dims + 4 + 8
-        return GGUFHeader(values, tuple(names))
-    except (struct.error, OverflowError, MemoryError):
-        raise UserError(f"{path}: not a readable GGUF file (its header is truncated or malformed)") from None
-    finally:
-        buf.close()
-
-
-def load_vocab_only(model_path: str | Path):
-    """A GGUF's vocabulary and metadata without its weights (fast): a `llama_model` pointer that the
-    caller frees with `llama_model_free`. For tokenizing and reading the chat template."""
-    return load_model(model_path, vocab_only=True)
-
-
-def model_info(model) -> ModelInfo:
-    """Chat template and special-token texts of a loaded llama.cpp model (a `llama_model` pointer),
-    read from its GGUF metadata and vocabulary. Both backends describe the student through this."""
-    from .engine.sampler import ModelInfo
-
-    llama_cpp = llama_cpp_module()
-
-    vocab = llama_cpp.llama_model_get_vocab(model)
-
-    def text(token: int) -> str:
-        if token < 0:
-            return ""
-        raw = llama_cpp.llama_vocab_get_text(vocab, token)
-        return raw.decode("utf-8", errors="replace") if raw else ""
-
-    template = llama_cpp.llama_model_chat_template(model, None)
-    return ModelInfo(
-        chat_template=template.decode("utf-8") if template else None,
-        bos_token=text(llama_cpp.llama_vocab_bos(vocab)),
-        eos_token=text(llama_cpp.llama_vocab_eos(vocab)),
-    )
-
-
-@contextmanager
-def gguf_vocab(path: str | Path):
-    """The GGUF's `llama_model` (vocabulary and metadata only), freed when the block ends."""
-    llama_cpp = llama_cpp_module()
-
-    model = load_vocab_only(path)
-    try:
-        yield model
-    finally:
-        llama_cpp.llama_model_free(model)
-
-
-def gguf_model_info(path: str | Path) -> ModelInfo:
-    """Chat template and special tokens of a GGUF, loading only its vocabulary (fast)."""
-    with gguf_vocab(path) as model:
-        return model_info(model)
-
-
-def gguf_tokenize_all(path: str | Path, texts: list[str], add_special: bool = True) -> list[list[int]]:
-    """llama.cpp's ids for each text (with BOS when the model wants one; special-token text parsed),
-    opening the file's vocabulary once."""
-    llama_cpp = llama_cpp_module()
-
-    out = []
-    with gguf_vocab(path) as model:
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        for text in texts:
-            raw = text.encode("utf-8")
-            buf = (llama_cpp.llama_token * (len(raw) + 8))()
-            n = llama_cpp.llama_tokenize(vocab, raw, len(raw), buf, len(buf), add_special, True)
-            out.append(list(buf[:n]))
-    return out
-
-
-def gguf_tokenize(path: str | Path, text: str, add_special: bool = True) -> list[int]:
-    """llama.cpp's ids for one text."""
-    return gguf_tokenize_all(path, [text], add_special)[0]
-
-
-def gguf_add_bos(path: str | Path) -> bool:
-    """Whether llama.cpp puts BOS before a prompt for this model."""
-    llama_cpp = llama_cpp_module()
-
-    with gguf_vocab(path) as model:
-        return bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(model)))
-
-
 # --- the check --------------------------------------------------------------------------------
 
 def pin_extra_bufts(setting: bool) -> None:
@@ -528,10 +217,10 @@ def check_runtime(use_cache: bool = True, log: Log | None = None, probe_cmd: lis
 
 
 def run_probe(extra_bufts: str, probe_cmd: list[str] | None = None) -> dict[str, Any]:
-    """One child process: `python -m selfguide_lite.runtime probe <auto|on|off>`. Its first stdout line
+    """One child process: `python -m selfguide_lite.engine.llama probe <auto|on|off>`. Its first stdout line
     (printed before any decode) says what the build is and which setting it uses; its last line gives
     each model's agreement between batched and token-by-token decoding."""
-    cmd = [*(probe_cmd or [sys.executable, "-m", "selfguide_lite.runtime", "probe"]), extra_bufts]
+    cmd = [*(probe_cmd or [sys.executable, "-m", "selfguide_lite.engine.llama", "probe"]), extra_bufts]
     env = {**os.environ, "PYTHONFAULTHANDLER": "0"}
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env,
@@ -608,71 +297,3 @@ def runtime_lines(record: dict[str, Any]) -> list[str]:
         + ", ".join(f"{m['file']} top-1 {m['top1_agreement']:.2f}" for m in record["attempts"][-1].get("models", []))
         + (" (checked earlier)" if record.get("cached") else f" ({record['seconds']}s)"),
     ]
-
-
-# --- the child process --------------------------------------------------------------------------
-
-def _probe_main(requested: str) -> int:
-    """Runs in the child: print the build and the setting, then decode each quantized model twice."""
-    llama_cpp = _quiet_llama_cpp()
-    flags = cpu_flags()
-    system_info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
-    rule_on, rule = extra_bufts_rule(flags, build_features(system_info))
-    extra = rule_on if requested == "auto" else requested == "on"
-    print(json.dumps({"system_info": system_info, "rule": rule, "extra_bufts": extra}), flush=True)
-    from .builtin_students import BUILTIN_STUDENTS, DEFAULT_STUDENT, builtin_gguf
-
-    q4_1 = builtin_gguf(DEFAULT_STUDENT)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="selfguide-runtime-") as tmp:
-        q8_0 = Path(tmp) / f"{Path(BUILTIN_STUDENTS[DEFAULT_STUDENT].filename).stem}.q8_0.gguf"
-        _requantize(q4_1, q8_0)
-        for path in (q4_1, q8_0):
-            results.append(_compare_batched_and_sequential(path, extra))
-    print(json.dumps({"models": results}), flush=True)
-    return 0
-
-
-def _requantize(src: Path, dst: Path) -> None:
-    """A q8_0 copy of the student (the type exported rounds use), made by llama.cpp."""
-    import ctypes
-
-    llama_cpp = _quiet_llama_cpp()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-    params.allow_requantize = True
-    params.nthread = os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
-        raise RuntimeError(f"could not requantize {src.name} to q8_0")
-
-
-def _compare_batched_and_sequential(path: Path, extra_bufts: bool) -> dict[str, Any]:
-    import numpy as np
-
-    t0 = time.monotonic()
-    llm = load_llama(path, n_ctx=256, n_threads=None, extra_bufts=extra_bufts, logits_all=True)
-    try:
-        ids = llm.tokenize(PROBE_TEXT.encode(), add_bos=True)
-        llm.eval(ids)  # one batch of every token: the path that crashed
-        batched = np.array(llm.scores[: len(ids)], dtype=np.float64)
-        llm.reset()
-        for token in ids:
-            llm.eval([token])
-        sequential = np.array(llm.scores[: len(ids)], dtype=np.float64)
-    finally:
-        llm.close()
-    span = float(sequential.max() - sequential.min()) or 1.0
-    return {
-        "file": path.name, "tokens": len(ids),
-        "finite": bool(np.isfinite(batched).all() and np.isfinite(sequential).all()),
-        "top1_agreement": float((batched.argmax(1) == sequential.argmax(1)).mean()),
-        "relative_diff": float(np.abs(batched - sequential).max() / span),
-        "seconds": round(time.monotonic() - t0, 2),
-    }
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "probe" and sys.argv[2] in ("auto", "on", "off"):
-        sys.exit(_probe_main(sys.argv[2]))
-    print("usage: python -m selfguide_lite.runtime probe auto|on|off", file=sys.stderr)
-    sys.exit(2)

@@ -14,10 +14,11 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from .engine.llama import gguf_model_info
 from .engine.sampler import ModelInfo
 from .errors import UserError
+from .gguf_files import existing_gguf
 from .prompts import PromptFormat
-from .runtime import existing_gguf, gguf_model_info
 from .store import atomic_write_text
 
 PLACEHOLDER = "\x00SELFGUIDE_PROMPT\x00"
@@ -54,8 +55,8 @@ def chat(gguf: str | Path, read: Callable[[str], str] = input, write: Callable[[
          max_tokens: int = 256, n_ctx: int = 0) -> int:
     """A quick interactive check: each line you type is one single-turn prompt, answered greedily
     through the model's own prompt format. Empty line, `/exit` or end of input quits."""
-    from .engine.llamacpp import LlamaCppSampler
     from .engine.sampler import Request, SamplingParams
+    from .engine.sequential import LlamaCppSampler
 
     turns = 0
     with LlamaCppSampler(gguf, n_ctx=n_ctx) as sampler:  # n_ctx 0: the model's training context
@@ -81,7 +82,7 @@ def serve(gguf: str | Path, host: str = "127.0.0.1", port: int = 8000, n_ctx: in
     """llama-cpp-python's OpenAI-compatible server (`/v1/completions`, `/v1/chat/completions`,
     `/v1/models`) on the student, until interrupted."""
     path = existing_gguf(gguf)
-    from .runtime import llama_cpp_module, llama_defaults
+    from .engine.llama import llama_cpp_module, llama_defaults
 
     llama_cpp_module()  # the installation's check runs before the server's modules load llama.cpp
     try:

@@ -97,7 +97,7 @@ def test_loop_one_round_end_to_end(tmp_path):
         assert ev["validation"]["n"] == 12 and ev["test"]["n"] == 6
         assert {"exact_match", "rougeL", "primary"} <= set(ev["validation"]) and ev["tasks"][0]["validation"]["n"] == 12
     gguf = run_dir / "round-1" / "model-q8_0.gguf"  # export.quant auto: q8_0 below 1B parameters
-    from selfguide_lite.runtime import load_llama
+    from selfguide_lite.engine.llama import load_llama
 
     llama = load_llama(gguf, n_ctx=256, n_threads=2)
     assert llama.n_vocab() > 0

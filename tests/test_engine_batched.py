@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 from selfguide_lite.config import EngineConfig  # noqa: E402
 from selfguide_lite.engine import batched, open_sampler  # noqa: E402
 from selfguide_lite.engine.batched import BatchedSampler  # noqa: E402
-from selfguide_lite.engine.llamacpp import LlamaCppSampler  # noqa: E402
 from selfguide_lite.engine.sampler import Request, SamplingParams  # noqa: E402
+from selfguide_lite.engine.sequential import LlamaCppSampler  # noqa: E402
 from selfguide_lite.errors import UserError  # noqa: E402
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "our team", "the bird", "a child", "the farmer"]

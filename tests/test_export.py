@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from selfguide_lite.engine.llama import load_llama
 from selfguide_lite.export import check_gguf_module, convert_to_gguf, gguf_from_hf, merge_adapter
-from selfguide_lite.runtime import load_llama
 
 PROMPTS = ["Input: the team wins the final", "heavy rain hits Leeds\nOutput:", "a bakery opens number 12 is here",
            "Output: food weather sports"]

@@ -137,7 +137,7 @@ def test_converter_and_runtime_agree_and_a_broken_runtime_is_one_error(tmp_path,
     def refuse(*a, **k):
         raise UserError("llama.cpp could not load tiny.gguf: unknown pre-tokenizer type")
 
-    monkeypatch.setattr("selfguide_lite.runtime.load_llama", refuse)
+    monkeypatch.setattr("selfguide_lite.engine.llama.load_llama", refuse)
     with pytest.raises(UserError) as caught:
         compat.converter_runtime_check(use_cache=False)
     assert "cannot load a GGUF written by the installed converter" in str(caught.value)

@@ -33,8 +33,8 @@ from selfguide_lite import progress
 from selfguide_lite.config import SelfGuideConfig
 from selfguide_lite.engine.http import HttpSampler, normalize_endpoint
 from selfguide_lite.engine.journal import JournaledSampler
-from selfguide_lite.engine.llamacpp import LlamaCppSampler
 from selfguide_lite.engine.sampler import Completion, Request, Sampler, SamplingParams
+from selfguide_lite.engine.sequential import LlamaCppSampler
 from selfguide_lite.errors import UserError
 from selfguide_lite.methods.selfguide import synthesize
 from selfguide_lite.prompts import PromptFormat, task_prompt

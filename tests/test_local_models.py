@@ -333,7 +333,7 @@ def _with_vision_tower(text_gguf: Path, dest: Path) -> Path:
 def _logits(path: Path, text: bytes):
     import numpy as np
 
-    from selfguide_lite.runtime import load_llama
+    from selfguide_lite.engine.llama import load_llama
 
     model = load_llama(path, 64, 2, logits_all=True)
     tokens = model.tokenize(text)
@@ -349,9 +349,9 @@ def test_a_vision_tower_in_the_blob_is_set_aside_and_the_language_model_is_the_s
     `ollama:` resolves to the language model written apart once (cached), whose logits are the text GGUF's."""
     import numpy as np
 
+    from selfguide_lite.engine.llama import load_llama
     from selfguide_lite.export import convert_to_gguf
     from selfguide_lite.models import student_listing
-    from selfguide_lite.runtime import load_llama
 
     monkeypatch.setenv("SELFGUIDE_MODELS_DIR", str(tmp_path / "models"))
     text = convert_to_gguf(tiny_gemma3, tmp_path / "text.gguf", "q8_0")

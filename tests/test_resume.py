@@ -77,7 +77,7 @@ def test_sigkill_mid_synthesis_training_and_export_then_resume(student, referenc
     assert manifest["stages"]["round-1/synth"]["replayed_requests"] > 0
     assert manifest["stages"]["round-1/train"]["resumed"] is True
     assert not list(run.rglob("*.tmp")) and not (r1 / "adapter.checkpoints").exists()
-    from selfguide_lite.runtime import load_llama
+    from selfguide_lite.engine.llama import load_llama
 
     llama = load_llama(r1 / "model-q8_0.gguf", n_ctx=256, n_threads=2)
     assert llama.n_vocab() > 0

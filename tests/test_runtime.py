@@ -13,6 +13,7 @@ import pytest
 
 from selfguide_lite import runtime
 from selfguide_lite.cli import main
+from selfguide_lite.engine import llama
 from selfguide_lite.errors import UserError
 
 AMX_XEON = frozenset("fma avx f16c avx2 avx512f avx512bw avx512vl avx512_vnni avx_vnni amx_tile amx_int8 amx_bf16".split())
@@ -177,7 +178,7 @@ def test_llama_cpp_warnings_stay_out_of_the_output_and_its_errors_go_into_the_me
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"NOPE" * 64)
     with pytest.raises(UserError, match="invalid magic characters"):
-        runtime.load_model(bad)
+        llama.load_model(bad)
     assert capfd.readouterr().err == ""
 
 
@@ -186,8 +187,8 @@ def test_the_fast_gguf_header_reads_what_gguf_py_reads_and_refuses_a_truncated_f
     values it decodes and the tensor names must be gguf-py's, and a cut file one error line."""
     from selfguide_lite.errors import UserError
     from selfguide_lite.export import convert_to_gguf
+    from selfguide_lite.gguf_files import gguf_header
     from selfguide_lite.gguf_import import GGUFFile
-    from selfguide_lite.runtime import gguf_header
 
     path = convert_to_gguf(tiny_qwen2, tmp_path / "q.gguf", "q8_0")
     f = GGUFFile(path)

@@ -1,6 +1,6 @@
 """The house rules a newcomer relies on, checked on the source: the layer order of docs/architecture.md
 with no import against it and no import circles inside the package (counting imports inside functions
-too), and llama.cpp reached through one door (`runtime.py`)."""
+too), and llama.cpp reached through one door (`engine/llama.py`)."""
 
 from __future__ import annotations
 
@@ -69,13 +69,13 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 # docs/architecture.md, "Layers": a module imports only from its own layer or the layers below it.
 # Names are modules or packages (a package stands for its modules unless one is named apart).
 LAYERS: list[list[str]] = [
-    ["__main__", "cli", "demo", "doctor"],  # commands
+    ["__main__", "cli", "demo", "doctor", "studies"],  # commands, and what the study scripts share
     ["loop"],  # the order of rounds and stages
     ["methods", "evaluate", "report", "calibration"],  # what a round computes, how a student is scored
     ["engine", "train", "export", "gate", "compat", "usage", "models", "local_models", "gguf_import",
      "prefix_sharing"],  # sampling, training, export, model files
-    ["runtime"],  # the installation check and the door to llama.cpp
-    ["engine.sampler", "prompts", "tasks", "config", "store", "filters", "rouge", "metrics", "runs",
+    ["runtime"],  # the installation check (the door to llama.cpp, engine.llama, opens models with its verdict)
+    ["gguf_files", "prompts", "tasks", "config", "store", "filters", "rouge", "metrics", "runs",
      "diagnostics", "progress", "errors", "builtin_students", "hf_tokenizer", "toy_models"],  # data and rules
 ]
 
@@ -114,8 +114,8 @@ def test_the_cycle_finder_finds_a_planted_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_llama_cpp_is_imported_only_by_the_runtime_door():
-    """Everything else asks `runtime` (which checks the installation before the native library loads);
+def test_llama_cpp_is_imported_only_by_the_door():
+    """Everything else asks `engine/llama.py` (which has the installation checked before the native library loads);
     the OpenAI-compatible server is llama-cpp-python's own app, imported after that check."""
     importers = {}
     for path in PACKAGE.rglob("*.py"):
@@ -125,7 +125,7 @@ def test_llama_cpp_is_imported_only_by_the_runtime_door():
             for name in names:
                 if name.split(".")[0] == "llama_cpp" and not name.startswith("llama_cpp.server"):
                     importers.setdefault(module_name(path), set()).add(name)
-    assert set(importers) == {"selfguide_lite.runtime"}, importers
+    assert set(importers) == {"selfguide_lite.engine.llama"}, importers
 
 
 def test_no_two_modules_share_a_name():

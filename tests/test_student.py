@@ -112,8 +112,8 @@ def test_tiny_gguf_imports_back_with_measured_fidelity(arch_fixture, request, tm
         assert fid["top1_agreement"] >= min_top1, (quant, fid)
         assert fid["max_abs_logit_diff"] <= max_rel * fid["logit_range"], (quant, fid)
     # the tokenizer that training loads gives llama.cpp's ids (checked at import; checked here again)
+    from selfguide_lite.engine.llama import gguf_tokenize as llama_tokenize
     from selfguide_lite.hf_tokenizer import load_tokenizer
-    from selfguide_lite.runtime import gguf_tokenize as llama_tokenize
 
     tok = load_tokenizer(imported)
     for text in ("Input: the team wins\nOutput: sports", "digits 12345 é"):

@@ -16,7 +16,7 @@ def open_sampler(model_path: str | Path, cfg: EngineConfig | None = None) -> Sam
     llama-cpp-python's one-sequence-at-a-time `create_completion` (the reference the batched engine is
     tested against), or, with `endpoints`, OpenAI-compatible servers that serve the same model."""
     cfg = cfg or EngineConfig()
-    from ..runtime import existing_gguf
+    from ..gguf_files import existing_gguf
 
     path = existing_gguf(model_path)
     if cfg.endpoints:  # remote servers sample; the local GGUF only tokenizes and names the prompt format
@@ -24,7 +24,7 @@ def open_sampler(model_path: str | Path, cfg: EngineConfig | None = None) -> Sam
 
         return HttpSampler(cfg.endpoints, tokenizer_gguf=path, timeout_s=cfg.timeout_s, retries=cfg.retries)
     if cfg.backend == "sequential":
-        from .llamacpp import LlamaCppSampler
+        from .sequential import LlamaCppSampler
 
         return LlamaCppSampler(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads)
     from .batched import BatchedSampler

@@ -51,7 +51,8 @@ import numpy as np
 
 from .. import progress
 from ..errors import UserError
-from ..runtime import existing_gguf, llama_cpp_module, load_model, model_info
+from ..gguf_files import existing_gguf
+from .llama import llama_cpp_module, load_model, model_info
 from .sampler import (
     Completion,
     Request,

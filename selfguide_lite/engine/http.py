@@ -153,7 +153,7 @@ class HttpSampler(Sampler):
     # --- model description and tokenization ---------------------------------------------------
 
     def _load_vocab(self, path: Path) -> None:
-        from ..runtime import llama_cpp_module, load_vocab_only, model_info
+        from .llama import llama_cpp_module, load_vocab_only, model_info
 
         llama_cpp = llama_cpp_module()
         model = load_vocab_only(path)
@@ -231,7 +231,7 @@ class HttpSampler(Sampler):
         return self._token_cache[text]
 
     def _tokenize_local(self, text: str) -> list[int]:
-        from ..runtime import llama_cpp_module
+        from .llama import llama_cpp_module
 
         llama_cpp = llama_cpp_module()
 
@@ -530,7 +530,7 @@ class HttpSampler(Sampler):
             self._sync_client.close()
             self._sync_client = None
         if self._vocab_model is not None:
-            from ..runtime import llama_cpp_module
+            from .llama import llama_cpp_module
 
             llama_cpp_module().llama_model_free(self._vocab_model)
             self._vocab_model = None

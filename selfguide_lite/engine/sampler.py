@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import UserError
+from ..prompts import ModelInfo  # what a sampler describes its student with (`Sampler.info`)
 
 
 class RunOn(Protocol):
@@ -75,17 +76,8 @@ class ScoreRequest:
     continuations: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What prompt rendering needs to know about the student (from its GGUF or HF tokenizer)."""
-
-    chat_template: str | None
-    bos_token: str
-    eos_token: str
-
-
 class Sampler(ABC):
-    """A student that can complete prompts. Backends: llama.cpp sequential (`llamacpp.py`) and batched
+    """A student that can complete prompts. Backends: llama.cpp sequential (`sequential.py`) and batched
     (`batched.py`), OpenAI-compatible servers (`http.py`); tests use a scripted one.
 
     Every backend owes its callers these duties (checked for each backend by

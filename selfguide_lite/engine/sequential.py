@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import progress
 from ..errors import UserError
-from ..runtime import llama_cpp_module, load_llama, model_info
+from .llama import llama_cpp_module, load_llama, model_info
 from .sampler import Completion, Request, Sampler, ScoreRequest, choices_grammar, logsumexp, score_split
 
 
