@@ -8,6 +8,7 @@ JSON) is one of our own task files.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,6 +51,9 @@ class Task:
     # An own task file may give its validation instances apart (`validation:`); otherwise the
     # held-out `instances` are split (see `split`).
     validation_instances: list[Instance] | None = None
+    # Labelled training instances an own task file may give (`train:`): gold examples, never evaluated on
+    # (checked at load). Without them, gold examples are drawn from the instances no split holds (`gold`).
+    train_instances: list[Instance] | None = None
 
     @property
     def is_classification(self) -> bool:
@@ -86,6 +90,36 @@ class Task:
         if name == "test":
             return test
         return (validation + after)[:signal_size]
+
+    def gold(self, per_label: int, seed: int, validation_size: int = DEFAULT_VALIDATION_SIZE,
+             test_size: int = DEFAULT_TEST_SIZE, signal_size: int = 0) -> list[Instance]:
+        """Up to `per_label` labelled examples of each label (generation: `per_label` in all), drawn with
+        `seed`: from the file's `train:` where it has one, else from the instances that no held-out split
+        (validation, test, the signal check's pool) holds and that repeat no demonstration. So gold examples,
+        promotion validation, the signal pool and test are disjoint. A label that is evaluated but has no
+        example to draw is an error; a label no instance has (only a demonstration shows it) is passed over."""
+        if per_label <= 0:
+            return []
+        demo_inputs = {_norm(d.input) for d in self.demos}
+        if self.train_instances is not None:
+            pool = list(self.train_instances)
+        else:
+            held = {_norm(i.input) for name in (*SPLITS, "signal")
+                    for i in self.split(name, validation_size, test_size, signal_size)}
+            pool = [i for i in self.instances if _norm(i.input) not in held | demo_inputs]
+        rng = random.Random(seed)
+        if not self.is_classification:
+            return rng.sample(pool, min(per_label, len(pool)))
+        label_of = {normalize(lab): lab for lab in self.labels}
+        by_label: dict[str, list[Instance]] = {lab: [] for lab in self.labels}
+        for inst in pool:
+            if (lab := label_of.get(normalize(inst.outputs[0]))) is not None:
+                by_label[lab].append(inst)
+        evaluated = {label_of.get(normalize(i.outputs[0])) for i in self.instances + (self.validation_instances or [])}
+        if missing := [lab for lab, found in by_label.items() if not found and lab in evaluated]:
+            where = "its train: list" if self.train_instances is not None else "the instances outside the evaluation splits"
+            raise UserError(f"{self.name}: no gold example of the label(s) {', '.join(missing)} in {where}")
+        return [inst for lab in self.labels for inst in rng.sample(by_label[lab], min(per_label, len(by_label[lab])))]
 
 
 def _norm(text: str) -> str:
@@ -260,12 +294,16 @@ def _load_own(data: dict, path: Path, task_type: str | None, labels: list[str] |
         ttype, labs = _infer_type_and_labels(first_refs, [d.output for d in demos], declared_type, declared_labels)
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
+    train = _own_instances(data["train"], f"{path}: train", f"{name}-train") if data.get("train") is not None else None
     _check_unique_ids(path, [("eval", instances), ("validation", validation or [])])
     if ttype == "classification" and declared_labels:
         _check_outputs_are_labels(path, labs, [("examples", [(d.output,) for d in demos]),
                                                ("eval", [i.outputs for i in instances]),
-                                               ("validation", [i.outputs for i in validation or []])])
-    return Task(str(data.get("name", name)), instruction.strip(), demos, ttype, labs, instances, validation)
+                                               ("validation", [i.outputs for i in validation or []]),
+                                               ("train", [i.outputs for i in train or []])])
+    if train:
+        _check_train_apart(path, train, [("eval", instances), ("validation", validation or [])])
+    return Task(str(data.get("name", name)), instruction.strip(), demos, ttype, labs, instances, validation, train)
 
 
 def _check_unique_ids(path: Path, groups: list[tuple[str, list[Instance]]]) -> None:
@@ -289,6 +327,15 @@ def _check_outputs_are_labels(path: Path, labels: list[str], groups: list[tuple[
             if outs and normalize(outs[0]) not in known:
                 raise UserError(f"{path}: {where}[{n}]: output {outs[0]!r} is not one of the labels "
                                 f"{', '.join(labels)}; correct it or add it to 'labels'")
+
+
+def _check_train_apart(path: Path, train: list[Instance], held: list[tuple[str, list[Instance]]]) -> None:
+    """A gold training example whose input is also evaluated on would score what was taught: refused."""
+    where = {_norm(inst.input): f"{name}[{n}]" for name, instances in held for n, inst in enumerate(instances)}
+    for n, inst in enumerate(train):
+        if _norm(inst.input) in where:
+            raise UserError(f"{path}: train[{n}]: its input is also {where[_norm(inst.input)]}; a training example "
+                            "must not be evaluated on (validation decides, test reports): remove it from one list")
 
 
 def _check_label_set(path: Path, labels: list[str]) -> None:

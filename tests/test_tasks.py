@@ -99,3 +99,45 @@ def test_the_answer_cap_never_reads_the_test_references(tmp_path):
     assert answer_cap(task, sampler, cfg) == 10  # 2 x the 5-word validation answer; the test's 40 words unread
     evaluate(task, sampler, cfg)
     assert {r.params.max_tokens for r in sampler.requests} == {10}
+
+
+def test_gold_examples_of_a_natural_instructions_task_lie_outside_every_held_out_split():
+    """Drawn per label with a seed from instances no split holds: disjoint from validation, test and the
+    signal check's pool at the sizes given, none a demonstration, K of each label, the same for one seed."""
+    task = load_task(shared_file("natural-instructions", "task190_snli_classification.json"))
+    gold = task.gold(16, seed=0, validation_size=100, test_size=100, signal_size=300)
+    held = {i.input for name in ("validation", "test", "signal") for i in task.split(name, 100, 100, 300)}
+    assert held and not held & {g.input for g in gold}
+    assert not {d.input for d in task.demos} & {g.input for g in gold}
+    # this file's instances carry C and N only (E appears in a demonstration): E is passed over
+    assert {lab: sum(g.outputs[0] == lab for g in gold) for lab in task.labels} == {"C": 16, "N": 16, "E": 0}
+    assert gold == task.gold(16, seed=0, validation_size=100, test_size=100, signal_size=300)
+    assert gold != task.gold(16, seed=1, validation_size=100, test_size=100, signal_size=300)
+    assert task.gold(0, seed=0) == []
+
+
+def test_gold_examples_from_an_own_task_file_and_the_overlap_it_refuses(tmp_path):
+    doc = {
+        "instruction": "Say yes or no.", "labels": ["yes", "no"],
+        "examples": [{"input": "is it?", "output": "yes"}],
+        "eval": [{"input": f"q{i}", "output": "no" if i % 2 else "yes"} for i in range(6)],
+        "train": [{"input": f"t{i}", "output": "no" if i % 2 else "yes"} for i in range(6)],
+    }
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    gold = load_task(path).gold(2, seed=0)
+    assert sorted(g.outputs[0] for g in gold) == ["no", "no", "yes", "yes"]
+    assert all(g.input.startswith("t") for g in gold)  # from train:, never from eval:
+
+    doc["train"][3]["input"] = "q2"  # also an evaluation input
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match=r"train\[3\]: its input is also eval\[2\]"):
+        load_task(path)
+    doc["train"][3] = {"input": "t3", "output": "maybe"}  # not a label
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match=r"train\[3\]: output 'maybe' is not one of the labels"):
+        load_task(path)
+    doc["train"] = [{"input": "t0", "output": "yes"}]  # no example of 'no'
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="no gold example of the label.s. no in its train: list"):
+        load_task(path).gold(4, seed=0)
