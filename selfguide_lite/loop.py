@@ -1,16 +1,15 @@
 """The rounds: the only place that knows the order of stages (docs/contract.md, "Rounds").
 
-    run_loop -> start_run -> round_zero -> run_round(k) for k = 1..N -> finish_run
+    run_loop -> start_run -> round_zero -> run_round(k) for k = 1..N -> the report
     run_round: stage_signal -> stage_synth -> training_data -> stage_train -> stage_export -> stage_eval -> promote?
 
 Round 0 evaluates the student as given (a GGUF student is sampled from its own file; a checkpoint is
-converted and quantized first). Round k synthesises with the current student's GGUF, trains a LoRA
-(from the base or the previous student's merged weights), merges, converts and quantizes, evaluates
-on validation and test, and is promoted only on its validation score. Every stage goes through
-`RunContext.stage`, which derives the stage's cache key from its declared inputs in one place, so a
-re-run skips finished stages whose inputs are unchanged and an interrupted run resumes at the stage
-that was cut off. What differs between methods is asked of the `Method`.
-"""
+converted and quantized first). Round k synthesises with the current student's GGUF, trains a LoRA (from
+the base or the previous student's merged weights), merges, converts and quantizes, evaluates on validation
+and test, and is promoted only on its validation score. Every stage goes through `RunContext.stage`, which
+derives the stage's cache key from its declared inputs in one place, so a re-run skips finished stages whose
+inputs are unchanged and an interrupted run resumes at the stage that was cut off. What differs between
+methods is asked of the `Method`."""
 
 from __future__ import annotations
 
@@ -142,6 +141,8 @@ def start_run(cfg: Config, log: Log, command: str | None) -> RunContext:
         if not task.split("validation", cfg.eval.validation_size, cfg.eval.test_size):
             raise UserError(f"task {task.name} has no evaluation instances to validate on: give it an 'eval:' list "
                             "(or 'validation:'), whose answers decide promotion and the final student")
+        if task.train_instances:  # gold examples: read and checked, not yet used (docs/usage.md, "train:")
+            log(f"{task.name}: its {len(task.train_instances)} train: examples are checked but not trained on")
     run_dir = resolve_run_dir(cfg.run_dir, method.default_run_name(), log=log)
     manifest = Manifest(run_dir / "manifest.json")  # refuses a run directory it cannot resume, before any write
     source = resolve_student(cfg.model, log)  # a GGUF student is imported here, once (cached)

@@ -253,3 +253,17 @@ def test_the_summary_and_report_say_in_words_what_the_final_student_is(tmp_path,
                                             "test": "constant answer (format only)"}
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Signal check before each round" in page and "it learned the answer format, not the task" in page
+
+
+def test_a_task_train_list_is_announced_not_silently_dropped(tmp_path, monkeypatch):
+    """Gold examples (`train:`) are read and checked, but no round trains on them yet: the run says so."""
+    fake = FakeStages(tmp_path, rows={1: 3}, scores={0: (50, 50), 1: (60, 60)})
+    fake.install(monkeypatch)
+    task = tmp_path / "t.yaml"
+    task.write_text("instruction: Say it.\ntype: generation\nexamples:\n  - {input: a, output: b}\n"
+                    "eval:\n  - {input: c, output: d}\ntrain:\n  - {input: e, output: f}\n")
+    cfg = Config.model_validate({"task": str(task), "model": "fake", "run_dir": str(tmp_path / "run"),
+                                 "loop": {"rounds": 1, "min_train_rows": 1}})
+    said: list[str] = []
+    loop.run_loop(cfg, log=said.append)
+    assert any("its 1 train: examples are checked" in line and "not trained on" in line for line in said), said
