@@ -51,6 +51,27 @@ def label_probabilities(logprobs: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
+def fitted_prior(probs: np.ndarray, labels: Sequence[int], steps: int = 500, rate: float = 1.0) -> np.ndarray:
+    """The label prior whose division makes the gold labels most likely: a per-label bias b on log p(label |
+    input), fitted by gradient ascent on the class-balanced log-likelihood of the gold rows (each label's
+    rows weigh as much in all as any other label's), returned as prior = softmax(-b). Convex in b, so the
+    fit is the same whatever the start; a label no gold row has keeps its place only through the others."""
+    logp = np.log(np.clip(probs, 1e-300, None))
+    n, k = logp.shape
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), list(labels)] = 1.0
+    counts = onehot.sum(axis=0)
+    weights = (onehot / np.where(counts > 0, counts, 1.0)).sum(axis=1) / max(int((counts > 0).sum()), 1)
+    b = np.zeros(k)
+    for _ in range(steps):
+        z = logp + b
+        q = np.exp(z - z.max(axis=1, keepdims=True))
+        q /= q.sum(axis=1, keepdims=True)
+        b += rate * (weights[:, None] * (onehot - q)).sum(axis=0)
+    prior = np.exp(-(b - b.max()))
+    return prior / prior.sum()
+
+
 def batch_prior(probs: np.ndarray) -> np.ndarray:
     """The student's label prior as the mean label distribution over a batch of inputs."""
     return probs.mean(axis=0)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from .builtin_students import BUILTIN_STUDENTS
 from .errors import UserError
@@ -60,7 +60,10 @@ class SelfGuideConfig(_Section):
               "field_filter (drop inputs missing or repeating a demonstration field), answer_checks (generation: "
               "strip a lead-in, drop copies of a demonstration's answer and run-ons), repeat_limit "
               "(answer_repeat_limit), balance_floor (balance_floor)")
-    num_inputs: int = _f(400, "input candidates drawn per round", ge=1)
+    num_inputs: int = _f(400, "input candidates drawn per round (0: none; a round then trains on gold_per_label's "
+                              "examples alone)", ge=0)
+    gold_per_label: int = _f(0, "gold examples per label added to every round's training rows (0: none): the task's "
+                                "train: list, or instances outside validation, test and the signal pool", ge=0)
     context_inputs: int = _f(10, "accepted inputs shown back to the model when it writes new ones", ge=0)
     wave_size: int = _f(32, "input requests issued together before filtering", ge=1)
     input_temperature_classification: float = _f(0.7, "temperature for writing inputs, classification tasks", ge=0)
@@ -89,8 +92,9 @@ class SelfGuideConfig(_Section):
                 "(the self-consistency vote of the published method; num_samples, annotate_*, vote_threshold and "
                 "labels_in_vote apply), batch-calibrated (each label's log-probability with the student's label "
                 "prior over the round's inputs divided out, Zhou et al. 2024), content-free-calibrated (the prior "
-                "from content-free inputs, Zhao et al. 2021), argmax (the uncalibrated best guess); a named "
-                "labeller trains even where the check finds no signal")
+                "from content-free inputs, Zhao et al. 2021), argmax (the uncalibrated best guess), gold-fitted (the "
+                "prior fitted on the gold examples of gold_per_label; a candidate under auto only where they are "
+                "set); a named labeller trains even where the check finds no signal")
     signal_size: int = _f(
         300, "classification: validation instances the signal check labels (the promotion validation first, then "
              "instances that are neither validation nor test, as many as the task has)", ge=1)
@@ -109,6 +113,18 @@ class SelfGuideConfig(_Section):
         32, "balance never trims a label below this many rows (the preset's balance_floor; 0: down to the rarest "
             "label, which leaves 2 rows when the vote gives one label 63 times and the other once)", ge=0)
     max_tokens_factor: float = _f(2.0, "max new tokens = this x the longest example (in tokens)", gt=0)
+
+    @model_validator(mode="after")
+    def _something_to_train_on(self) -> SelfGuideConfig:
+        if self.num_inputs == 0 and self.gold_per_label == 0:
+            raise ValueError("num_inputs 0 leaves a round nothing to train on: give input candidates, or "
+                             "gold_per_label (gold examples)")
+        return self
+
+    def key_dump(self) -> dict[str, Any]:
+        """The section as a stage cache key reads it: a setting added later enters only where it acts
+        (gold_per_label > 0), so stages finished before it existed keep their keys."""
+        return self.model_dump(exclude=set() if self.gold_per_label else {"gold_per_label"})
 
     def uses(self, change: str) -> bool:
         """Whether one of the small-student changes is on: the preset asks for it and `without` leaves it."""
@@ -343,7 +359,7 @@ def _validate(data: dict[str, Any], where: str) -> Config:
         loc = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             raise UserError(f"{where}: unknown setting '{loc}'{_suggestion(first['loc'])}") from None
-        raise UserError(f"{where}: {loc}: {first['msg']}") from None
+        raise UserError(f"{where}: {loc}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _suggestion(loc: tuple) -> str:

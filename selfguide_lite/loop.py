@@ -141,7 +141,7 @@ def start_run(cfg: Config, log: Log, command: str | None) -> RunContext:
         if not task.split("validation", cfg.eval.validation_size, cfg.eval.test_size):
             raise UserError(f"task {task.name} has no evaluation instances to validate on: give it an 'eval:' list "
                             "(or 'validation:'), whose answers decide promotion and the final student")
-        if task.train_instances:  # gold examples: read and checked, not yet used (docs/usage.md, "train:")
+        if task.train_instances and not cfg.selfguide.gold_per_label:  # docs/usage.md, "Gold examples"
             log(f"{task.name}: its {len(task.train_instances)} train: examples are checked but not trained on")
     run_dir = resolve_run_dir(cfg.run_dir, method.default_run_name(), log=log)
     manifest = Manifest(run_dir / "manifest.json")  # refuses a run directory it cannot resume, before any write
@@ -203,7 +203,7 @@ def stage_signal(ctx: RunContext, k: int, student: Student) -> dict[str, Any] | 
     ctx.log(f"round {k}: signal check with the round-{student.round} student")
     ctx.stage(f"round-{k}/signal",
               {"student": student.gguf, "tasks": ctx.tasks_key, "rule": SIGNAL_RULE, "seed": str(ctx.cfg.seed + k),
-               "cfg": [ctx.cfg.selfguide.model_dump(), ctx.cfg.eval.model_dump(), ctx.engine_key]},
+               "cfg": [ctx.cfg.selfguide.key_dump(), ctx.cfg.eval.model_dump(), ctx.engine_key]},
               [out], partial(run_signal_check, stage_cfg, ctx.method, student.gguf, out, ctx.cfg.seed + k))
     report = read_json(out)
     ctx.log(f"round {k}: signal check: {report['line']}")

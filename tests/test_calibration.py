@@ -54,3 +54,21 @@ def test_each_score_labeller_divides_out_its_own_prior():
     assert LABELLERS["argmax"].prior(Scores) is None
     assert LABELLERS["batch-calibrated"].prior(Scores) == pytest.approx([0.375, 0.625])
     assert LABELLERS["content-free-calibrated"].prior(Scores) == pytest.approx([0.9, 0.1])
+
+
+def test_the_fitted_prior_recovers_a_planted_label_bias_and_sorts_the_gold_rows():
+    """Scores that favour label 0 by a constant log-odds of 2: the fitted prior divides exactly that out, so
+    the gold rows (half of each label, separable once the bias is gone) are all labelled right."""
+    import numpy as np
+
+    from selfguide_lite.calibration import calibrated_labels, fitted_prior
+
+    rng = np.random.default_rng(0)
+    truth = np.array([0, 1] * 20)
+    signal = np.where(truth == 0, 0.5, -0.5) + rng.normal(0, 0.1, truth.size)
+    logits = np.stack([signal + 2.0, np.zeros_like(signal)], axis=1)  # the planted bias: +2 for label 0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert (probs.argmax(1) == 0).all()  # uncalibrated: one constant label
+    prior = fitted_prior(probs, truth.tolist())
+    assert np.log(prior[0] / prior[1]) == pytest.approx(2.0, abs=0.15)
+    assert [c.label for c in calibrated_labels(probs, prior, 0.0)] == truth.tolist()

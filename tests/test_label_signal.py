@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -183,5 +184,52 @@ def test_an_unknown_labeller_is_one_error_line_before_anything_is_written(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0] == ("error: selfguide.labeler must be auto or one of vote, argmax, batch-calibrated, "
-                      "content-free-calibrated, not 'votes'")
+                      "content-free-calibrated, gold-fitted, not 'votes'")
     assert not (tmp_path / "run").exists()
+
+
+class BiasedScorer:
+    """Label scores that read the input a little (truth +0.5 log-odds) under a strong prior for 'yes' (+2):
+    argmax says 'yes' for everything; dividing out the prior fitted on gold rows reads."""
+
+    scores_labels = True
+
+    def __init__(self, truth: dict[str, str]) -> None:
+        self.truth = truth
+
+    def score(self, requests):
+        out = []
+        for r in requests:
+            found = re.findall(r"input number \d+\b", r.prompt)
+            text = found[-1] if found else None
+            lean = 0.0 if text is None else (0.5 if self.truth[text] == "yes" else -0.5)
+            out.append([2.0 + lean, 0.0])  # log-scores of 'yes', 'no' (LABELS order)
+        return out
+
+
+def test_a_labeller_fitted_on_gold_examples_reads_where_argmax_is_a_constant():
+    task = task_with(700)
+    truth = {i.input: i.outputs[0] for i in task.instances}
+    sampler = BiasedScorer(truth)
+    with_gold = Config.model_validate({"selfguide": {"gold_per_label": 16}})
+    job = LabelJob(task, sampler, with_gold.selfguide, PromptFormat(), [i.input for i in task.instances[:300]], 0,
+                   gold=labellers.gold_examples(task, with_gold))
+    assert len(job.gold) == 32 and not {g.input for g in job.gold} & set(job.inputs)
+    fitted = [v.answer for v in labellers.LABELLERS["gold-fitted"].label(job)]
+    argmax = [v.answer for v in labellers.LABELLERS["argmax"].label(job)]
+    assert set(argmax) == {"yes"}
+    assert fitted == [truth[t] for t in job.inputs]
+
+
+def test_the_gold_fitted_labeller_is_a_candidate_only_where_the_run_has_gold_examples(monkeypatch):
+    task = task_with(700)
+    sampler = BiasedScorer({i.input: i.outputs[0] for i in task.instances})
+    names = {}
+    for k in (0, 16):
+        cfg = Config.model_validate({"selfguide": {"gold_per_label": k}})
+        monkeypatch.setattr(labellers.VoteLabeller, "label", lambda self, job: [Vote(None, 0.0, "", {}, {})] * len(job.inputs))
+        monkeypatch.setattr(labellers.LabelJob, "prepare", lambda self, names: None)
+        report = label_signal.check_classification(task, sampler, cfg, PromptFormat(), seed=0)
+        names[k] = list(report["labellers"])
+        assert "not_checked" not in report
+    assert "gold-fitted" not in names[0] and names[16] == [*names[0], "gold-fitted"]

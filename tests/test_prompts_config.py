@@ -152,3 +152,12 @@ def test_the_original_preset_switches_every_small_student_change_off():
         assert SelfGuideConfig().uses(change) and not original.uses(change) and not every_change_off.uses(change)
     assert (original.repeat_limit, original.floor) == (0, 0) == (every_change_off.repeat_limit, every_change_off.floor)
     assert (SelfGuideConfig().repeat_limit, SelfGuideConfig().floor) == (3, 32)
+
+
+def test_gold_examples_enter_the_signal_stage_key_only_where_they_act():
+    """`selfguide.gold_per_label` came after runs were cached: at 0 the section reads as it did before."""
+    from selfguide_lite.config import Config
+
+    off = Config().selfguide
+    assert "gold_per_label" not in off.key_dump() and off.key_dump() == off.model_dump(exclude={"gold_per_label"})
+    assert Config.model_validate({"selfguide": {"gold_per_label": 4}}).selfguide.key_dump()["gold_per_label"] == 4

@@ -359,3 +359,54 @@ def test_batch_calibrated_labels_read_the_input_where_the_argmax_answers_one_lab
                         PromptFormat(), seed=1)
     assert strict.train == [] and strict.stats["annotation_dropped"]["low_margin"] == 30
     assert all("calibrated margin" in d["reason"] for d in strict.dropped if d["stage"] == "low_margin")
+
+
+def _gold_task(tmp_path, **selfguide):
+    import json
+
+    from selfguide_lite.config import Config
+    from selfguide_lite.methods.selfguide import SelfGuide
+
+    doc = {"instruction": "Say the topic.", "labels": ["sports", "weather"],
+           "examples": [{"input": "The Tigers win the final", "output": "sports"},
+                        {"input": "Heavy rain hits Leeds", "output": "weather"}],
+           "eval": [{"input": f"eval {i}", "output": ["sports", "weather"][i % 2]} for i in range(6)],
+           "train": [{"input": f"The team story {i}" if i % 2 == 0 else f"A storm story {i}",
+                      "output": ["sports", "weather"][i % 2]} for i in range(8)]}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    cfg = Config.model_validate({"task": str(path), "seed": 3, "selfguide": {"labeler": "vote", **selfguide},
+                                 "eval": {"validation_size": 3, "test_size": 3}})
+    return SelfGuide(cfg)
+
+
+def gold_scripted(prompt: str, i: int, request) -> str:
+    if "Write one new input" in prompt:
+        label = re.search(r'correct output is "(\w+)"', prompt).group(1)
+        return f" The {'team' if label == 'sports' else 'storm'} story number {request.params.seed % 1000}"
+    return " sports" if "team" in prompt.rsplit("Input:", 1)[1] else " weather"
+
+
+def test_gold_examples_join_every_rounds_training_rows_and_only_then_enter_the_cache_key(tmp_path):
+    plain = _gold_task(tmp_path, num_inputs=8, wave_size=4, num_samples=3)
+    gold = _gold_task(tmp_path, num_inputs=8, wave_size=4, num_samples=3, gold_per_label=2)
+    assert "gold" not in plain.settings() and "gold_per_label" not in plain.settings()  # old runs keep their keys
+    assert gold.settings()["gold"]["per_label"] == 2
+    without = plain.synthesize(ScriptedSampler(gold_scripted), seed=4)
+    result = gold.synthesize(ScriptedSampler(gold_scripted), seed=4)
+    gold_rows = [r for r in result.train if r.get("source") == "gold"]
+    assert len(gold_rows) == 4 and Counter(r["output"] for r in gold_rows) == {"sports": 2, "weather": 2}
+    assert all(r["input"].endswith(tuple("01234567")) and r["id"].startswith("t-train") for r in gold_rows)
+    assert result.train[len(gold_rows):] == without.train  # the self-labelled rows are the same
+    assert result.stats["gold_rows"] == 4 and result.stats["train"] == len(without.train) + 4
+
+
+def test_a_round_of_gold_examples_alone_writes_and_labels_nothing(tmp_path):
+    method = _gold_task(tmp_path, num_inputs=0, gold_per_label=3, labeler="auto")
+    assert method.checks_signal is False  # no self-labels to check
+    sampler = ScriptedSampler(gold_scripted)
+    result = method.synthesize(sampler, seed=1)
+    assert sampler.requests == []
+    assert [r["source"] for r in result.train] == ["gold"] * 6
+    with pytest.raises(Exception, match="nothing to train on"):
+        _gold_task(tmp_path, num_inputs=0)

@@ -37,7 +37,7 @@ from ..evaluate import predict
 from ..metrics import READS_MARGIN, normalize, read_labelling, verdict
 from ..prompts import PromptFormat
 from ..tasks import Instance, Task
-from .labellers import AUTO, LABELLERS, LabelJob, annotate, labeller_for
+from .labellers import AUTO, LABELLERS, LabelJob, annotate, gold_examples, labeller_for
 
 PERMUTATIONS = 2000
 MIN_LABELS = 2
@@ -111,10 +111,12 @@ def check_classification(task: Task, sampler: Sampler, cfg: Config, fmt: PromptF
     instances = signal_instances(task, cfg)
     inputs, gold = [i.input for i in instances], [i.outputs[0] for i in instances]
     can_score = getattr(sampler, "scores_labels", False)
-    names = [n for n, lab in LABELLERS.items() if can_score or not lab.needs_scores] if sg.labeler == AUTO \
+    examples = gold_examples(task, cfg)  # a gold-fitted labeller is a candidate only where the run has them
+    names = [n for n, lab in LABELLERS.items()
+             if (can_score or not lab.needs_scores) and (examples or not lab.needs_gold)] if sg.labeler == AUTO \
         else [sg.labeler]
-    unavailable = [n for n in LABELLERS if sg.labeler == AUTO and n not in names]
-    job = LabelJob(task, sampler, sg, fmt, inputs, seed)
+    unavailable = [n for n, lab in LABELLERS.items() if sg.labeler == AUTO and n not in names and not lab.needs_gold]
+    job = LabelJob(task, sampler, sg, fmt, inputs, seed, gold=examples)
     start = time.perf_counter()
     job.prepare(names)  # the vote's samples and the label scores from one pass over the prompts, where it can
     prepared = round(time.perf_counter() - start, 2)

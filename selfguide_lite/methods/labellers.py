@@ -17,7 +17,7 @@ import math
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,17 +27,18 @@ from ..calibration import (
     as_label_matrix,
     batch_prior,
     calibrated_labels,
+    fitted_prior,
     label_probabilities,
     score_labels,
     score_requests,
 )
-from ..config import SelfGuideConfig
+from ..config import Config, SelfGuideConfig
 from ..engine.sampler import Request, Sampler, SamplingParams
 from ..errors import UserError
 from ..filters import AnswerChecks, AnswerRunOn, LengthWindow, NoiseFilter
 from ..metrics import normalize
 from ..prompts import FIELD_STOPS, PromptFormat, task_prompt
-from ..tasks import Task
+from ..tasks import Instance, Task
 from .base import stage_seed
 
 AUTO = "auto"  # selfguide.labeler: the signal check chooses the labeller
@@ -190,6 +191,13 @@ class LabelScores:
         return self._content_free
 
 
+def gold_examples(task: Task, cfg: Config) -> list[Instance]:
+    """The run's gold examples (`selfguide.gold_per_label` per label; none when 0), disjoint from validation,
+    test and the signal check's pool at this configuration's sizes."""
+    return task.gold(cfg.selfguide.gold_per_label, cfg.seed, cfg.eval.validation_size, cfg.eval.test_size,
+                     cfg.selfguide.signal_size)
+
+
 @dataclass
 class LabelJob:
     """What a labeller needs to label one list of inputs with one student."""
@@ -202,6 +210,7 @@ class LabelJob:
     seed: int
     scores: LabelScores | None = None  # shared by the score labellers; made on first use
     vote_outputs: list[list[Any]] | None = None  # the vote's samples, when `prepare` drew them with the scores
+    gold: list[Instance] = field(default_factory=list)  # gold examples (`Task.gold`), never among `inputs`
 
     def label_scores(self) -> LabelScores:
         if self.scores is None:
@@ -228,6 +237,7 @@ class Labeller(ABC):
     name: ClassVar[str]
     drop_stages: ClassVar[tuple[str, ...]]  # the synthesis funnel's stages for the inputs it leaves unlabelled
     needs_scores: ClassVar[bool] = False  # reads label log-probabilities (`Sampler.scores_labels` must hold)
+    needs_gold: ClassVar[bool] = False  # fitted on gold examples: a candidate only where the run has them
 
     @abstractmethod
     def label(self, job: LabelJob) -> list[Vote]:
@@ -301,11 +311,14 @@ class ScoreLabeller(Labeller):
     def prior(self, scores: LabelScores) -> np.ndarray | None:
         """The label prior divided out (None: the plain argmax)."""
 
+    def prior_for(self, job: LabelJob) -> np.ndarray | None:
+        return self.prior(job.label_scores())
+
     def label(self, job: LabelJob) -> list[Vote]:
         scores = job.label_scores()
         labels, margin = job.task.labels, job.cfg.label_margin
         votes = []
-        for c in calibrated_labels(scores.probs, self.prior(scores), margin):
+        for c in calibrated_labels(scores.probs, self.prior_for(job), margin):
             shown = {lab: round(p, 4) for lab, p in zip(labels, c.probs, strict=True)}
             if c.label is None:
                 votes.append(Vote(None, 0.0, f"calibrated margin {c.margin:.3f} below {margin}", shown, {}))
@@ -349,6 +362,27 @@ class ContentFreeCalibrated(ScoreLabeller):
 
     def prior(self, scores: LabelScores) -> np.ndarray | None:
         return batch_prior(scores.content_free)
+
+
+@labeller
+class GoldFitted(ScoreLabeller):
+    """The prior fitted on gold examples: a per-label bias on the student's label scores that makes the gold
+    labels most likely (`calibration.fitted_prior`). It never labels a gold example itself (gold inputs are
+    kept out of every labelled list: written inputs, validation), so no row labels itself."""
+
+    name = "gold-fitted"
+    needs_gold = True
+
+    def prior(self, scores: LabelScores) -> np.ndarray | None:
+        raise NotImplementedError("the gold-fitted prior comes from the job's gold examples (prior_for)")
+
+    def prior_for(self, job: LabelJob) -> np.ndarray | None:
+        if not job.gold:
+            raise UserError("selfguide.labeler gold-fitted needs gold examples: set selfguide.gold_per_label")
+        label_index = {normalize(lab): i for i, lab in enumerate(job.task.labels)}
+        rows = [(g.input, label_index[normalize(g.outputs[0])]) for g in job.gold]
+        probs = LabelScores(job.task, job.sampler, job.fmt, [text for text, _ in rows]).probs
+        return fitted_prior(probs, [i for _, i in rows])
 
 
 def drop_stages() -> tuple[str, ...]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from .. import progress
 from ..config import SelfGuideConfig
@@ -31,10 +31,18 @@ from ..filters import (
 )
 from ..metrics import normalize
 from ..prompts import INPUT_STOPS, PromptFormat, input_generation_prompt, task_prompt
-from ..tasks import Task
+from ..tasks import Instance, Task
 from .base import ClassBalance, Method, PromptFn, SynthResult, funnel_counts, register, stage_seed
 from .label_signal import check_signal
-from .labellers import AUTO, LabelJob, check_labeller_name, drop_stages, labeller_for, max_tokens_for
+from .labellers import (
+    AUTO,
+    LabelJob,
+    check_labeller_name,
+    drop_stages,
+    gold_examples,
+    labeller_for,
+    max_tokens_for,
+)
 
 
 def _length_filter(task: Task, cfg: SelfGuideConfig) -> TextFilter | None:
@@ -82,6 +90,7 @@ class SelfGuideStats(TypedDict):
     samples: int  # annotation samples drawn (accepted inputs x num_samples)
     input_echoes: int  # candidates that began with "Input:" (removed under strip_input_echo, else dropped as noise)
     sampled_tokens: dict[str, int]  # tokens decoded: write_inputs, annotate (-1 where a server did not say)
+    gold_rows: NotRequired[int]  # gold examples among the training rows (selfguide.gold_per_label > 0)
 
 
 def drop_repeated_answers(records: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], int]]]:
@@ -115,12 +124,14 @@ def balance_classes(records: list[dict[str, Any]], seed: int, floor: int = 0) ->
     return kept, dropped
 
 
-def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int = 0) -> SynthResult:
-    """One Self-Guide round: generate inputs, filter them, annotate by vote, balance."""
+def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int = 0,
+               gold: Sequence[Instance] = ()) -> SynthResult:
+    """One Self-Guide round: generate inputs, filter them, annotate by vote, balance; gold examples (if any)
+    join the training rows and are there for a labeller fitted on them."""
     result = SynthResult()
     classification = task.is_classification
     written = write_inputs(task, sampler, cfg, fmt, seed, input_filters(task, cfg), input_lead(task, cfg))
-    labelled = label_inputs(task, sampler, cfg, fmt, seed, written.accepted)
+    labelled = label_inputs(task, sampler, cfg, fmt, seed, written.accepted, list(gold))
     annotated = labelled.annotated
 
     # 4. Class balance.
@@ -131,9 +142,9 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     result.dropped = [*written.dropped, *labelled.dropped,
                       *({**rec, "stage": "balance", "reason": f"class {rec['output']!r} down-sampled"}
                         for rec in balance_dropped)]
-    result.train = final
+    result.train = gold_rows(task, gold) + final
 
-    per_label = Counter(r["output"] for r in final) if classification else {}
+    per_label = Counter(r["output"] for r in result.train) if classification else {}
     shares = labelled.shares
     result.stats = SelfGuideStats(**{
         "method": "self-guide",
@@ -148,18 +159,26 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
         "annotated": len(annotated),
         "mean_agreement": round(sum(shares) / len(shares), 4) if shares else None,
         "balance_dropped": len(balance_dropped),
-        "train": len(final),
+        "train": len(result.train),
         "train_per_label": dict(per_label),
         "missing_labels": [lab for lab in task.labels if per_label.get(lab, 0) == 0] if classification else [],
         "samples": len(written.accepted) * cfg.num_samples,
         "input_echoes": written.echoes,
     })
+    if gold:
+        result.stats["gold_rows"] = len(gold)
     result.seconds = {"write_inputs": round(written.seconds, 2), "annotate": round(labelled.seconds, 2)}
     result.stats["sampled_tokens"] = {"write_inputs": written.tokens, "annotate": labelled.tokens}
     if classification and cfg.balance:
         progress.summary(f"balance: {len(final)} rows kept, {len(balance_dropped)} down-sampled ("
                          f"{', '.join(f'{k} {v}' for k, v in per_label.items()) or 'nothing left'})")
     return result
+
+
+def gold_rows(task: Task, gold: Sequence[Instance]) -> list[dict[str, Any]]:
+    """Gold examples as training rows, marked `source: gold`."""
+    return [{"id": inst.id, "input": inst.input, "output": inst.outputs[0], "source": "gold",
+             "prompt": task_prompt(task, inst.input), "completion": inst.outputs[0]} for inst in gold]
 
 
 def input_filters(task: Task, cfg: SelfGuideConfig) -> FilterChain:
@@ -252,7 +271,7 @@ class LabelledInputs:
 
 
 def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFormat, seed: int,
-                 accepted: list[dict[str, Any]]) -> LabelledInputs:
+                 accepted: list[dict[str, Any]], gold: list[Instance] | None = None) -> LabelledInputs:
     """Step 3: every accepted input labelled by the configured labeller (generation: the vote) in one batch;
     for generation, answers the vote gave to too many inputs are dropped. Returns the rows and the drops."""
     annotated: list[dict[str, Any]] = []
@@ -263,7 +282,7 @@ def label_inputs(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: Prompt
     labeller = labeller_for(round_labeller(task, cfg))
     what, total, unit = labeller.work(cfg, len(accepted))
     with progress.bar(what, total, unit, samples=unit == "samples") as bar:
-        votes = labeller.label(LabelJob(task, sampler, cfg, fmt, texts, seed))
+        votes = labeller.label(LabelJob(task, sampler, cfg, fmt, texts, seed, gold=gold or []))
     seconds = bar.seconds
     for cand, vote in zip(accepted, votes, strict=True):
         sample_rejects.update(vote.rejected)
@@ -309,12 +328,17 @@ def round_labeller(task: Task, cfg: SelfGuideConfig) -> str:
 class SelfGuide(Method):
     name = "self-guide"
     own_flags = ("--labels", "--task-type", "--num-inputs")
-    checks_signal = True
 
     def check_inputs(self) -> None:
         if not self.cfg.task:
             raise UserError("self-guide needs --task")
         check_labeller_name(self.cfg.selfguide.labeler)
+
+    @property
+    def checks_signal(self) -> bool:  # type: ignore[override]
+        """A round without written inputs (gold examples alone) has no self-labels to check."""
+        return self.cfg.selfguide.num_inputs > 0
+
 
     def with_labeller(self, name: str) -> SelfGuide:
         """This method with `selfguide.labeler` set to `name` (the signal check's choice for a round)."""
@@ -339,7 +363,10 @@ class SelfGuide(Method):
         cfg = self.cfg.selfguide
         task = self.eval_tasks()[0]
         settings = cfg.model_dump(exclude={"preset", "without", "labels_in_vote", "labeler", "label_margin",
-                                           "signal_size", "signal_level", "signal_generation_size"})
+                                           "signal_size", "signal_level", "signal_generation_size", "gold_per_label"})
+        if cfg.gold_per_label:  # in the key only where it acts: runs finished without gold keep their keys
+            settings["gold"] = {"per_label": cfg.gold_per_label, "seed": self.cfg.seed, "signal_size": cfg.signal_size,
+                                "eval": [self.cfg.eval.validation_size, self.cfg.eval.test_size]}
         if task.is_classification:
             settings.update(labeller_for(cfg.labeler).cache_key(cfg) if cfg.labeler != AUTO else {"labeler": AUTO})
         settings.update(
@@ -361,13 +388,16 @@ class SelfGuide(Method):
     def synthesize(self, sampler: Sampler, seed: int) -> SynthResult:
         task = self.eval_tasks()[0]
         cfg = self.cfg.selfguide
+        if cfg.num_inputs == 0:  # gold examples alone: nothing is written or labelled (the vote stands in for auto)
+            cfg = cfg.model_copy(update={"labeler": "vote"})
         if task.is_classification and cfg.labeler == AUTO:  # outside the loop (`synth`): the check runs here
             report = self.check_signal(sampler, seed)
             progress.summary(f"signal check: {report['line']}")
             if report["chosen"] is None:
                 raise UserError(f"{task.name}: {report['line']}")
             cfg = cfg.model_copy(update={"labeler": report["chosen"]})
-        return synthesize(task, sampler, cfg, PromptFormat.from_info(sampler.info), seed=seed)
+        return synthesize(task, sampler, cfg, PromptFormat.from_info(sampler.info), seed=seed,
+                          gold=gold_examples(task, self.cfg))
 
     def eval_prompt(self) -> tuple[PromptFn, tuple[str, ...]]:
         return task_prompt, ()
