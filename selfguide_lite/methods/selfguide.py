@@ -170,8 +170,9 @@ def synthesize(task: Task, sampler: Sampler, cfg: SelfGuideConfig, fmt: PromptFo
     result.seconds = {"write_inputs": round(written.seconds, 2), "annotate": round(labelled.seconds, 2)}
     result.stats["sampled_tokens"] = {"write_inputs": written.tokens, "annotate": labelled.tokens}
     if classification and cfg.balance:
-        progress.summary(f"balance: {len(final)} rows kept, {len(balance_dropped)} down-sampled ("
-                         f"{', '.join(f'{k} {v}' for k, v in per_label.items()) or 'nothing left'})")
+        with_gold = f" + {len(gold)} gold" if gold else ""
+        progress.summary(f"balance: {len(final)} rows kept, {len(balance_dropped)} down-sampled; training rows"
+                         f"{with_gold}: {', '.join(f'{k} {v}' for k, v in per_label.items()) or 'none'}")
     return result
 
 
