@@ -410,3 +410,10 @@ def test_a_round_of_gold_examples_alone_writes_and_labels_nothing(tmp_path):
     assert [r["source"] for r in result.train] == ["gold"] * 6
     with pytest.raises(Exception, match="nothing to train on"):
         _gold_task(tmp_path, num_inputs=0)
+
+
+def test_a_labeller_fitted_on_gold_without_gold_is_refused_before_anything_runs(tmp_path):
+    method = _gold_task(tmp_path, labeler="gold-fitted")
+    with pytest.raises(Exception, match="fitted on gold examples: set selfguide.gold_per_label"):
+        method.check_inputs()
+    _gold_task(tmp_path, labeler="gold-fitted", gold_per_label=2).check_inputs()  # with gold: accepted

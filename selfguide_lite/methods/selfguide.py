@@ -334,6 +334,10 @@ class SelfGuide(Method):
         if not self.cfg.task:
             raise UserError("self-guide needs --task")
         check_labeller_name(self.cfg.selfguide.labeler)
+        sg = self.cfg.selfguide
+        if sg.labeler != AUTO and labeller_for(sg.labeler).needs_gold and not sg.gold_per_label:
+            raise UserError(f"selfguide.labeler {sg.labeler} is fitted on gold examples: set selfguide.gold_per_label "
+                            "(and give the task a train: list, or instances outside the evaluation splits)")
 
     @property
     def checks_signal(self) -> bool:  # type: ignore[override]
