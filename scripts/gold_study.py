@@ -40,7 +40,7 @@ from selfguide_lite.metrics import read_labelling
 from selfguide_lite.runs import read_rounds
 from selfguide_lite.store import file_hash, read_json, write_json
 from selfguide_lite.studies import code_commit, command_line, machine_line, short_task, write_result
-from selfguide_lite.tasks import load_task
+from selfguide_lite.tasks import Task, load_task
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "natural-instructions"
@@ -86,9 +86,8 @@ def final_student(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def signal_predictions(cfg: Config, gguf: str, cache: Path) -> dict[str, Any]:
+def signal_predictions(cfg: Config, task: Task, gguf: str, cache: Path) -> dict[str, Any]:
     """The student's answers on the signal pool, cached by the GGUF's content and the pool's settings."""
-    task = load_task(cfg.task)
     instances = task.split("signal", cfg.eval.validation_size, cfg.eval.test_size, cfg.selfguide.signal_size)
     path = cache / f"{file_hash(Path(gguf))[:16]}-{task.name}-{len(instances)}.json"
     if path.is_file():
@@ -122,6 +121,7 @@ def study_cell(task: Path, model: str, k: int, seed: int, variants: list[str], w
         seconds[v] = round(time.perf_counter() - start, 1)
         runs[v] = rounds_of(dirs[v])
     out: dict[str, Any] = {"task": task.stem, "model": model, "k": k, "seed": seed, "variants": {}}
+    task_data = load_task(task)  # read once for every variant's signal-pool answers
     for v in variants:
         rounds = runs[v]
         if v == "S" or v == "A":
@@ -135,7 +135,8 @@ def study_cell(task: Path, model: str, k: int, seed: int, variants: list[str], w
         cfg = variant_config("S", task, model, k, seed, dirs[v])
         out["variants"][v] = {"candidates": [{k_: c[k_] for k_ in ("name", "validation", "test")} for c in candidates],
                               "final": final["name"], "seconds_this_invocation": seconds.get(v),
-                              "signal_pool": signal_predictions(cfg, final["gguf"], work / "signal-predictions")}
+                              "signal_pool": signal_predictions(cfg, task_data, final["gguf"],
+                                                                work / "signal-predictions")}
     return out
 
 
