@@ -67,13 +67,17 @@ def variant_config(variant: str, task: Path, model: str, k: int, seed: int, run_
 
 
 def rounds_of(run_dir: Path) -> list[dict[str, Any]]:
-    """(round, gguf, validation, test primary scores) of each evaluated round of a finished loop run."""
+    """Each evaluated round of a finished loop run: its GGUF, validation and test primary scores, the test
+    split's verdict against the trivial answers (only reported) and the round's seconds (its cost)."""
     out = []
     for k, rec in read_rounds(run_dir).items():
         if rec.status == "done" and rec.metrics is not None and rec.gguf:
             gguf = Path(rec.gguf) if Path(rec.gguf).is_absolute() else run_dir / rec.gguf
+            test = rec.metrics.test
             out.append({"round": k, "gguf": str(gguf), "validation": rec.metrics.validation.primary,
-                        "test": rec.metrics.test.primary if rec.metrics.test else None})
+                        "test": test.primary if test else None,
+                        "test_balanced_accuracy": test.skill["balanced_accuracy"] if test and test.skill else None,
+                        "test_verdict": test.verdict if test else None, "seconds": rec.seconds})
     return out
 
 
@@ -133,7 +137,8 @@ def study_cell(task: Path, model: str, k: int, seed: int, variants: list[str], w
                           *([{"name": f"{v}1", **own}] if own else [])]
         final = final_student(candidates)
         cfg = variant_config("S", task, model, k, seed, dirs[v])
-        out["variants"][v] = {"candidates": [{k_: c[k_] for k_ in ("name", "validation", "test")} for c in candidates],
+        out["variants"][v] = {"candidates": [{k_: c[k_] for k_ in ("name", "validation", "test", "test_balanced_accuracy", "test_verdict",
+                                                                  "seconds")} for c in candidates],
                               "final": final["name"], "seconds_this_invocation": seconds.get(v),
                               "signal_pool": signal_predictions(cfg, task_data, final["gguf"],
                                                                 work / "signal-predictions")}

@@ -108,6 +108,23 @@ def test_the_permutation_test_reads_perfect_constant_and_unlabelled_answers():
     assert nothing.balanced_accuracy[0] == 0.0
 
 
+def test_the_paired_test_reads_the_balanced_accuracy_difference_and_its_direction():
+    rng = random.Random(5)
+    gold = ["a"] * 150 + ["b"] * 50  # unbalanced, so balanced accuracy differs from accuracy
+    good = [g if rng.random() < 0.8 else ("b" if g == "a" else "a") for g in gold]
+    constant = ["a"] * 200
+    diff, p = label_signal.paired_permutation_test(gold, good, constant, permutations=2000)
+    expected = (metrics.read_labelling(LABELS, gold, good)["balanced_accuracy"]
+                - metrics.read_labelling(LABELS, gold, constant)["balanced_accuracy"])
+    assert diff == pytest.approx(expected, abs=0.01) and p < 0.01
+    back, p_back = label_signal.paired_permutation_test(gold, constant, good, permutations=2000)
+    assert back == pytest.approx(-diff) and p_back > 0.99  # one-sided: worse is never significant
+    same, p_same = label_signal.paired_permutation_test(gold, good, list(good), permutations=2000)
+    assert same == 0.0 and p_same == 1.0
+    unlabelled, _ = label_signal.paired_permutation_test(gold, [None] * 200, constant, permutations=10)
+    assert unlabelled == pytest.approx(-50.0)  # no label counts as wrong
+
+
 def test_the_signal_pool_is_validation_then_instances_after_test():
     task = task_with(250)
     validation = task.split("validation", 100, 100)

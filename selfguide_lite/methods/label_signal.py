@@ -90,6 +90,21 @@ def permutation_test(gold: list[str], said: list[list[str | None]], permutations
     return Permutation(100.0 * observed, 100.0 / len(per_class), (1 + exceed) / (1 + permutations))
 
 
+def paired_permutation_test(gold: list[str], said_x: list[str | None], said_y: list[str | None],
+                            permutations: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Balanced accuracy of labelling x minus that of labelling y on the same instances (points), and the
+    one-sided p-value that x is better: the share of random per-instance swaps of the two predictions under
+    which the difference is at least as large. Balanced accuracy is a weighted sum of per-instance hits
+    (weight 1 / (labels present x that label's count)), so a swap flips the sign of one instance's term."""
+    g, _, said_onehot, per_class = _encoded(gold, [said_x, said_y])
+    hits = said_onehot[:, np.arange(len(g)), g]  # [2, n]: 1 where the prediction is the gold label
+    terms = (hits[0] - hits[1]) / (len(per_class) * per_class[g])
+    observed = float(terms.sum())
+    signs = np.random.default_rng(seed).choice(np.array([-1.0, 1.0], dtype=np.float32), size=(permutations, len(g)))
+    exceed = int((signs @ terms >= observed - 1e-9).sum())
+    return 100.0 * observed, (1 + exceed) / (1 + permutations)
+
+
 def signal_instances(task: Task, cfg: Config) -> list[Instance]:
     return task.split("signal", cfg.eval.validation_size, cfg.eval.test_size, cfg.selfguide.signal_size)
 
