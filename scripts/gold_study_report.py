@@ -31,18 +31,34 @@ PERMUTATIONS = 10_000
 BORDER_POINTS = 2.0  # a difference within this of GAIN is borderline
 BORDER_P = (0.01, 0.10)  # so is a p-value in this range
 VARIANTS = ("S", "A", "B", "C")
+STUDENTS = ("smollm2-135m-instruct", "gemma3-270m")  # the rule asks both; one missing leaves it undecided
+RESUMED_SECONDS = 5.0
 CHALLENGERS = ("B", "C")
 
 
 def latest_cells(paths: list[Path]) -> dict[tuple[str, int, int, str], dict[str, Any]]:
     """(model, K, seed, task) -> the cell, later files overriding earlier ones (a resumed study's file
-    repeats its finished cells)."""
+    repeats its finished cells). Each variant's `run_seconds` is the longest `seconds_this_invocation` any
+    file holds for it: the invocation that ran it (a resume takes about a second; None where no file
+    saw more than RESUMED_SECONDS, i.e. the run was done by an invocation whose file was not kept)."""
     cells: dict[tuple[str, int, int, str], dict[str, Any]] = {}
+    longest: dict[tuple[tuple[str, int, int, str], str], float] = {}
     for path in paths:
-        data = read_json(path)
-        for cell in data.get("cells", []):
-            cells[(cell["model"], cell["k"], cell["seed"], cell["task"])] = cell
+        for cell in read_json(path).get("cells", []):
+            key = (cell["model"], cell["k"], cell["seed"], cell["task"])
+            cells[key] = cell
+            for v, data in cell["variants"].items():
+                longest[key, v] = max(longest.get((key, v), 0.0), data.get("seconds_this_invocation") or 0.0)
+    for key, cell in cells.items():
+        for v, data in cell["variants"].items():
+            data["run_seconds"] = longest[key, v] if longest[key, v] > RESUMED_SECONDS else None
     return cells
+
+
+def task_number(key: tuple[str, int, int, str]) -> tuple[str, int, int, int]:
+    """Sort key: model, K, seed, then the task's number (task190 before task1385)."""
+    model, k, seed, task = key
+    return model, k, seed, int(short_task(task).removeprefix("task") or 0)
 
 
 def compare(cell: dict[str, Any], x: str) -> dict[str, Any] | None:
@@ -104,7 +120,7 @@ def table(cells: dict[tuple[str, int, int, str], dict[str, Any]], model: str, k:
     lines = [f"### {model}, K = {k}, seed {seed}", "",
              "| task | chance | S | A | B | B - A (p) | C | C - A (p) | finals S/A/B/C | test verdicts S/A/B/C |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for (m, kk, s, task), cell in sorted(cells.items()):
+    for (m, kk, s, task), cell in sorted(cells.items(), key=lambda kv: task_number(kv[0])):
         if (m, kk, s) != (model, k, seed):
             continue
         v = cell["variants"]
@@ -135,11 +151,13 @@ def side_facts(cells: dict[tuple[str, int, int, str], dict[str, Any]], model: st
     reads = {x: sum(1 for c in mine if x in c["variants"] and final_of(c["variants"][x]).get("test_verdict") == READS)
              for x in VARIANTS}
     own = {"S": ("S1", "S2"), "A": ("A1", "A2"), "B": ("B1",), "C": ("C1",)}
-    cost = {x: mean(cand.get("seconds") for c in mine if x in c["variants"]
-                    for cand in c["variants"][x]["candidates"] if cand["name"] in own[x]) for x in VARIANTS}
+    trained = {x: mean(sum(cand["name"] in own[x] for cand in c["variants"][x]["candidates"])
+                       for c in mine if x in c["variants"]) for x in VARIANTS}
+    cost = {x: mean(c["variants"][x].get("run_seconds") for c in mine if x in c["variants"]) for x in VARIANTS}
+    timed = {x: sum(1 for c in mine if x in c["variants"] and c["variants"][x].get("run_seconds")) for x in VARIANTS}
     best = max((x for x in VARIANTS if pool_mean[x] is not None), key=lambda x: pool_mean[x], default=None)
-    return {"cells": len(mine), "signal_pool_mean": pool_mean, "test_reads": reads, "seconds_per_round": cost,
-            "best_by_validation": best}
+    return {"cells": len(mine), "signal_pool_mean": pool_mean, "test_reads": reads, "run_seconds": cost,
+            "runs_timed": timed, "own_rounds_trained": trained, "best_by_validation": best}
 
 
 def per_variant(values: dict[str, Any], spec: str = ".1f") -> str:
@@ -153,18 +171,21 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     cells = latest_cells(result_files(args.results))
-    models = sorted({m for m, *_ in cells})
+    models = sorted({m for m, *_ in cells} | set(STUDENTS))
     lines = [f"command: `{command_line()}`", ""]
     decisions, facts = {}, {}
     for model in models:
-        for k, seed in sorted({(kk, s) for m, kk, s, _ in cells if m == model}):
+        for k, seed in sorted({(kk, s) for m, kk, s, _ in cells if m == model}):  # none yet: only the decision
             lines += table(cells, model, k, seed) + [""]
             if seed == 0:
                 f = facts[f"{model} K={k}"] = side_facts(cells, model, k)
                 lines.append(f"Reported only: best variant by mean signal-pool balanced accuracy "
                              f"{f['best_by_validation']} ({per_variant(f['signal_pool_mean'])}); final students "
                              f"reading on test: {per_variant(f['test_reads'], 'd')} of {f['cells']}; "
-                             f"seconds per own round: {per_variant(f['seconds_per_round'], '.0f')}.")
+                             f"seconds per variant's run (from round 0 to its last round, 2-core CPU named in the "
+                             f"result files; runs timed: {per_variant(f['runs_timed'], 'd')}): "
+                             f"{per_variant(f['run_seconds'], '.0f')}; own rounds trained on average: "
+                             f"{per_variant(f['own_rounds_trained'], '.1f')}.")
                 lines.append("")
         d = decisions[model] = decide(cells, model)
         for x, r in d.items():

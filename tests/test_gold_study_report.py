@@ -41,6 +41,7 @@ def test_a_clear_gain_on_four_tasks_pays_and_an_equal_variant_does_not():
     d = report.decide(cells, "m")
     assert d["B"]["pays"] and len(d["B"]["counted"]) == 4 and not d["B"]["undecided"]
     assert not d["C"]["pays"] and d["C"]["counted"] == []  # C answers exactly as A: +0, p = 1
+    assert report.decide(cells, "a student not run")["B"]["undecided"]  # no verdict from missing cells
 
 
 def test_exactly_three_passing_needs_seed_one_and_counts_only_tasks_passing_twice():
