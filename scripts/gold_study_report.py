@@ -27,6 +27,7 @@ DECIDING_K = 16
 GAIN = 5.0  # points of balanced accuracy over A
 LEVEL = 0.05
 MIN_TASKS = 3
+TASK_COUNT = 7  # the shared classification tasks
 PERMUTATIONS = 10_000
 BORDER_POINTS = 2.0  # a difference within this of GAIN is borderline
 BORDER_P = (0.01, 0.10)  # so is a p-value in this range
@@ -108,10 +109,13 @@ def decide(cells: dict[tuple[str, int, int, str], dict[str, Any]], model: str) -
         missing = [t for t in to_confirm if (model, DECIDING_K, 1, t) not in cells]
         harmed = [t for t, r in rows.items() if r["harms"]]
         pays = len(counted) >= MIN_TASKS and not harmed
-        out[x] = {"tasks": len(rows), "passing": sorted(t for t, r in rows.items() if r["passes"]),
+        passing = sorted(t for t, r in rows.items() if r["passes"])
+        # settled before every task is in when even all the missing ones passing could not make it pay
+        settled = bool(harmed) or len(passing) + TASK_COUNT - len(rows) < MIN_TASKS
+        out[x] = {"tasks": len(rows), "passing": passing,
                   "counted": sorted(counted), "harmed": sorted(harmed), "confirm_with_seed_1": sorted(to_confirm),
-                  "seed_1_missing": sorted(missing), "pays": pays and not missing,
-                  "undecided": bool(missing) or len(rows) < 7}
+                  "seed_1_missing": sorted(missing), "pays": pays and not missing and len(rows) == TASK_COUNT,
+                  "undecided": not settled and (bool(missing) or len(rows) < TASK_COUNT)}
     return out
 
 
@@ -189,7 +193,9 @@ def main() -> int:
                 lines.append("")
         d = decisions[model] = decide(cells, model)
         for x, r in d.items():
-            state = "undecided (study incomplete)" if r["undecided"] else "pays" if r["pays"] else "does not pay"
+            state = ("undecided (study incomplete)" if r["undecided"] else "pays" if r["pays"] else
+                     "does not pay" if r["tasks"] == TASK_COUNT else
+                     f"does not pay (settled with {r['tasks']} of {TASK_COUNT} tasks: the rest cannot change it)")
             lines.append(f"- {model}, {x} against A at K = {DECIDING_K}: {state}: {len(r['counted'])} of {r['tasks']} "
                          f"tasks count (passing seed 0: {', '.join(map(short_task, r['passing'])) or 'none'}; "
                          f"seed 1 needed: {', '.join(map(short_task, r['seed_1_missing'])) or 'none'}), "

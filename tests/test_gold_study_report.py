@@ -66,3 +66,17 @@ def test_a_small_gain_is_not_counted_even_when_significant():
     cells = _cells({t: 0.63 for t in TASKS})  # about +3 points: below the +5 the rule asks
     d = report.decide(cells, "m")
     assert d["B"]["passing"] == [] and not d["B"]["pays"]
+
+
+def test_a_partial_study_is_undecided_until_the_missing_tasks_could_no_longer_change_it():
+    cells = _cells({TASKS[0]: 0.8})
+    five = {k: v for k, v in cells.items() if k[3] in TASKS[:5]}
+    assert report.decide(five, "m")["B"]["undecided"]  # 1 passing + 2 missing could still make 3
+    four = {k: v for k, v in cells.items() if k[3] in TASKS[1:5]}
+    d = report.decide(four, "m")["B"]
+    assert d["undecided"]  # 0 passing + 3 missing could still make 3
+    four_and_one = {**four, **{k: v for k, v in cells.items() if k[3] == TASKS[5]}}
+    d = report.decide(four_and_one, "m")["B"]
+    assert not d["undecided"] and not d["pays"]  # 0 passing + 2 missing cannot
+    gains = _cells({t: 0.8 for t in TASKS[:3]})
+    assert report.decide({k: v for k, v in gains.items() if k[3] in TASKS[:5]}, "m")["B"]["undecided"]
