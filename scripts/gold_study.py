@@ -81,6 +81,22 @@ def rounds_of(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def own_round(run_dir: Path, k: int) -> dict[str, Any] | None:
+    """How a variant's round k went: its status, training rows and the signal check before it (the best
+    labeller's balanced accuracy, chance and p), for the diagnosis beside the scores."""
+    rec = read_rounds(run_dir).get(k)
+    if rec is None:
+        return None
+    out: dict[str, Any] = {"round": k, "status": rec.status, "train_rows": rec.train_size}
+    if rec.signal and rec.signal.get("labellers"):
+        best = rec.signal.get("best") or max(rec.signal["labellers"],
+                                             key=lambda n: rec.signal["labellers"][n]["balanced_accuracy"])
+        lab = rec.signal["labellers"][best]
+        out["check"] = {"labeller": best, "balanced_accuracy": lab["balanced_accuracy"], "chance": rec.signal["chance"],
+                        "p": lab["p_value"], "passes": lab["passes"]}
+    return out
+
+
 def final_student(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """The best on validation; a tie keeps the earlier candidate."""
     best = candidates[0]
@@ -140,6 +156,7 @@ def study_cell(task: Path, model: str, k: int, seed: int, variants: list[str], w
         out["variants"][v] = {"candidates": [{k_: c[k_] for k_ in ("name", "validation", "test", "test_balanced_accuracy", "test_verdict",
                                                                   "seconds")} for c in candidates],
                               "final": final["name"], "seconds_this_invocation": seconds.get(v),
+                              "rounds": [r for k_ in (1, 2) if (r := own_round(dirs[v], k_))],
                               "signal_pool": signal_predictions(cfg, task_data, final["gguf"],
                                                                 work / "signal-predictions")}
     return out

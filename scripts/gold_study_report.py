@@ -122,8 +122,9 @@ def decide(cells: dict[tuple[str, int, int, str], dict[str, Any]], model: str) -
 def table(cells: dict[tuple[str, int, int, str], dict[str, Any]], model: str, k: int, seed: int) -> list[str]:
     """One markdown table: the signal pool's balanced accuracy per variant, X - A with p, the finals, test."""
     lines = [f"### {model}, K = {k}, seed {seed}", "",
-             "| task | chance | S | A | B | B - A (p) | C | C - A (p) | finals S/A/B/C | test verdicts S/A/B/C |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| task | chance | S | A | B | B - A (p) | C | C - A (p) | finals S/A/B/C | test verdicts S/A/B/C "
+             "| B's round: labels checked, then | C's round: labels checked, then |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (m, kk, s, task), cell in sorted(cells.items(), key=lambda kv: task_number(kv[0])):
         if (m, kk, s) != (model, k, seed):
             continue
@@ -137,9 +138,22 @@ def table(cells: dict[tuple[str, int, int, str], dict[str, Any]], model: str, k:
         ba = {x: fmt(pool[x]["balanced_accuracy"]) + ("" if pool[x]["labels_used"] > 1 else "¹") if x in pool
               else "-" for x in VARIANTS}
         lines.append(f"| {short_task(task)} | {chance:.1f} | {ba['S']} | {ba['A']} | {ba['B']} | {delta['B']} | "
-                     f"{ba['C']} | {delta['C']} | {finals} | {verdicts} |")
+                     f"{ba['C']} | {delta['C']} | {finals} | {verdicts} | {round_line(v.get('B'))} | "
+                     f"{round_line(v.get('C'))} |")
     lines += ["", "¹ one label used (a constant answer)."]
     return lines
+
+
+def round_line(variant: dict[str, Any] | None) -> str:
+    """A variant's own round in words: the signal check's best labeller against chance, then what ran."""
+    rounds = (variant or {}).get("rounds")
+    if not rounds:
+        return "-"
+    r = rounds[0]
+    check = r.get("check")
+    said = f"{check['labeller']} {check['balanced_accuracy']:.1f} vs {check['chance']:.1f}, p {check['p']:.3f}; " \
+        if check else ""
+    return said + (f"trained ({r['train_rows']} rows)" if r["status"] == "done" else r["status"])
 
 
 def final_of(variant: dict[str, Any]) -> dict[str, Any]:
