@@ -211,7 +211,8 @@ class ExportConfig(_Section):
                                          "model does (or a tie, see gate_tie_margin)", ge=0, le=1)
     gate_tie_margin: float = _f(0.69, "a different choice of the quantized file counts as a tie when the 16-bit model "
                                       "prefers its own token by at most this many nats (ln 2: twice as likely)", ge=0)
-    gate_min_top1: float = _f(0.9, "f16 conversion vs merged model: least top-1 agreement of the logits", ge=0, le=1)
+    gate_min_top1: float = _f(0.9, "f16 conversion vs merged model: least top-1 agreement of the logits (a near tie, "
+                                   "see gate_tie_margin, agrees)", ge=0, le=1)
     gate_max_logit_diff: float = _f(0.05, "f16 conversion vs merged model: largest logit difference, as a share of the "
                                           "logit range", gt=0)
 

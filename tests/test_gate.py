@@ -95,6 +95,21 @@ def test_answer_agreement_counts_near_ties_and_rejects_clear_changes():
     assert strict["token_agreement"] == 0.5 and strict["agree"] == 0
 
 
+def test_logit_agreement_counts_a_near_tie_of_the_merged_model_and_not_a_clear_flip():
+    from selfguide_lite.gate import top1_matches
+
+    merged = np.zeros((3, 4), dtype=np.float32)
+    merged[0, [0, 1]] = [4.0, 3.98]  # the merged model barely prefers 0
+    merged[1, 2] = 6.0
+    merged[2, [1, 3]] = [5.0, 1.0]  # a clear choice of 1
+    f16 = merged.copy()
+    f16[0, [0, 1]] = [3.98, 4.0]  # the conversion's rounding flips the near tie
+    assert top1_matches(merged, f16, tie_margin=0.69) == (2, 1)
+    f16[2, [1, 3]] = [1.0, 5.0]  # and a clear change
+    assert top1_matches(merged, f16, tie_margin=0.69) == (1, 1)
+    assert top1_matches(merged, f16, tie_margin=0.0) == (1, 0)
+
+
 def _planted(exported, tmp_path, **fault):
     root, f16, _ = exported
     bad = rewrite(f16, tmp_path / "bad.f16.gguf", **fault)
