@@ -178,7 +178,8 @@ def signal_line(report: dict[str, Any]) -> str:
                 f"training anyway because selfguide.labeler names {report['requested']}")
     return (f"its labels agree with the truth at chance on {n} validation instances ({measured}): the round is not "
             "trained, since it could only teach a constant answer. What could help: a larger student (--model, "
-            "ollama: names included), or selfguide.labeler: vote to train anyway")
+            "ollama: names included) or a few labelled examples trained on alone (a task's train:, "
+            "selfguide.gold_per_label); selfguide.labeler: vote trains anyway")
 
 
 def check_generation(task: Task, sampler: Sampler, cfg: Config, fmt: PromptFormat, seed: int) -> dict[str, Any]:
