@@ -81,13 +81,22 @@ def rounds_of(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def round_seconds(run_dir: Path, k: int) -> float | None:
+    """What round k cost: the seconds of its stages (signal check, writing and labelling, training, export,
+    evaluation) as the run's manifest recorded them when they ran (a resumed stage keeps its first timing)."""
+    stages = read_json(run_dir / "manifest.json").get("stages", {})
+    timed = [s["seconds"] for name, s in stages.items() if name.startswith(f"round-{k}/") and s.get("seconds")]
+    return round(sum(timed), 1) if timed else None
+
+
 def own_round(run_dir: Path, k: int) -> dict[str, Any] | None:
     """How a variant's round k went: its status, training rows and the signal check before it (the best
     labeller's balanced accuracy, chance and p), for the diagnosis beside the scores."""
     rec = read_rounds(run_dir).get(k)
     if rec is None:
         return None
-    out: dict[str, Any] = {"round": k, "status": rec.status, "train_rows": rec.train_size}
+    out: dict[str, Any] = {"round": k, "status": rec.status, "train_rows": rec.train_size,
+                           "seconds": round_seconds(run_dir, k)}
     if rec.signal and rec.signal.get("labellers"):
         best = rec.signal.get("best") or max(rec.signal["labellers"],
                                              key=lambda n: rec.signal["labellers"][n]["balanced_accuracy"])

@@ -173,9 +173,13 @@ def side_facts(cells: dict[tuple[str, int, int, str], dict[str, Any]], model: st
                        for c in mine if x in c["variants"]) for x in VARIANTS}
     cost = {x: mean(c["variants"][x].get("run_seconds") for c in mine if x in c["variants"]) for x in VARIANTS}
     timed = {x: sum(1 for c in mine if x in c["variants"] and c["variants"][x].get("run_seconds")) for x in VARIANTS}
+    per_round = {f"{x} {kind}": mean(r.get("seconds") for c in mine if x in c["variants"]
+                                     for r in c["variants"][x].get("rounds") or [] if (r["status"] == "done") == trained_)
+                 for x in VARIANTS for kind, trained_ in (("trained", True), ("refused", False))}
     best = max((x for x in VARIANTS if pool_mean[x] is not None), key=lambda x: pool_mean[x], default=None)
     return {"cells": len(mine), "signal_pool_mean": pool_mean, "test_reads": reads, "run_seconds": cost,
-            "runs_timed": timed, "own_rounds_trained": trained, "best_by_validation": best}
+            "runs_timed": timed, "own_rounds_trained": trained, "round_seconds": per_round,
+            "best_by_validation": best}
 
 
 def per_variant(values: dict[str, Any], spec: str = ".1f") -> str:
@@ -203,7 +207,9 @@ def main() -> int:
                              f"seconds per variant's run (from round 0 to its last round, 2-core CPU named in the "
                              f"result files; runs timed: {per_variant(f['runs_timed'], 'd')}): "
                              f"{per_variant(f['run_seconds'], '.0f')}; own rounds trained on average: "
-                             f"{per_variant(f['own_rounds_trained'], '.1f')}.")
+                             f"{per_variant(f['own_rounds_trained'], '.1f')}; seconds per own round (its stages, "
+                             f"trained or refused by the signal check or the data): "
+                             f"{', '.join(f'{x} {v:.0f}' for x, v in f['round_seconds'].items() if v is not None) or '-'}.")
                 lines.append("")
         d = decisions[model] = decide(cells, model)
         for x, r in d.items():

@@ -80,3 +80,14 @@ def test_a_partial_study_is_undecided_until_the_missing_tasks_could_no_longer_ch
     assert not d["undecided"] and not d["pays"]  # 0 passing + 2 missing cannot
     gains = _cells({t: 0.8 for t in TASKS[:3]})
     assert report.decide({k: v for k, v in gains.items() if k[3] in TASKS[:5]}, "m")["B"]["undecided"]
+
+
+def test_side_facts_cost_trained_and_refused_rounds_apart():
+    cells = _cells({})
+    for i, cell in enumerate(cells.values()):
+        cell["variants"]["B"]["rounds"] = [{"round": 1, "status": "done" if i < 2 else "no_signal",
+                                            "seconds": 300.0 if i < 2 else 40.0 + i}]
+    facts = report.side_facts(cells, "m", 16)
+    assert facts["round_seconds"]["B trained"] == 300.0
+    assert facts["round_seconds"]["B refused"] == sum(40.0 + i for i in range(2, 7)) / 5
+    assert facts["round_seconds"]["C trained"] is None  # no rounds recorded: no cost claimed
