@@ -25,6 +25,7 @@ Run one invocation at a time (two llama.cpp jobs on 2 cores slow each other far 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from selfguide_lite import progress
 from selfguide_lite.builtin_students import DEFAULT_STUDENT
 from selfguide_lite.config import Config, load_config
 from selfguide_lite.engine import open_sampler
+from selfguide_lite.errors import UserError
 from selfguide_lite.evaluate import predict
 from selfguide_lite.loop import run_loop
 from selfguide_lite.methods import method_for
@@ -183,6 +185,16 @@ def main() -> int:
     args = ap.parse_args()
     progress.set_mode("quiet")
     print(f"command: {command_line()}\nmachine: {machine_line()}", flush=True)
+    try:
+        run_study(args)
+    except UserError as exc:  # a missing task file or model: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_study(args: argparse.Namespace) -> None:
+    """Every cell of tasks x models x K, the result file rewritten after each."""
     cells = []
     for task in args.tasks:
         for model in args.models:
@@ -195,7 +207,6 @@ def main() -> int:
                 if args.json:  # after every cell, so an interrupted study keeps what it finished
                     write_result(args.json, {"command": command_line(), "machine": machine_line(),
                                              "code": code_commit(REPO), "cells": cells})
-    return 0
 
 
 if __name__ == "__main__":
