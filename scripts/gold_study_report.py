@@ -173,13 +173,17 @@ def side_facts(cells: dict[tuple[str, int, int, str], dict[str, Any]], model: st
                        for c in mine if x in c["variants"]) for x in VARIANTS}
     cost = {x: mean(c["variants"][x].get("run_seconds") for c in mine if x in c["variants"]) for x in VARIANTS}
     timed = {x: sum(1 for c in mine if x in c["variants"] and c["variants"][x].get("run_seconds")) for x in VARIANTS}
-    per_round = {f"{x} {kind}": mean(r.get("seconds") for c in mine if x in c["variants"]
-                                     for r in c["variants"][x].get("rounds") or [] if (r["status"] == "done") == trained_)
-                 for x in VARIANTS for kind, trained_ in (("trained", True), ("refused", False))}
+    per_round = {f"{x} {kind}": round_cost(mine, x, kind == "trained") for x in VARIANTS for kind in ("trained", "refused")}
     best = max((x for x in VARIANTS if pool_mean[x] is not None), key=lambda x: pool_mean[x], default=None)
     return {"cells": len(mine), "signal_pool_mean": pool_mean, "test_reads": reads, "run_seconds": cost,
             "runs_timed": timed, "own_rounds_trained": trained, "round_seconds": per_round,
             "best_by_validation": best}
+
+
+def round_cost(cells: list[dict[str, Any]], variant: str, trained: bool) -> float | None:
+    """Mean seconds of the variant's own rounds that trained (or that the signal check or the data stopped)."""
+    return mean(r.get("seconds") for c in cells if variant in c["variants"]
+                for r in c["variants"][variant].get("rounds") or [] if (r["status"] == "done") == trained)
 
 
 def per_variant(values: dict[str, Any], spec: str = ".1f") -> str:
@@ -201,6 +205,7 @@ def main() -> int:
             lines += table(cells, model, k, seed) + [""]
             if seed == 0:
                 f = facts[f"{model} K={k}"] = side_facts(cells, model, k)
+                round_costs = ", ".join(f"{x} {v:.0f}" for x, v in f["round_seconds"].items() if v is not None) or "-"
                 lines.append(f"Reported only: best variant by mean signal-pool balanced accuracy "
                              f"{f['best_by_validation']} ({per_variant(f['signal_pool_mean'])}); final students "
                              f"reading on test: {per_variant(f['test_reads'], 'd')} of {f['cells']}; "
@@ -209,7 +214,7 @@ def main() -> int:
                              f"{per_variant(f['run_seconds'], '.0f')}; own rounds trained on average: "
                              f"{per_variant(f['own_rounds_trained'], '.1f')}; seconds per own round (its stages, "
                              f"trained or refused by the signal check or the data): "
-                             f"{', '.join(f'{x} {v:.0f}' for x, v in f['round_seconds'].items() if v is not None) or '-'}.")
+                             f"{round_costs}.")
                 lines.append("")
         d = decisions[model] = decide(cells, model)
         for x, r in d.items():
