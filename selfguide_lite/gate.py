@@ -147,16 +147,9 @@ def compare_answers(reference: list[list[int]], quantized: list[list[int]], refe
     for ref, mine, r_rows, q_rows in zip(reference, quantized, reference_rows, quantized_rows, strict=True):
         lp, lq = _log_softmax(r_rows), _log_softmax(q_rows)
         kl += (np.exp(lp) * (lp - lq)).sum(axis=-1).tolist()
-        unchanged = True
-        for step, (a, b) in enumerate(zip(ref, mine, strict=True)):
-            tokens += 1
-            if a == b:
-                same += 1
-            elif lp[step, a] - lp[step, b] <= tie_margin:
-                ties += 1
-            else:
-                unchanged = False
-        whole += unchanged
+        equal, near = _same_or_near_tie(lp[:len(ref)], ref, mine, tie_margin)
+        tokens, same, ties = tokens + len(ref), same + int(equal.sum()), ties + int(near.sum())
+        whole += bool((equal | near).all())
     return {"prompts": len(reference), "answer_tokens": tokens, "token_agreement": (same + ties) / max(tokens, 1),
             "exact_token_agreement": same / max(tokens, 1), "ties": ties, "agree": whole,
             "mean_kl": float(np.mean(kl)) if kl else 0.0}
@@ -168,10 +161,19 @@ def top1_matches(reference_rows, other_rows, tie_margin: float) -> tuple[int, in
     import numpy as np
 
     mine, theirs = np.asarray(reference_rows).argmax(-1), np.asarray(other_rows).argmax(-1)
-    log_probs = _log_softmax(reference_rows)
+    equal, near = _same_or_near_tie(_log_softmax(reference_rows), mine, theirs, tie_margin)
+    return int(equal.sum()), int(near.sum())
+
+
+def _same_or_near_tie(log_probs, mine, theirs, tie_margin: float):
+    """The one tie rule of checks 3 and 4, per position: the two tokens are equal, or they differ and the
+    reference (`log_probs`, its log-probabilities) rates `theirs` within `tie_margin` nats of `mine`."""
+    import numpy as np
+
+    mine, theirs = np.asarray(mine, dtype=int), np.asarray(theirs, dtype=int)
     steps = np.arange(len(mine))
-    near = log_probs[steps, mine] - log_probs[steps, theirs] <= tie_margin
-    return int((mine == theirs).sum()), int(((mine != theirs) & near).sum())
+    equal = mine == theirs
+    return equal, ~equal & (log_probs[steps, mine] - log_probs[steps, theirs] <= tie_margin)
 
 
 def merged_logit_agreement(merged_dir: Path, prompt_ids: list[list[int]], answers: list[list[int]],
